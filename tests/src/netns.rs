@@ -1,0 +1,126 @@
+//! Network namespaces owned by a test. Dropping the guard kills what runs inside and deletes the
+//! namespace, so a failing test leaves nothing behind.
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// A fresh namespace named after the test (and unique within this run), with `lo` up.
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "l3t-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(Command::new("ip").args(["netns", "add", &name]));
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `ip …` inside the namespace; panics with stderr when it fails.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = sh(Command::new("ip").args(["-n", &self.name]).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A command to run inside the namespace. Only the network namespace is entered (`nsenter`,
+    /// not `ip netns exec`, which would remount /sys and hide bpffs).
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program);
+        command
+    }
+
+    /// Runs `f` on a thread that has entered this namespace, for calls (netlink, XDP attach)
+    /// that act on the caller's namespace. The test's own threads stay where they are.
+    pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|err| panic!("opening {path}: {err}"));
+            // SAFETY: a valid namespace fd; setns only changes this new thread's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns into {path}: {}",
+                std::io::Error::last_os_error()
+            );
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair with one end in each namespace, both up, addressed as given (CIDR strings).
+pub fn veth_pair(a: &NetNs, a_if: &str, a_addr: &str, b: &NetNs, b_if: &str, b_addr: &str) {
+    sh(Command::new("ip").args([
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ]));
+    for (ns, iface, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        ns.ip(&["addr", "add", addr, "dev", iface]);
+        ns.ip(&["link", "set", iface, "up"]);
+    }
+}
+
+/// Runs `command`, panicking with its stderr when it fails.
+pub fn sh(command: &mut Command) -> Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|err| panic!("starting {command:?}: {err}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -1,0 +1,31 @@
+//! `cargo xtask`: the commands the README names. Each first makes sure the machine has what it
+//! needs (see `bootstrap`), so they work on a fresh Debian machine as root.
+mod bootstrap;
+mod build_ebpf;
+mod cmd;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "l3lb development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the pinned eBPF toolchain when missing and build the eBPF object.
+    BuildEbpf(build_ebpf::Options),
+    /// Format check, clippy, unit tests, then the privileged integration tests (root).
+    Test(test::Options),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::BuildEbpf(options) => build_ebpf::run(&options),
+        Command::Test(options) => test::run(&options),
+    }
+}
