@@ -2,62 +2,82 @@
 //!
 //! Every type here crosses the user/kernel boundary through a BPF map, so each is laid out
 //! explicitly with no implicit padding (checked by size asserts) and uses fixed-width integers
-//! instead of `bool` or enums.
+//! instead of `bool` or enums. Fields named `*_be` hold network byte order, exactly as in the
+//! packet, so the hot path compares and copies them without swapping.
 #![no_std]
 
-/// Protocol buckets of the packet counter map. The index into `L3LB_PROTO_COUNTERS`.
+/// `family` value of IPv4 keys and backends. IPv4 addresses sit in the first 4 bytes of a
+/// 16-byte address field, the rest zero.
+pub const FAMILY_IPV4: u8 = 4;
+/// `family` value of IPv6 keys and backends.
+pub const FAMILY_IPV6: u8 = 6;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Why the XDP or TC program let a packet go the way it did: the index into
+/// `L3LB_REASONS`. The programs never drop; every reason but `Forwarded` and `ReplyTranslated`
+/// is a pass-through, counted so an operator can see what the fast path skipped and why.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProtoCounter {
-    /// IPv4 carrying TCP.
-    Ipv4Tcp = 0,
-    /// IPv4 carrying UDP.
-    Ipv4Udp = 1,
-    /// IPv4 carrying anything else (ICMP, GRE, ...).
-    Ipv4Other = 2,
-    /// IPv6 carrying TCP (directly after the fixed header).
-    Ipv6Tcp = 3,
-    /// IPv6 carrying UDP (directly after the fixed header).
-    Ipv6Udp = 4,
-    /// IPv6 carrying anything else, extension headers included.
-    Ipv6Other = 5,
-    /// An Ethernet frame that is neither IPv4 nor IPv6 (ARP, LLDP, ...).
-    NonIp = 6,
-    /// Too short to hold the headers its EtherType promises.
+pub enum Reason {
+    /// A service packet rewritten towards a local pod (XDP).
+    Forwarded = 0,
+    /// A pod's reply rewritten back to the service address (TC).
+    ReplyTranslated = 1,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NotIp = 2,
+    /// IP, but not TCP or UDP (ICMP, GRE, ...).
+    NotTcpUdp = 3,
+    /// TCP/UDP to an address/port/protocol that is no service here.
+    NotService = 4,
+    /// A fragment: only the first carries ports, so none are steered.
+    Fragment = 5,
+    /// IPv6 with extension headers, which the program does not walk.
+    Ipv6Extension = 6,
+    /// Shorter than the headers it announces, or an IPv4 header with options it cannot parse.
     Truncated = 7,
+    /// A service with no usable local backend (left to the kernel and kube-proxy).
+    NoBackend = 8,
+    /// An established flow whose backend was removed; rescheduled through the table.
+    Rescheduled = 9,
 }
 
-impl ProtoCounter {
-    /// Number of buckets; the `max_entries` of the counter map.
-    pub const COUNT: u32 = 8;
+impl Reason {
+    /// Number of reasons; the `max_entries` of `L3LB_REASONS`.
+    pub const COUNT: u32 = 10;
 
-    pub const ALL: [ProtoCounter; Self::COUNT as usize] = [
-        ProtoCounter::Ipv4Tcp,
-        ProtoCounter::Ipv4Udp,
-        ProtoCounter::Ipv4Other,
-        ProtoCounter::Ipv6Tcp,
-        ProtoCounter::Ipv6Udp,
-        ProtoCounter::Ipv6Other,
-        ProtoCounter::NonIp,
-        ProtoCounter::Truncated,
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::Forwarded,
+        Reason::ReplyTranslated,
+        Reason::NotIp,
+        Reason::NotTcpUdp,
+        Reason::NotService,
+        Reason::Fragment,
+        Reason::Ipv6Extension,
+        Reason::Truncated,
+        Reason::NoBackend,
+        Reason::Rescheduled,
     ];
 
-    /// Stable label used in logs, `l3lb inspect` and metrics.
+    /// Stable label for `l3lb inspect` and metrics.
     pub const fn label(self) -> &'static str {
         match self {
-            ProtoCounter::Ipv4Tcp => "ipv4_tcp",
-            ProtoCounter::Ipv4Udp => "ipv4_udp",
-            ProtoCounter::Ipv4Other => "ipv4_other",
-            ProtoCounter::Ipv6Tcp => "ipv6_tcp",
-            ProtoCounter::Ipv6Udp => "ipv6_udp",
-            ProtoCounter::Ipv6Other => "ipv6_other",
-            ProtoCounter::NonIp => "non_ip",
-            ProtoCounter::Truncated => "truncated",
+            Reason::Forwarded => "forwarded",
+            Reason::ReplyTranslated => "reply_translated",
+            Reason::NotIp => "not_ip",
+            Reason::NotTcpUdp => "not_tcp_udp",
+            Reason::NotService => "not_service",
+            Reason::Fragment => "fragment",
+            Reason::Ipv6Extension => "ipv6_extension",
+            Reason::Truncated => "truncated",
+            Reason::NoBackend => "no_backend",
+            Reason::Rescheduled => "rescheduled",
         }
     }
 }
 
-/// One bucket of `L3LB_PROTO_COUNTERS`: per-CPU, so the hot path never contends on a cache line.
+/// Packets and bytes: per-CPU values of `L3LB_REASONS` and `L3LB_SERVICE_STATS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketCounter {
@@ -65,21 +85,134 @@ pub struct PacketCounter {
     pub bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PacketCounter>() == 16);
+/// Key of `L3LB_SERVICES`: one service address, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of `L3LB_SERVICES`. Replaced as a whole when the backend set changes: the new Maglev
+/// table is written to the half of the service's region that packets are not reading, then this
+/// entry is swapped to point at it, so no packet ever sees a half-written table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Index into `L3LB_SERVICE_STATS`.
+    pub id: u32,
+    /// First index of the active table in `L3LB_MAGLEV`.
+    pub table_base: u32,
+    /// Entries in the table (a prime); 0 when the service has no backend that takes new flows.
+    pub table_size: u32,
+    pub flags: u32,
+}
+
+/// `Backend::flags`: the endpoint is terminating. It keeps its established flows but is in no
+/// Maglev table, so it gets no new ones.
+pub const BACKEND_TERMINATING: u32 = 1;
+
+/// Value of `L3LB_BACKENDS` (an array indexed by backend id): where a pod listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub family: u8,
+    /// Nonzero while the slot holds a backend, so a cleared slot never matches a flow.
+    pub in_use: u8,
+    pub flags: u32,
+}
+
+/// A flow's 5-tuple as seen on the wire: key of `L3LB_FLOWS` (client → service) and of
+/// `L3LB_REPLIES` (pod → client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+/// Value of `L3LB_FLOWS`: the backend a flow was given. The backend's address is kept so a
+/// flow never follows a reused backend id to a different pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub backend_addr: [u8; 16],
+    pub backend_port_be: u16,
+    pub pad: [u8; 2],
+}
+
+/// Value of `L3LB_REPLIES`: the service address and port a pod's reply must appear to come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyNat {
+    pub service_addr: [u8; 16],
+    pub service_port_be: u16,
+    pub pad: [u8; 2],
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<PacketCounter>() == 16);
+    assert!(core::mem::size_of::<ServiceKey>() == 20);
+    assert!(core::mem::size_of::<ServiceEntry>() == 16);
+    assert!(core::mem::size_of::<Backend>() == 24);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<Flow>() == 28);
+    assert!(core::mem::size_of::<ReplyNat>() == 20);
+};
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: plain-old-data with no padding (asserted above); any bit pattern is valid.
+    // SAFETY (all): plain-old-data with no padding (asserted above); any bit pattern is valid.
     unsafe impl aya::Pod for super::PacketCounter {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceEntry {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::ReplyNat {}
+}
+
+/// Capacities the object is built with. `L3LB_MAGLEV` is sized at load time from the table
+/// size and service capacity (see the daemon's fast-path loader).
+pub mod capacity {
+    /// Service address/port/protocol triples.
+    pub const SERVICES: u32 = 16_384;
+    /// Backend slots across all services.
+    pub const BACKENDS: u32 = 65_536;
+    /// Tracked flows (LRU: the least recently used are evicted when full).
+    pub const FLOWS: u32 = 262_144;
+    /// Placeholder size of `L3LB_MAGLEV` in the object; the loader sets the real one.
+    pub const MAGLEV_PLACEHOLDER: u32 = 1;
 }
 
 /// Names of the maps as they appear in the object and under the pin root, so that the daemon,
 /// `l3lb inspect` and the tests never spell them twice.
 pub mod map_names {
-    pub const PROTO_COUNTERS: &str = "L3LB_PROTO_COUNTERS";
+    pub const SERVICES: &str = "L3LB_SERVICES";
+    pub const BACKENDS: &str = "L3LB_BACKENDS";
+    pub const MAGLEV: &str = "L3LB_MAGLEV";
+    pub const FLOWS: &str = "L3LB_FLOWS";
+    pub const REPLIES: &str = "L3LB_REPLIES";
+    pub const SERVICE_STATS: &str = "L3LB_SERVICE_STATS";
+    pub const REASONS: &str = "L3LB_REASONS";
+    pub const ALL: [&str; 7] = [SERVICES, BACKENDS, MAGLEV, FLOWS, REPLIES, SERVICE_STATS, REASONS];
 }
 
 /// Names of the programs in the object.
 pub mod program_names {
+    /// XDP on the uplinks: client → service packets rewritten to a local pod.
     pub const XDP_INGRESS: &str = "l3lb_xdp";
+    /// TC egress on the uplinks: pod → client replies rewritten back to the service address.
+    pub const TC_EGRESS: &str = "l3lb_tc_egress";
 }

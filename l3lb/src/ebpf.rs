@@ -1,6 +1,6 @@
 //! The embedded eBPF object and the counters it keeps.
 use aya::{Ebpf, EbpfError, maps::PerCpuArray};
-use l3lb_common::{PacketCounter, ProtoCounter, map_names};
+use l3lb_common::{PacketCounter, Reason, map_names};
 
 /// The object built by `build.rs`, aligned so aya can parse it in place.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/l3lb"));
@@ -24,14 +24,14 @@ pub fn load() -> Result<Ebpf, Error> {
     Ok(Ebpf::load(OBJECT)?)
 }
 
-/// Per-protocol packet counters summed over all CPUs, indexed like [`ProtoCounter::ALL`].
-pub fn proto_counters(ebpf: &Ebpf) -> Result<[PacketCounter; ProtoCounter::COUNT as usize], Error> {
-    let name = map_names::PROTO_COUNTERS;
+/// Per-reason packet counters summed over all CPUs, indexed like [`Reason::ALL`].
+pub fn reason_counters(ebpf: &Ebpf) -> Result<[PacketCounter; Reason::COUNT as usize], Error> {
+    let name = map_names::REASONS;
     let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
     let array = PerCpuArray::<_, PacketCounter>::try_from(map)
         .map_err(|source| Error::Map { name, source })?;
-    let mut totals = [PacketCounter::default(); ProtoCounter::COUNT as usize];
-    for bucket in ProtoCounter::ALL {
+    let mut totals = [PacketCounter::default(); Reason::COUNT as usize];
+    for bucket in Reason::ALL {
         let per_cpu = array
             .get(&(bucket as u32), 0)
             .map_err(|source| Error::Map { name, source })?;

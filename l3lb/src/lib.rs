@@ -1,3 +1,20 @@
 //! l3lb: keeps the service IPs whose pods run on this node on `lo`, so the node's routing daemon
 //! announces them and the routers ECMP across exactly the nodes that run the pods.
+//!
+//! The modules follow the data: [`cluster`] sources emit changes, [`desired`] turns them into
+//! the addresses this node should announce (pure functions), [`reconcile`] makes the interface
+//! match, [`controller`] runs that loop, and [`ingress`] publishes ingress IPs from
+//! one [`leader`].
+pub mod cluster;
+pub mod config;
+pub mod controller;
+pub mod daemon;
+pub mod desired;
 pub mod ebpf;
+pub mod events;
+pub mod http;
+pub mod ingress;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod status_client;

@@ -1,5 +1,6 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use l3lb::config::{LogFormat, RunConfig};
 
 /// Announce Kubernetes service IPs from the nodes that run their pods.
 #[derive(Parser)]
@@ -11,6 +12,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Keep this node's service IPs on the interface until SIGTERM.
+    Run(Box<RunConfig>),
+    /// What the running daemon on this node announces and why.
+    Status {
+        /// The daemon's `--metrics-addr`.
+        #[arg(long, env = "L3LB_METRICS_ADDR", default_value = l3lb::config::DEFAULT_METRICS_ADDR)]
+        addr: std::net::SocketAddr,
+        /// Print the raw JSON report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the embedded eBPF object to a file (for `bpftool btf dump file …`).
     DumpObject {
         /// Where to write it.
@@ -20,10 +32,40 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::DumpObject { path } => {
-            std::fs::write(&path, l3lb::ebpf::OBJECT)
-                .map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))?;
+        Command::Run(config) => {
+            init_logging(config.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(l3lb::daemon::run(*config))
         }
+        Command::Status { addr, json } => {
+            let body = l3lb::status_client::fetch_report(addr)?;
+            if json {
+                print!("{body}");
+            } else {
+                let report: l3lb::controller::NodeReport = serde_json::from_str(&body)
+                    .map_err(|err| anyhow::anyhow!("the daemon at {addr} sent an unreadable report: {err}"))?;
+                print!("{}", l3lb::status_client::render(&report));
+            }
+            Ok(())
+        }
+        Command::DumpObject { path } => std::fs::write(&path, l3lb::ebpf::OBJECT)
+            .map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display())),
     }
-    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr (journald and kubectl logs take either); colours only on a terminal.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp, XdpMode};
-use l3lb_common::{ProtoCounter, program_names};
+use l3lb_common::{Reason, program_names};
 use l3lb_tests::{frames, netns, privileged, wait_until};
 
 const XDP_PASS: u32 = 2;
@@ -41,16 +41,16 @@ fn test_run_verdicts_and_counters() {
     // An IPv4 EtherType with only half an IP header behind it.
     let truncated = v4_tcp[..frames::ETH_LEN + 10].to_vec();
 
-    let cases: [(&str, &[u8], ProtoCounter); 4] = [
-        ("IPv4/TCP", &v4_tcp, ProtoCounter::Ipv4Tcp),
-        ("IPv6/UDP", &v6_udp, ProtoCounter::Ipv6Udp),
-        ("ARP", &arp, ProtoCounter::NonIp),
-        ("truncated IPv4", &truncated, ProtoCounter::Truncated),
+    let cases: [(&str, &[u8], Reason); 4] = [
+        ("IPv4/TCP", &v4_tcp, Reason::NotService),
+        ("IPv6/UDP", &v6_udp, Reason::NotService),
+        ("ARP", &arp, Reason::NotIp),
+        ("truncated IPv4", &truncated, Reason::Truncated),
     ];
 
     let mut ebpf = load_xdp();
     for (description, frame, bucket) in cases {
-        let before = l3lb::ebpf::proto_counters(&ebpf).expect("read counters")[bucket as usize];
+        let before = l3lb::ebpf::reason_counters(&ebpf).expect("read counters")[bucket as usize];
         let mut out = vec![0u8; frame.len() + 256];
         let program: &mut Xdp = ebpf
             .program_mut(program_names::XDP_INGRESS)
@@ -71,7 +71,7 @@ fn test_run_verdicts_and_counters() {
             "{description}: frame untouched"
         );
 
-        let after = l3lb::ebpf::proto_counters(&ebpf).expect("read counters")[bucket as usize];
+        let after = l3lb::ebpf::reason_counters(&ebpf).expect("read counters")[bucket as usize];
         assert_eq!(
             after.packets,
             before.packets + 1,
@@ -84,7 +84,7 @@ fn test_run_verdicts_and_counters() {
             "{description}: bytes"
         );
     }
-    let totals = l3lb::ebpf::proto_counters(&ebpf).unwrap();
+    let totals = l3lb::ebpf::reason_counters(&ebpf).unwrap();
     let counted: u64 = totals.iter().map(|c| c.packets).sum();
     assert_eq!(counted, 4, "each frame counted exactly once: {totals:?}");
 }
@@ -122,7 +122,7 @@ fn attached_to_a_veth_counts_real_traffic() {
         attached_tx.send(()).unwrap();
         // Counters are read until the sender says the traffic is done, then once more.
         let _ = done_rx.recv();
-        let counters = l3lb::ebpf::proto_counters(&ebpf).expect("read counters");
+        let counters = l3lb::ebpf::reason_counters(&ebpf).expect("read counters");
         let program: &mut Xdp = ebpf
             .program_mut(program_names::XDP_INGRESS)
             .unwrap()
@@ -154,18 +154,18 @@ fn attached_to_a_veth_counts_real_traffic() {
     done_tx.send(()).unwrap();
     let counters = reader.join().expect("reader thread");
 
-    let get = |bucket: ProtoCounter| counters[bucket as usize].packets;
+    let get = |bucket: Reason| counters[bucket as usize].packets;
     assert!(
-        get(ProtoCounter::Ipv4Other) >= 5,
+        get(Reason::NotTcpUdp) >= 5,
         "5 ICMP echo requests counted: {counters:?}"
     );
     assert!(
-        get(ProtoCounter::Ipv4Udp) >= 1,
+        get(Reason::NotService) >= 1,
         "the UDP datagram counted: {counters:?}"
     );
-    assert!(get(ProtoCounter::NonIp) >= 1, "ARP counted: {counters:?}");
+    assert!(get(Reason::NotIp) >= 1, "ARP counted: {counters:?}");
     assert_eq!(
-        get(ProtoCounter::Truncated),
+        get(Reason::Truncated),
         0,
         "no truncated frames: {counters:?}"
     );
@@ -207,8 +207,5 @@ fn object_carries_btf_for_the_map_types() {
         btf.contains("STRUCT 'PacketCounter' size=16"),
         "value type in BTF:\n{btf}"
     );
-    assert!(
-        btf.contains("VAR 'L3LB_PROTO_COUNTERS'"),
-        "map in BTF:\n{btf}"
-    );
+    assert!(btf.contains("VAR 'L3LB_REASONS'"), "map in BTF:\n{btf}");
 }

@@ -1,0 +1,300 @@
+//! `--source file:DIR`: Services and EndpointSlices read from YAML/JSON manifests in a directory,
+//! reloaded when the directory changes. It feeds the same path as the API watch, which is what
+//! the lab and the tests drive, and what serves static anycast without Kubernetes.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde::Deserialize as _;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::model::{ClusterChange, ServiceSpec, SliceSpec};
+
+/// How often the directory is checked for changes. Reading a directory's metadata is cheap, and a
+/// file edit shows up within this bound.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{file}: reading: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: document {document}: {source}")]
+    Parse {
+        file: PathBuf,
+        document: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
+}
+
+/// The objects parsed out of one file.
+#[derive(Clone, Debug, Default)]
+struct Parsed {
+    services: Vec<ServiceSpec>,
+    slices: Vec<SliceSpec>,
+}
+
+/// A file's identity for change detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+pub struct FileSource {
+    dir: PathBuf,
+    node: String,
+    poll_interval: Duration,
+    /// Last good parse per file. A file that stops parsing (say, half written) keeps its last
+    /// good objects, so a typo never withdraws what was announced.
+    files: BTreeMap<PathBuf, (Stamp, Parsed)>,
+    /// Stamps whose failure was already logged, so a broken file warns once per version.
+    reported: BTreeMap<PathBuf, Stamp>,
+}
+
+impl FileSource {
+    pub fn new(dir: PathBuf, node: String, poll_interval: Duration) -> Self {
+        FileSource {
+            dir,
+            node,
+            poll_interval,
+            files: BTreeMap::new(),
+            reported: BTreeMap::new(),
+        }
+    }
+
+    /// Sends the directory's contents as a relist now and after every change, until the receiver
+    /// goes away.
+    pub async fn run(mut self, changes: mpsc::Sender<ClusterChange>) {
+        info!(dir = %self.dir.display(), "reading Services and EndpointSlices from files");
+        let mut first = true;
+        let mut ticker = tokio::time::interval(self.poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if !self.rescan() && !first {
+                continue;
+            }
+            first = false;
+            let (services, slices) = self.snapshot();
+            debug!(services = services.len(), slices = slices.len(), "manifests changed");
+            if changes.send(ClusterChange::ServicesListed(services)).await.is_err()
+                || changes.send(ClusterChange::SlicesListed(slices)).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Re-reads files whose stamp changed; true when anything differs from before.
+    fn rescan(&mut self) -> bool {
+        let present = match manifest_files(&self.dir) {
+            Ok(present) => present,
+            Err(err) => {
+                // A missing directory reads as the last known state, not as "delete everything".
+                warn!(dir = %self.dir.display(), "cannot list manifests: {err}");
+                return false;
+            }
+        };
+        let mut changed = false;
+        let before = self.files.len();
+        self.files.retain(|path, _| present.contains_key(path));
+        changed |= self.files.len() != before;
+        for (path, stamp) in present {
+            if self.files.get(&path).is_some_and(|(known, _)| *known == stamp)
+                || self.reported.get(&path) == Some(&stamp)
+            {
+                continue;
+            }
+            match parse_file(&path, &self.node) {
+                Ok(parsed) => {
+                    self.reported.remove(&path);
+                    self.files.insert(path, (stamp, parsed));
+                    changed = true;
+                }
+                Err(err) => {
+                    warn!("skipping manifest, keeping its last good contents: {err}");
+                    self.reported.insert(path, stamp);
+                }
+            }
+        }
+        changed
+    }
+
+    fn snapshot(&self) -> (Vec<ServiceSpec>, Vec<SliceSpec>) {
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for (_, parsed) in self.files.values() {
+            services.extend(parsed.services.iter().cloned());
+            slices.extend(parsed.slices.iter().cloned());
+        }
+        (services, slices)
+    }
+}
+
+fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_manifest = path
+            .extension()
+            .and_then(|ext| ext.to_str())
+            .is_some_and(|ext| matches!(ext, "yaml" | "yml" | "json"));
+        // Editors and `kubectl`-style writers create dotfiles and temporaries next to the real one.
+        let hidden = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with('.'));
+        if !is_manifest || hidden {
+            continue;
+        }
+        let Ok(metadata) = std::fs::metadata(&path) else {
+            continue; // removed between listing and stat
+        };
+        if metadata.is_file() {
+            let stamp = Stamp {
+                modified: metadata.modified().ok(),
+                len: metadata.len(),
+            };
+            files.insert(path, stamp);
+        }
+    }
+    Ok(files)
+}
+
+fn parse_file(path: &Path, node: &str) -> Result<Parsed, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        file: path.to_owned(),
+        source,
+    })?;
+    parse_manifests(&text, node).map_err(|(document, source)| ManifestError::Parse {
+        file: path.to_owned(),
+        document,
+        source,
+    })
+}
+
+/// Parses a multi-document YAML (or JSON) text. Objects of other kinds are ignored; objects
+/// without a namespace land in `default`, as `kubectl apply` would put them.
+fn parse_manifests(text: &str, node: &str) -> Result<Parsed, (usize, serde_yaml::Error)> {
+    let mut parsed = Parsed::default();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(document).map_err(|err| (index + 1, err))?;
+        collect(value, node, &mut parsed).map_err(|err| (index + 1, err))?;
+    }
+    Ok(parsed)
+}
+
+fn collect(value: serde_yaml::Value, node: &str, parsed: &mut Parsed) -> Result<(), serde_yaml::Error> {
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+    match kind {
+        "Service" => {
+            let mut service: Service = serde_yaml::from_value(value)?;
+            service.metadata.namespace.get_or_insert_with(|| "default".into());
+            parsed.services.extend(ServiceSpec::from_service(&service));
+        }
+        "EndpointSlice" => {
+            let mut slice: EndpointSlice = serde_yaml::from_value(value)?;
+            slice.metadata.namespace.get_or_insert_with(|| "default".into());
+            parsed.slices.extend(SliceSpec::from_endpoint_slice(&slice, node));
+        }
+        "List" | "ServiceList" | "EndpointSliceList" => {
+            if let Some(serde_yaml::Value::Sequence(items)) = value.get("items").cloned() {
+                for item in items {
+                    collect(item, node, parsed)?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  annotations:
+    l3lb.io/loadBalancerIPs: "10.0.100.7, 2001:db8:100::7"
+spec:
+  type: LoadBalancer
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints:
+  - addresses: [10.244.1.5]
+    nodeName: node-a
+    conditions: {ready: true}
+  - addresses: [10.244.2.5]
+    nodeName: node-b
+    conditions: {ready: false, serving: true, terminating: true}
+ports: [{port: 8080, protocol: TCP}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ignored}
+"#;
+
+    #[test]
+    fn parses_services_and_slices_for_this_node() {
+        let parsed = parse_manifests(MANIFESTS, "node-b").expect("valid manifests");
+        assert_eq!(parsed.services.len(), 1);
+        let service = &parsed.services[0];
+        assert_eq!(service.key.to_string(), "default/web");
+        assert_eq!(service.annotation_ips, ["10.0.100.7", "2001:db8:100::7"]);
+        assert!(service.is_load_balancer);
+
+        assert_eq!(parsed.slices.len(), 1);
+        let slice = &parsed.slices[0];
+        assert_eq!(slice.service.as_ref().unwrap().to_string(), "default/web");
+        assert!(slice.any_ready, "node-a's endpoint is ready");
+        assert_eq!(slice.local.len(), 1, "only node-b's endpoint is kept");
+        assert!(!slice.local[0].ready && slice.local[0].serving && slice.local[0].terminating);
+        assert_eq!(slice.ports[0].port, 8080);
+    }
+
+    #[test]
+    fn a_broken_document_is_an_error_naming_it() {
+        let (document, _) = parse_manifests("kind: Service\nmetadata: {name: a}\n---\nkind: Service\nspec: [", "n")
+            .expect_err("second document is broken");
+        assert_eq!(document, 2);
+    }
+
+    #[test]
+    fn broken_file_keeps_its_last_good_contents() {
+        let dir = std::env::temp_dir().join(format!("l3lb-file-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("web.yaml");
+        std::fs::write(&file, MANIFESTS).unwrap();
+        let mut source = FileSource::new(dir.clone(), "node-a".into(), DEFAULT_POLL_INTERVAL);
+        assert!(source.rescan());
+        assert_eq!(source.snapshot().0.len(), 1);
+
+        std::fs::write(&file, "kind: Service\nspec: [\n").unwrap();
+        source.rescan();
+        assert_eq!(source.snapshot().0.len(), 1, "the typo does not withdraw the service");
+
+        std::fs::remove_file(&file).unwrap();
+        assert!(source.rescan());
+        assert_eq!(source.snapshot().0.len(), 0, "a deleted file removes its objects");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

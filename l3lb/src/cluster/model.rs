@@ -1,0 +1,232 @@
+//! The slim view of Services and EndpointSlices that l3lb keeps in memory.
+//!
+//! API objects are converted as soon as they arrive and then dropped, so managed fields, pod
+//! specs and every endpoint on other nodes never stay resident: a slice is reduced to this node's
+//! endpoints plus two cluster-wide flags. A slice change elsewhere that flips neither flag
+//! converts to an equal value, and the desired-state engine then does no work at all.
+use std::fmt;
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+/// The annotation listing the IPs a LoadBalancer Service asks for, comma-separated and
+/// dual-stack (the replacement for the deprecated `spec.loadBalancerIP`).
+pub const LOAD_BALANCER_IPS_ANNOTATION: &str = "l3lb.io/loadBalancerIPs";
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// `namespace/name` of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ServiceKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// `namespace/name` of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SliceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for SliceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What l3lb needs of a Service. IPs stay as the raw strings the user wrote, so the policy can
+/// say exactly which one was malformed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub key: ServiceKey,
+    pub is_load_balancer: bool,
+    pub load_balancer_class: Option<String>,
+    /// The `l3lb.io/loadBalancerIPs` annotation, split on commas.
+    pub annotation_ips: Vec<String>,
+    /// The deprecated `spec.loadBalancerIP`.
+    pub load_balancer_ip: Option<String>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub ingress_ips: Vec<String>,
+    pub external_ips: Vec<String>,
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub protocol: String,
+    pub port: u16,
+}
+
+/// What l3lb needs of an EndpointSlice, seen from one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceSpec {
+    pub key: SliceKey,
+    /// From the `kubernetes.io/service-name` label; a slice without it belongs to no Service.
+    pub service: Option<ServiceKey>,
+    /// Some endpoint on any node is ready (and not terminating).
+    pub any_ready: bool,
+    /// The endpoints on this node, in the slice's order.
+    pub local: Vec<LocalEndpoint>,
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub addresses: Vec<String>,
+    /// Ready and not terminating: may receive new connections.
+    pub ready: bool,
+    /// Still serving (possibly while terminating): may finish what it has.
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointPort {
+    pub name: Option<String>,
+    pub protocol: String,
+    pub port: u16,
+}
+
+impl ServiceSpec {
+    pub fn from_service(service: &Service) -> Option<ServiceSpec> {
+        let metadata = &service.metadata;
+        let key = ServiceKey::new(metadata.namespace.clone()?, metadata.name.clone()?);
+        let spec = service.spec.as_ref();
+        let annotation_ips = metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(LOAD_BALANCER_IPS_ANNOTATION))
+            .map(|value| split_list(value))
+            .unwrap_or_default();
+        let ingress_ips = service
+            .status
+            .as_ref()
+            .and_then(|status| status.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .map(|ingress| ingress.iter().filter_map(|i| i.ip.clone()).collect())
+            .unwrap_or_default();
+        let ports = spec
+            .and_then(|spec| spec.ports.as_ref())
+            .map(|ports| {
+                ports
+                    .iter()
+                    .filter_map(|port| {
+                        Some(ServicePort {
+                            name: port.name.clone(),
+                            protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                            port: u16::try_from(port.port).ok()?,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(ServiceSpec {
+            key,
+            is_load_balancer: spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"),
+            load_balancer_class: spec.and_then(|s| s.load_balancer_class.clone()),
+            annotation_ips,
+            load_balancer_ip: spec
+                .and_then(|s| s.load_balancer_ip.clone())
+                .filter(|ip| !ip.trim().is_empty()),
+            ingress_ips,
+            external_ips: spec
+                .and_then(|s| s.external_ips.clone())
+                .unwrap_or_default(),
+            ports,
+        })
+    }
+}
+
+impl SliceSpec {
+    /// Reduces `slice` to what matters on `node`.
+    pub fn from_endpoint_slice(slice: &EndpointSlice, node: &str) -> Option<SliceSpec> {
+        let metadata = &slice.metadata;
+        let namespace = metadata.namespace.clone()?;
+        let key = SliceKey {
+            namespace: namespace.clone(),
+            name: metadata.name.clone()?,
+        };
+        let service = metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+            .map(|name| ServiceKey::new(namespace, name.clone()));
+        let mut any_ready = false;
+        let mut local = Vec::new();
+        for endpoint in slice.endpoints.iter().flatten() {
+            let conditions = endpoint.conditions.as_ref();
+            // The API defines an absent `ready` as ready, an absent `serving` as equal to
+            // `ready`, and an absent `terminating` as not terminating.
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            let ready_flag = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready_flag);
+            let ready = ready_flag && !terminating;
+            any_ready |= ready;
+            if endpoint.node_name.as_deref() == Some(node) {
+                local.push(LocalEndpoint {
+                    addresses: endpoint.addresses.clone(),
+                    ready,
+                    serving,
+                    terminating,
+                });
+            }
+        }
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|port| {
+                Some(EndpointPort {
+                    name: port.name.clone(),
+                    protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    port: u16::try_from(port.port?).ok()?,
+                })
+            })
+            .collect();
+        Some(SliceSpec {
+            key,
+            service,
+            any_ready,
+            local,
+            ports,
+        })
+    }
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One change from a cluster source. A relist replaces everything of its kind at once, which is
+/// how a watch that lost its place (410 Gone) or a reloaded directory reports the world.
+#[derive(Clone, Debug)]
+pub enum ClusterChange {
+    ServiceApplied(ServiceSpec),
+    ServiceDeleted(ServiceKey),
+    ServicesListed(Vec<ServiceSpec>),
+    SliceApplied(SliceSpec),
+    SliceDeleted(SliceKey),
+    SlicesListed(Vec<SliceSpec>),
+}

@@ -1,0 +1,154 @@
+//! `l3lb run` configuration: flags with environment fallbacks. The variable names of the original
+//! l3lb (`L3LB_PREFIX`, `L3LB_INTERFACE`) and the downward-API `NODE_NAME` are kept, so l3lb
+//! drops in where the original ran.
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{ArgAction, Args, ValueEnum};
+use ipnet::IpNet;
+
+use crate::desired::{DEFAULT_LOAD_BALANCER_CLASS, Mode, Policy};
+
+/// Loopback by default: the endpoint tells what the node announces, which is for its operator.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9474";
+
+#[derive(Args, Debug, Clone)]
+pub struct RunConfig {
+    /// This node's name, as in the EndpointSlices' `nodeName` (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// Service prefixes l3lb manages, comma-separated, IPv4 and IPv6. Only addresses inside them
+    /// are ever added or removed.
+    #[arg(long = "prefix", env = "L3LB_PREFIX", value_delimiter = ',', required = true)]
+    pub prefixes: Vec<IpNet>,
+
+    /// Interface that carries the announced addresses (the routing daemon redistributes it).
+    #[arg(long, env = "L3LB_INTERFACE", default_value = "lo")]
+    pub interface: String,
+
+    /// `pods`: announce where a ready endpoint runs; `gateway`: announce every managed IP here.
+    #[arg(long, env = "L3LB_MODE", value_enum, default_value_t = Mode::Pods)]
+    pub mode: Mode,
+
+    /// The `spec.loadBalancerClass` l3lb answers to (Services without a class are l3lb's too).
+    #[arg(long, env = "L3LB_LOAD_BALANCER_CLASS", default_value = DEFAULT_LOAD_BALANCER_CLASS)]
+    pub load_balancer_class: String,
+
+    /// Also announce `spec.externalIPs` of any Service (the kube-gw style).
+    #[arg(long, env = "L3LB_EXTERNAL_IPS", default_value_t = true, action = ArgAction::Set)]
+    pub external_ips: bool,
+
+    /// Where Services and EndpointSlices come from: `kube` (the API server) or `file:DIR`
+    /// (manifests in a directory, reloaded on change).
+    #[arg(long, env = "L3LB_SOURCE", default_value = "kube")]
+    pub source: Source,
+
+    /// Kubeconfig to use; without it: in-cluster config, then `KUBECONFIG`, then ~/.kube/config.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Full resync of the interface against the desired state, as a safety net behind the
+    /// event-driven updates (e.g. `30s`, `5m`).
+    #[arg(long, env = "L3LB_RESYNC_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+
+    /// Keep the announced addresses on exit (for hitless upgrades: the next l3lb adopts them).
+    #[arg(long, env = "L3LB_RETAIN_ON_EXIT")]
+    pub retain_on_exit: bool,
+
+    /// Write `status.loadBalancer.ingress` of LoadBalancer Services (one writer cluster-wide,
+    /// chosen by a Lease). Only with `--source kube`.
+    #[arg(long, env = "L3LB_WRITE_STATUS", default_value_t = true, action = ArgAction::Set)]
+    pub write_status: bool,
+
+    /// Namespace of the leader-election Lease (l3lb's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "l3lb-system")]
+    pub lease_namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "L3LB_LEASE_NAME", default_value = "l3lb-status-writer")]
+    pub lease_name: String,
+
+    /// How long the status writer's Lease lasts without renewal: a crashed leader is replaced
+    /// after at most this long.
+    #[arg(long, env = "L3LB_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// Where to serve /metrics, /healthz, /readyz and /status (`l3lb status` reads it).
+    #[arg(long, env = "L3LB_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: std::net::SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "L3LB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl RunConfig {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            node: self.node_name.clone(),
+            mode: self.mode,
+            prefixes: self.prefixes.iter().map(IpNet::trunc).collect(),
+            load_balancer_class: self.load_balancer_class.clone(),
+            external_ips: self.external_ips,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Kube,
+    Files(PathBuf),
+}
+
+impl FromStr for Source {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            None if s == "kube" => Ok(Source::Kube),
+            Some(("file", dir)) if !dir.is_empty() => Ok(Source::Files(dir.into())),
+            _ => Err(format!("{s:?}: expected `kube` or `file:DIR`")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `150ms`, `30s`, `5m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 30s or 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sources_parse() {
+        assert_eq!(parse_duration("150ms"), Ok(Duration::from_millis(150)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!("kube".parse(), Ok(Source::Kube));
+        assert_eq!("file:/srv/l3lb".parse(), Ok(Source::Files("/srv/l3lb".into())));
+        assert!("file:".parse::<Source>().is_err());
+        assert!("etcd".parse::<Source>().is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! The control loop: cluster changes in, desired state recomputed for what they touch, the
+//! interface reconciled when the desired addresses change, when someone changes the interface
+//! behind l3lb's back, and on a periodic resync.
+//!
+//! Nothing is reconciled until both Services and EndpointSlices have been listed once: before
+//! that the desired set is incomplete, and applying it would withdraw addresses a previous l3lb
+//! left for us to adopt.
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, instrument, warn};
+
+use crate::{
+    cluster::model::ClusterChange,
+    desired::{DesiredState, Outcome, ingress_to_publish},
+    events::{self, ServiceEvent},
+    http::ReportRequest,
+    ingress::IngressUpdate,
+    metrics::{ErrorLabels, Metrics},
+    reconcile::{AddressEvents, AddressReconciler, Changes},
+};
+
+/// Upper bound on changes folded into one recompute, so a relist storm still yields to the loop.
+const MAX_BURST: usize = 1024;
+
+/// How soon a failed reconcile is retried.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the cluster source stopped")]
+    SourceClosed,
+    #[error("withdrawing addresses on exit: {0}")]
+    Withdraw(String),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::SourceClosed => "source_closed",
+            Error::Withdraw(_) => "withdraw",
+        }
+    }
+}
+
+/// What this node announces and why: `/status` and `l3lb status`.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub interface: String,
+    pub prefixes: Vec<String>,
+    /// Both Services and EndpointSlices have been listed: until then nothing is withdrawn.
+    pub synced: bool,
+    pub services_seen: usize,
+    pub announced: Vec<IpAddr>,
+    /// Every Service that asks for a managed IP (or asks wrongly), sorted by namespace/name.
+    pub services: Vec<ServiceReport>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServiceReport {
+    pub service: String,
+    pub ips: Vec<IpAddr>,
+    pub announced: bool,
+    pub reason: String,
+    /// Addresses of this node's ready endpoints.
+    pub local_ready: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// Where the controller's results go besides the interface.
+pub struct Outputs {
+    pub metrics: Metrics,
+    /// Becomes true once the first complete picture has been applied (`/readyz`).
+    pub ready: watch::Sender<bool>,
+    pub ingress: Option<mpsc::Sender<IngressUpdate>>,
+    pub events: Option<mpsc::Sender<ServiceEvent>>,
+}
+
+pub struct Controller {
+    state: DesiredState,
+    addresses: AddressReconciler,
+    listed_services: bool,
+    listed_slices: bool,
+    outputs: Outputs,
+}
+
+impl Controller {
+    pub fn new(state: DesiredState, addresses: AddressReconciler, outputs: Outputs) -> Self {
+        Controller {
+            state,
+            addresses,
+            listed_services: false,
+            listed_slices: false,
+            outputs,
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.listed_services && self.listed_slices
+    }
+
+    /// Runs until `shutdown` resolves, then withdraws what l3lb owns unless `retain_on_exit`.
+    pub async fn run(
+        mut self,
+        mut changes: mpsc::Receiver<ClusterChange>,
+        mut reports: mpsc::Receiver<ReportRequest>,
+        resync_interval: Duration,
+        retain_on_exit: bool,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        // Without the subscription a hand-deleted address only returns at the next resync.
+        let mut interface_events = match self.addresses.address_events() {
+            Ok(events) => Some(events),
+            Err(err) => {
+                warn!("not watching {} for address changes: {err}", self.addresses.interface());
+                None
+            }
+        };
+        let mut resync = tokio::time::interval(resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry_at: Option<Instant> = None;
+        tokio::pin!(shutdown);
+
+        loop {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let reconcile_now = tokio::select! {
+                () = &mut shutdown => break,
+                change = changes.recv() => {
+                    let Some(change) = change else { return Err(Error::SourceClosed) };
+                    let mut burst = vec![change];
+                    while burst.len() < MAX_BURST {
+                        match changes.try_recv() {
+                            Ok(change) => burst.push(change),
+                            Err(_) => break,
+                        }
+                    }
+                    let was_synced = self.synced();
+                    let outcome = self.absorb(burst).await;
+                    // The first moment the picture is complete is when adoption ends.
+                    (self.synced() && !was_synced) || outcome.addresses_changed()
+                }
+                Some(()) = next_event(&mut interface_events) => {
+                    debug!("interface addresses changed");
+                    true
+                }
+                _ = resync.tick() => true,
+                () = retry => true,
+                Some(reply) = reports.recv() => {
+                    let _ = reply.send(self.report());
+                    false
+                }
+            };
+            if reconcile_now && self.synced() {
+                retry_at = match self.reconcile().await {
+                    Ok(()) => None,
+                    Err(()) => Some(Instant::now() + RETRY_AFTER),
+                };
+            }
+        }
+
+        if retain_on_exit {
+            info!("exiting and retaining the announced addresses (--retain-on-exit)");
+            return Ok(());
+        }
+        info!("exiting: withdrawing the announced addresses");
+        match self.addresses.withdraw_all().await {
+            Ok(changes) => {
+                for ip in &changes.removed {
+                    info!("forfeiting address {ip}");
+                }
+                Ok(())
+            }
+            Err(err) => Err(Error::Withdraw(err.to_string())),
+        }
+    }
+
+    #[instrument(skip_all, fields(changes = burst.len()))]
+    async fn absorb(&mut self, burst: Vec<ClusterChange>) -> Outcome {
+        for change in &burst {
+            match change {
+                ClusterChange::ServicesListed(_) => self.listed_services = true,
+                ClusterChange::SlicesListed(_) => self.listed_slices = true,
+                _ => {}
+            }
+        }
+        let outcome = self.state.apply_all(burst);
+        self.log_outcome(&outcome);
+        self.outputs.metrics.services_seen.set(self.state.services().count() as i64);
+        if let Some(events) = &self.outputs.events {
+            for event in events::from_outcome(&outcome, &self.state.policy().node) {
+                // Events are a courtesy; when the publisher lags, dropping one is fine.
+                let _ = events.try_send(event);
+            }
+        }
+        self.publish_ingress(&outcome);
+        outcome
+    }
+
+    fn log_outcome(&self, outcome: &Outcome) {
+        for (service, problem) in &outcome.problems {
+            warn!(service = %service, "not announcing {problem}");
+        }
+        for (ip, services) in &outcome.shared {
+            let names: Vec<String> = services.iter().map(ToString::to_string).collect();
+            warn!("address {ip} is claimed by {}; announcing it once", names.join(", "));
+        }
+        for (service, ips) in &outcome.announced {
+            let reason = self.state.decision(service).map(|d| d.reason.to_string()).unwrap_or_default();
+            info!(service = %service, ips = ?ips, "announcing from this node: {reason}");
+        }
+        for (service, ips) in &outcome.withdrawn {
+            let reason = self
+                .state
+                .decision(service)
+                .map(|d| d.reason.to_string())
+                .unwrap_or_else(|| "service deleted".into());
+            info!(service = %service, ips = ?ips, "withdrawing from this node: {reason}");
+        }
+    }
+
+    fn publish_ingress(&self, outcome: &Outcome) {
+        let Some(ingress) = &self.outputs.ingress else { return };
+        for key in &outcome.touched {
+            let update = match self.state.service(key) {
+                Some(spec) => IngressUpdate {
+                    service: key.clone(),
+                    wanted: ingress_to_publish(self.state.policy(), spec),
+                    current: spec.ingress_ips.clone(),
+                },
+                None => IngressUpdate {
+                    service: key.clone(),
+                    wanted: None,
+                    current: Vec::new(),
+                },
+            };
+            // The writer only falls behind while it is busy talking to the API server; it
+            // catches up from the next update of the same Service.
+            let _ = ingress.try_send(update);
+        }
+    }
+
+    /// Makes the interface match the desired addresses; `Err` means retry soon.
+    async fn reconcile(&mut self) -> Result<(), ()> {
+        let desired = self.state.addresses();
+        let started = Instant::now();
+        let result = self.addresses.apply(&desired).await;
+        self.outputs.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        let (changes, failure) = match result {
+            Ok(changes) => (changes, None),
+            Err(err) => (err.changes.clone(), Some(err)),
+        };
+        self.log_changes(&changes);
+        match failure {
+            None => {
+                self.outputs.metrics.announced_addresses.set(desired.len() as i64);
+                self.outputs.ready.send_if_modified(|ready| !std::mem::replace(ready, true));
+                Ok(())
+            }
+            Some(err) => {
+                for failure in &err.failures {
+                    let labels = ErrorLabels {
+                        kind: failure.metric_label().to_owned(),
+                    };
+                    self.outputs.metrics.reconcile_errors.get_or_create(&labels).inc();
+                }
+                warn!("reconciling {}: {err}; retrying in {RETRY_AFTER:?}", self.addresses.interface());
+                Err(())
+            }
+        }
+    }
+
+    fn log_changes(&self, changes: &Changes) {
+        for ip in &changes.added {
+            let owners = self
+                .state
+                .claimants(ip)
+                .map(|services| {
+                    services
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            info!("assuming address {ip} ({owners})");
+        }
+        for ip in &changes.removed {
+            info!("forfeiting address {ip}");
+        }
+    }
+
+    fn report(&self) -> NodeReport {
+        let mut services: Vec<ServiceReport> = self
+            .state
+            .services()
+            .filter_map(|spec| {
+                let decision = self.state.decision(&spec.key)?;
+                if decision.ips.is_empty() && decision.problems.is_empty() {
+                    return None;
+                }
+                Some(ServiceReport {
+                    service: spec.key.to_string(),
+                    ips: decision.ips.iter().copied().collect(),
+                    announced: decision.reason.announces(),
+                    reason: decision.reason.to_string(),
+                    local_ready: self
+                        .state
+                        .slices_of(&spec.key)
+                        .flat_map(|slice| slice.local.iter())
+                        .filter(|endpoint| endpoint.ready)
+                        .flat_map(|endpoint| endpoint.addresses.iter().cloned())
+                        .collect(),
+                    problems: decision.problems.iter().map(ToString::to_string).collect(),
+                })
+            })
+            .collect();
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        let policy = self.state.policy();
+        NodeReport {
+            node: policy.node.clone(),
+            interface: self.addresses.interface().to_owned(),
+            prefixes: policy.prefixes.iter().map(ToString::to_string).collect(),
+            synced: self.synced(),
+            services_seen: self.state.services().count(),
+            announced: self.state.addresses().into_iter().collect(),
+            services,
+        }
+    }
+}
+
+async fn next_event(events: &mut Option<AddressEvents>) -> Option<()> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,134 @@
+//! `l3lb run`: wires a cluster source, the desired state, the address reconciler and (with the
+//! API server) the status writer and event publisher together, serves the HTTP endpoint, and
+//! shuts down cleanly on SIGTERM/SIGINT.
+use anyhow::{Context as _, Result};
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+use crate::{
+    cluster::{self, file::FileSource},
+    config::{RunConfig, Source},
+    controller::{Controller, Outputs},
+    desired::DesiredState,
+    events, http, ingress, leader,
+    metrics::Metrics,
+    reconcile::{AddressReconciler, L3LB_ADDR_PROTO},
+};
+
+/// Room for a relist's worth of changes between the sources and the controller.
+const CHANGE_QUEUE: usize = 4096;
+
+pub async fn run(config: RunConfig) -> Result<()> {
+    info!(
+        node = %config.node_name,
+        interface = %config.interface,
+        prefixes = ?config.prefixes,
+        mode = ?config.mode,
+        "starting l3lb"
+    );
+    for prefix in &config.prefixes {
+        info!("using network {prefix}");
+    }
+    info!("using interface {}", config.interface);
+    let addresses = AddressReconciler::new(&config.interface, config.policy().prefixes, L3LB_ADDR_PROTO)
+        .await
+        .with_context(|| format!("opening interface {}", config.interface))?;
+
+    let metrics = Metrics::new();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (reports_tx, reports_rx) = mpsc::channel(8);
+    let endpoints = http::Endpoints {
+        metrics: metrics.clone(),
+        ready: ready_rx,
+        reports: reports_tx,
+    };
+    let bound = http::serve(config.metrics_addr, endpoints)
+        .await
+        .with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
+    info!("serving /metrics, /healthz, /readyz and /status on http://{bound}");
+
+    let (changes_tx, changes_rx) = mpsc::channel(CHANGE_QUEUE);
+    let mut outputs = Outputs {
+        metrics: metrics.clone(),
+        ready: ready_tx,
+        ingress: None,
+        events: None,
+    };
+    match &config.source {
+        Source::Files(dir) => {
+            let source = FileSource::new(dir.clone(), config.node_name.clone(), cluster::file::DEFAULT_POLL_INTERVAL);
+            tokio::spawn(source.run(changes_tx));
+        }
+        Source::Kube => {
+            let client = kube_client(&config).await?;
+            tokio::spawn(cluster::kube::run(client.clone(), config.node_name.clone(), changes_tx, metrics.clone()));
+
+            let (events_tx, events_rx) = mpsc::channel(CHANGE_QUEUE);
+            tokio::spawn(events::publish(client.clone(), config.node_name.clone(), events_rx));
+            outputs.events = Some(events_tx);
+
+            if config.write_status {
+                let (leader_tx, mut leader_rx) = watch::channel(false);
+                let lease = leader::LeaseConfig {
+                    namespace: config.lease_namespace.clone(),
+                    name: config.lease_name.clone(),
+                    identity: config.node_name.clone(),
+                    duration: config.lease_duration,
+                };
+                tokio::spawn(leader::elect(client.clone(), lease, leader_tx));
+                let gauge = metrics.leader.clone();
+                let mut leading = leader_rx.clone();
+                tokio::spawn(async move {
+                    while leading.changed().await.is_ok() {
+                        gauge.set(i64::from(*leading.borrow()));
+                    }
+                });
+                let (tx, rx) = mpsc::channel(CHANGE_QUEUE);
+                leader_rx.mark_unchanged();
+                tokio::spawn(ingress::write_ingress(client, rx, leader_rx));
+                outputs.ingress = Some(tx);
+            }
+        }
+    }
+
+    let controller = Controller::new(DesiredState::new(config.policy()), addresses, outputs);
+    controller
+        .run(
+            changes_rx,
+            reports_rx,
+            config.resync_interval,
+            config.retain_on_exit,
+            shutdown_signal(),
+        )
+        .await
+        .context("controller")?;
+    Ok(())
+}
+
+async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding the API server (in-cluster, KUBECONFIG or ~/.kube/config)")?,
+    };
+    kube::Client::try_from(kube_config).context("building the Kubernetes client")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process dies on SIGTERM anyway; wait forever.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

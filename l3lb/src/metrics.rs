@@ -1,0 +1,110 @@
+//! Prometheus metrics. One [`Metrics`] is created at start-up and handed (cloned: every metric
+//! is a shared handle) to the parts that update it; `/metrics` encodes the registry.
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// What failed, from the error's `metric_label()`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub resource: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub announced_addresses: Gauge,
+    pub services_seen: Gauge,
+    pub reconcile_duration: Histogram,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub watch_errors: Family<WatchLabels, Counter>,
+    pub watch_relists: Family<WatchLabels, Counter>,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("l3lb");
+        let announced_addresses = Gauge::default();
+        registry.register(
+            "announced_addresses",
+            "Service addresses this node currently announces",
+            announced_addresses.clone(),
+        );
+        let services_seen = Gauge::default();
+        registry.register(
+            "services",
+            "Services known to this node (all of them, managed or not)",
+            services_seen.clone(),
+        );
+        // 50 µs to ~1.6 s: a converged reconcile is one netlink dump.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to bring the interface in line with the desired addresses",
+            reconcile_duration.clone(),
+        );
+        let reconcile_errors = Family::default();
+        registry.register(
+            "netlink_errors",
+            "Failed address operations on the interface, by kind",
+            reconcile_errors.clone(),
+        );
+        let watch_errors = Family::default();
+        registry.register(
+            "watch_errors",
+            "API watch failures (each followed by a retry with backoff)",
+            watch_errors.clone(),
+        );
+        let watch_relists = Family::default();
+        registry.register(
+            "watch_restarts",
+            "Completed (re)lists of a watched resource, the initial one included",
+            watch_relists.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this instance holds the status-writer Lease",
+            leader.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            announced_addresses,
+            services_seen,
+            reconcile_duration,
+            reconcile_errors,
+            watch_errors,
+            watch_relists,
+            leader,
+        }
+    }
+
+    /// The text exposition format, as `/metrics` serves it.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

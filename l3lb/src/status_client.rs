@@ -1,0 +1,109 @@
+//! `l3lb status`: reads the running daemon's `/status` and renders it for a terminal.
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use crate::controller::NodeReport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach the l3lb daemon at {addr} (is it running with --metrics-addr {addr}?): {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the l3lb daemon at {addr} answered: {status}")]
+    Status { addr: SocketAddr, status: String },
+}
+
+/// The JSON body of `GET /status`. HTTP/1.0 keeps this a dozen lines without a client library.
+pub fn fetch_report(addr: SocketAddr) -> Result<String, Error> {
+    let connect = |source| Error::Connect { addr, source };
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(connect)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(connect)?;
+    write!(stream, "GET /status HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(connect)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(connect)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        return Err(Error::Status {
+            addr,
+            status: format!("{status}: {}", body.trim()),
+        });
+    }
+    Ok(body.to_owned())
+}
+
+/// A table: one row per Service and IP, announced ones marked.
+pub fn render(report: &NodeReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node {} · interface {} · prefixes {} · {}",
+        report.node,
+        report.interface,
+        report.prefixes.join(", "),
+        if report.synced { "synced" } else { "NOT SYNCED (nothing is withdrawn until it is)" }
+    );
+    let _ = writeln!(
+        out,
+        "{} address(es) announced, {} Service(s) seen\n",
+        report.announced.len(),
+        report.services_seen
+    );
+    let _ = writeln!(out, "{:<32} {:<24} {:<6} {:<22} WHY", "SERVICE", "IP", "HERE", "LOCAL READY");
+    for service in &report.services {
+        let local = if service.local_ready.is_empty() { "-".to_owned() } else { service.local_ready.join(",") };
+        for ip in &service.ips {
+            let _ = writeln!(
+                out,
+                "{:<32} {:<24} {:<6} {:<22} {}",
+                service.service,
+                ip.to_string(),
+                if service.announced { "yes" } else { "no" },
+                local,
+                service.reason
+            );
+        }
+        for problem in &service.problems {
+            let _ = writeln!(out, "{:<32} {:<24} {:<6} {:<22} {problem}", service.service, "!", "no", "-");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::ServiceReport;
+
+    #[test]
+    fn renders_each_ip_and_problem() {
+        let report = NodeReport {
+            node: "node-a".into(),
+            interface: "lo".into(),
+            prefixes: vec!["10.0.100.0/24".into()],
+            synced: true,
+            services_seen: 3,
+            announced: vec!["10.0.100.7".parse().unwrap()],
+            services: vec![ServiceReport {
+                service: "default/web".into(),
+                ips: vec!["10.0.100.7".parse().unwrap()],
+                announced: true,
+                reason: "1 ready endpoint(s) on this node".into(),
+                local_ready: vec!["10.244.1.5".into()],
+                problems: vec!["192.0.2.1 is outside the managed prefixes".into()],
+            }],
+        };
+        let table = render(&report);
+        assert!(table.contains("synced"), "{table}");
+        let row = table.lines().find(|l| l.contains("10.0.100.7")).expect("a row for the IP");
+        assert!(row.contains("default/web") && row.contains("yes") && row.contains("10.244.1.5"), "{row}");
+        assert!(table.lines().any(|l| l.contains("outside the managed prefixes")), "{table}");
+    }
+}

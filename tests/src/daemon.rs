@@ -1,0 +1,117 @@
+//! A running `l3lb` under test: started with its log captured to a file, searched by polling,
+//! and killed on drop so a failing test leaves no daemon behind.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::wait_until;
+
+/// The daemon binary built next to the test binaries (`target/<profile>/l3lb`).
+pub fn l3lb_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/l3lb
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("l3lb"))
+        .expect("test binary lives in target/<profile>/deps");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p l3lb` (cargo xtask test does)",
+        binary.display()
+    );
+    binary
+}
+
+pub struct L3lb {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl L3lb {
+    /// Starts `command` (an `l3lb …` command line, possibly behind `nsenter`) with stdout and
+    /// stderr appended to `log`.
+    pub fn spawn(mut command: Command, log: PathBuf) -> L3lb {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|err| panic!("opening {}: {err}", log.display()));
+        let child = command
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log fd"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {command:?}: {err}"));
+        L3lb {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log when it does not in time.
+    pub fn wait_for_log(&self, needle: &str, deadline: Duration) {
+        let found = wait_until(deadline, || self.log().contains(needle));
+        assert!(found, "l3lb never logged {needle:?}; its log:\n{}", self.log());
+    }
+
+    /// How often the log contains `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// `GET path` on the daemon's HTTP endpoint at `addr` (from the caller's network namespace):
+    /// the status code and body, or `None` when nothing answers.
+    pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let code = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, body.to_owned()))
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let exited = wait_until(Duration::from_secs(10), || matches!(child.try_wait(), Ok(Some(_))));
+        if !exited {
+            let _ = child.kill();
+        }
+        child.wait().map(|status| status.success()).unwrap_or(false)
+    }
+
+    /// SIGKILL: a crash, leaving whatever it had announced behind.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for L3lb {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,280 @@
+//! The controller end to end: the real `l3lb` binary and its real kube-rs client against the fake
+//! API server, managing `lo` in a network namespace the test owns. `ip` is the oracle for what
+//! is on the interface; the fake server is the oracle for what was written to the API.
+//!
+//! The whole scenario runs on a thread inside the namespace, so the fake server listens on the
+//! namespace's 127.0.0.1 and the daemon (a child of that thread) shares it.
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use l3lb_tests::{
+    daemon::{L3lb, l3lb_binary},
+    fake_api::FakeApiServer,
+    netns::{NetNs, sh},
+    privileged, wait_until,
+};
+use serde_json::{Value, json};
+
+const CONVERGE: Duration = Duration::from_secs(10);
+
+fn service(name: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default",
+                     "annotations": {"l3lb.io/loadBalancerIPs": ip}},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
+    })
+}
+
+fn slice(service: &str, node: &str, ready: bool) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-1"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.0.5"], "nodeName": node,
+                       "conditions": {"ready": ready, "serving": ready, "terminating": false}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}]
+    })
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("l3lb-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_l3lb(node: &str, interface: &str, kubeconfig: &std::path::Path, metrics: &str, log: PathBuf) -> L3lb {
+    let mut command = Command::new(l3lb_binary());
+    command.args(["run", "--metrics-addr", metrics]);
+    command.args(["--node-name", node, "--prefix", "10.0.100.0/24,2001:db8:100::/64"]);
+    command.args(["--interface", interface, "--source", "kube", "--kubeconfig"]);
+    command.arg(kubeconfig);
+    command.args(["--lease-namespace", "l3lb-system", "--lease-duration", "2s"]);
+    L3lb::spawn(command, log)
+}
+
+/// `ip -n NS …`, usable from inside the scenario thread (the guard stays with the test).
+struct Ip(String);
+
+impl Ip {
+    fn of(ns: &NetNs) -> Ip {
+        Ip(ns.name().to_owned())
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = sh(Command::new("ip").args(["-n", &self.0]).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn has_address(ns: &Ip, interface: &str, cidr: &str) -> bool {
+    ns.ip(&["-o", "addr", "show", "dev", interface])
+        .split_whitespace()
+        .any(|word| word == cidr)
+}
+
+/// The value of one sample (name with labels, as exposed) on `/metrics`.
+fn metric(addr: &str, sample: &str) -> Option<f64> {
+    let (_, body) = L3lb::get(addr, "/metrics")?;
+    body.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn has_event(server: &FakeApiServer, service: &str, reason: &str, note_contains: &str) -> bool {
+    server.events().iter().any(|event| {
+        event.pointer("/regarding/name").and_then(Value::as_str) == Some(service)
+            && event.get("reason").and_then(Value::as_str) == Some(reason)
+            && event.get("note").and_then(Value::as_str).is_some_and(|n| n.contains(note_contains))
+    })
+}
+
+fn ingress_ips(server: &FakeApiServer, name: &str) -> Vec<String> {
+    server
+        .get("services", "default", name)
+        .and_then(|svc| svc.pointer("/status/loadBalancer/ingress").cloned())
+        .and_then(|ingress| ingress.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|entry| entry.get("ip")?.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn follows_the_api_and_fails_static() {
+    if !privileged("follows_the_api_and_fails_static") {
+        return;
+    }
+    let ns = NetNs::new("ctlkube");
+    let oracle = Ip::of(&ns);
+    ns.run_inside(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(scenario(oracle));
+    });
+}
+
+async fn scenario(ns: Ip) {
+    let scratch = Scratch::new("ctlkube");
+    let server = FakeApiServer::start().await;
+    let kubeconfig = scratch.0.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    server.apply(service("web", "10.0.100.7, 2001:db8:100::7"));
+    server.apply(slice("web", "node-a", true));
+    ns.ip(&["addr", "add", "10.0.0.20/32", "dev", "lo"]); // the node's own loopback: not ours
+
+    const HTTP: &str = "127.0.0.1:9474";
+    let mut daemon = start_l3lb("node-a", "lo", &kubeconfig, HTTP, scratch.0.join("l3lb.log"));
+    let converged = |cidr: &str, present: bool| {
+        wait_until(CONVERGE, || has_address(&ns, "lo", cidr) == present)
+    };
+
+    // A ready endpoint here: announced, both families.
+    assert!(converged("10.0.100.7/32", true), "announced; log:\n{}", daemon.log());
+    assert!(converged("2001:db8:100::7/128", true), "IPv6 announced");
+    daemon.wait_for_log("assuming address 10.0.100.7 (default/web)", CONVERGE);
+
+    // What it does is visible: health, readiness, metrics, the status report, Events.
+    assert_eq!(L3lb::get(HTTP, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(L3lb::get(HTTP, "/readyz").map(|r| r.0), Some(200), "ready once converged");
+    assert!(
+        wait_until(CONVERGE, || metric(HTTP, "l3lb_announced_addresses") == Some(2.0)),
+        "metrics count the announced addresses: {:?}",
+        L3lb::get(HTTP, "/metrics")
+    );
+    let (_, report) = L3lb::get(HTTP, "/status").expect("/status answers");
+    let report: Value = serde_json::from_str(&report).expect("/status is JSON");
+    assert_eq!(report["announced"], json!(["10.0.100.7", "2001:db8:100::7"]));
+    assert_eq!(report["services"][0]["local_ready"], json!(["10.244.0.5"]));
+    let table = Command::new(l3lb_binary()).args(["status", "--addr", HTTP]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.lines().any(|row| row.contains("default/web") && row.contains("10.0.100.7") && row.contains("yes")),
+        "`l3lb status` shows the announced row:\n{table}"
+    );
+    assert!(
+        wait_until(CONVERGE, || has_event(&server, "web", "Announced", "node-a")),
+        "an Announced event on the Service: {:?}",
+        server.events()
+    );
+
+    // The endpoint moves to another node: withdrawn.
+    server.apply(slice("web", "node-b", true));
+    assert!(converged("10.0.100.7/32", false), "withdrawn; log:\n{}", daemon.log());
+    daemon.wait_for_log("forfeiting address 10.0.100.7", CONVERGE);
+    assert!(wait_until(CONVERGE, || metric(HTTP, "l3lb_announced_addresses") == Some(0.0)));
+    assert!(wait_until(CONVERGE, || has_event(&server, "web", "Withdrawn", "node-a")));
+    server.apply(slice("web", "node-a", true));
+    assert!(converged("10.0.100.7/32", true), "back");
+
+    // The leader (the only instance) publishes the requested IPs in the Service's status.
+    assert!(
+        wait_until(CONVERGE, || ingress_ips(&server, "web").len() == 2),
+        "status.loadBalancer.ingress written; log:\n{}",
+        daemon.log()
+    );
+
+    // API server down: nothing is withdrawn while the watches fail and retry.
+    server.stop().await;
+    assert!(
+        wait_until(CONVERGE, || daemon.log_count("keeping the last known state") >= 2),
+        "the daemon noticed the outage; log:\n{}",
+        daemon.log()
+    );
+    assert!(has_address(&ns, "lo", "10.0.100.7/32"), "fail static: still announced");
+    assert!(has_address(&ns, "lo", "2001:db8:100::7/128"));
+    assert!(
+        metric(HTTP, "l3lb_watch_errors_total{resource=\"services\"}").is_some_and(|n| n >= 1.0),
+        "watch errors counted"
+    );
+
+    // Changes made while it was down are picked up once it is back.
+    server.apply(service("api", "10.0.100.8"));
+    server.apply(slice("api", "node-a", true));
+    server.delete("endpointslices", "default", "web-1");
+    server.start_again().await;
+    assert!(converged("10.0.100.8/32", true), "new service after recovery; log:\n{}", daemon.log());
+    assert!(converged("10.0.100.7/32", false), "deleted slice after recovery");
+
+    // History compacted and watches dropped: resuming gets 410 Gone, the daemon relists.
+    server.compact();
+    server.drop_watches().await;
+    server.apply(slice("api", "node-b", true));
+    assert!(converged("10.0.100.8/32", false), "converged through a relist; log:\n{}", daemon.log());
+    daemon.wait_for_log("relisted", CONVERGE);
+
+    // Someone deletes an announced address by hand: it comes straight back.
+    server.apply(slice("web", "node-a", true));
+    assert!(converged("10.0.100.7/32", true));
+    ns.ip(&["addr", "del", "10.0.100.7/32", "dev", "lo"]);
+    assert!(converged("10.0.100.7/32", true), "restored; log:\n{}", daemon.log());
+
+    // SIGTERM without --retain-on-exit: owned addresses go, foreign ones stay.
+    assert!(daemon.terminate(), "clean exit; log:\n{}", daemon.log());
+    assert!(!has_address(&ns, "lo", "10.0.100.7/32"), "withdrawn on exit");
+    assert!(!has_address(&ns, "lo", "2001:db8:100::7/128"), "withdrawn on exit");
+    assert!(has_address(&ns, "lo", "10.0.0.20/32"), "the node's own address untouched");
+    assert!(has_address(&ns, "lo", "127.0.0.1/8"));
+}
+
+#[test]
+fn one_status_writer_and_failover() {
+    if !privileged("one_status_writer_and_failover") {
+        return;
+    }
+    let ns = NetNs::new("ctllease");
+    let oracle = Ip::of(&ns);
+    ns.run_inside(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(failover(oracle));
+    });
+}
+
+async fn failover(ns: Ip) {
+    let scratch = Scratch::new("ctllease");
+    let server = FakeApiServer::start().await;
+    let kubeconfig = scratch.0.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    // Two "nodes" in one namespace, each on its own interface, both reaching the server. (This
+    // kernel has no dummy driver; a veth end serves as well.)
+    for (interface, peer) in [("node-a0", "node-a1"), ("node-b0", "node-b1")] {
+        ns.ip(&["link", "add", interface, "type", "veth", "peer", "name", peer]);
+        ns.ip(&["link", "set", interface, "up"]);
+    }
+    let mut a = start_l3lb("node-a", "node-a0", &kubeconfig, "127.0.0.1:9474", scratch.0.join("a.log"));
+    let mut b = start_l3lb("node-b", "node-b0", &kubeconfig, "127.0.0.1:9475", scratch.0.join("b.log"));
+    const LEADS: &str = "became the status writer";
+    assert!(
+        wait_until(CONVERGE, || a.log().contains(LEADS) || b.log().contains(LEADS)),
+        "someone leads; logs:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    let (leader, follower) = if a.log().contains(LEADS) { (&mut a, &mut b) } else { (&mut b, &mut a) };
+
+    server.apply(service("web", "10.0.100.7"));
+    assert!(wait_until(CONVERGE, || ingress_ips(&server, "web") == ["10.0.100.7"]), "status written");
+    assert!(leader.log().contains("published ingress"), "the leader wrote it");
+    assert!(!follower.log().contains(LEADS), "only one leader");
+    assert!(!follower.log().contains("published ingress"), "the follower never writes");
+
+    // The leader crashes (no clean exit); the follower takes over once the Lease lapses.
+    leader.kill();
+    follower.wait_for_log(LEADS, CONVERGE);
+    server.apply(service("api", "10.0.100.8"));
+    assert!(
+        wait_until(CONVERGE, || ingress_ips(&server, "api") == ["10.0.100.8"]),
+        "the new leader writes; log:\n{}",
+        follower.log()
+    );
+    assert!(follower.log().contains("published ingress"));
+    assert!(follower.terminate());
+}
