@@ -206,7 +206,15 @@ pub mod map_names {
     pub const REPLIES: &str = "L3LB_REPLIES";
     pub const SERVICE_STATS: &str = "L3LB_SERVICE_STATS";
     pub const REASONS: &str = "L3LB_REASONS";
-    pub const ALL: [&str; 7] = [SERVICES, BACKENDS, MAGLEV, FLOWS, REPLIES, SERVICE_STATS, REASONS];
+    pub const ALL: [&str; 7] = [
+        SERVICES,
+        BACKENDS,
+        MAGLEV,
+        FLOWS,
+        REPLIES,
+        SERVICE_STATS,
+        REASONS,
+    ];
 }
 
 /// Names of the programs in the object.

@@ -1,39 +1,104 @@
-//! The XDP entry point on the uplinks. For now it classifies and counts; every verdict is
-//! `XDP_PASS`, because a frame the program does not own must reach the stack untouched.
+//! The XDP entry point on the uplinks: client → service packets get the destination address and
+//! port of a local pod (DNAT, the client's source address kept), everything else goes on
+//! untouched. The verdict is always `XDP_PASS`: a rewritten packet is routed to the pod by the
+//! kernel like any other (this version does no `XDP_REDIRECT` to the pod's veth), and a packet
+//! the program does not own must reach the stack as it came.
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use l3lb_common::Reason;
-use network_types::{
-    eth::{EthHdr, EtherType},
-    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
-};
+use l3lb_common::{Backend, FAMILY_IPV4, PROTO_UDP, Reason, ServiceKey};
 
-use crate::{maps::count, packet::ptr_at};
+use crate::{
+    csum::CsumDelta,
+    flow::select,
+    maps::{L3LB_SERVICES, count, count_service},
+    parse::{IPV4_CHECK, IPV4_DST, IPV6_DST, L4_DPORT, Packet, parse, ptr_at_mut},
+};
 
 #[xdp]
 pub fn l3lb_xdp(ctx: XdpContext) -> u32 {
-    let reason = classify(&ctx).unwrap_or(Reason::Truncated);
-    count(reason, (ctx.data_end() - ctx.data()) as u64);
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let reason = match try_l3lb_xdp(&ctx, bytes) {
+        Ok(()) => Reason::Forwarded,
+        Err(reason) => reason,
+    };
+    count(reason, bytes);
     xdp_action::XDP_PASS
 }
 
-/// Why the frame passes; `None` when it is shorter than its headers claim.
+/// `Ok` when the packet was rewritten towards a backend; otherwise why it passes untouched.
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Option<Reason> {
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: `ptr_at` checked the header lies inside the packet.
-    let ether_type = unsafe { (*eth).ether_type };
-    let proto = if ether_type == EtherType::Ipv4 as u16 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
-        unsafe { (*ip).proto }
-    } else if ether_type == EtherType::Ipv6 as u16 {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
-        unsafe { (*ip).next_hdr }
-    } else {
-        return Some(Reason::NotIp);
+fn try_l3lb_xdp(ctx: &XdpContext, bytes: u64) -> Result<(), Reason> {
+    let packet = parse::<true>(ctx.data(), ctx.data_end())?;
+    let key = &packet.key;
+    let service_key = ServiceKey {
+        addr: key.dst,
+        port_be: key.dport_be,
+        proto: key.proto,
+        family: key.family,
     };
-    Some(if proto == IpProto::Tcp as u8 || proto == IpProto::Udp as u8 {
-        Reason::NotService
+    // SAFETY: copied out at once; the daemon replaces entries whole (BPF_ANY updates of a hash
+    // map swap in a new element), so the copy is one consistent entry.
+    let service = unsafe { L3LB_SERVICES.get(service_key) }
+        .copied()
+        .ok_or(Reason::NotService)?;
+    let backend = select(key, &service, bytes)?;
+    rewrite_destination(ctx, &packet, &backend)?;
+    count_service(service.id, bytes);
+    Ok(())
+}
+
+/// Puts the backend's address and port into the destination fields and updates the IPv4 header
+/// checksum and the TCP/UDP checksum (whose pseudo-header covers the address) incrementally.
+#[inline(always)]
+fn rewrite_destination(ctx: &XdpContext, packet: &Packet, backend: &Backend) -> Result<(), Reason> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let key = &packet.key;
+    let mut l4_delta = CsumDelta::new();
+    l4_delta.word(key.dport_be, backend.port_be);
+
+    if key.family == FAMILY_IPV4 {
+        let old: [u8; 4] = [key.dst[0], key.dst[1], key.dst[2], key.dst[3]];
+        let new: [u8; 4] = [
+            backend.addr[0],
+            backend.addr[1],
+            backend.addr[2],
+            backend.addr[3],
+        ];
+        let mut ip_delta = CsumDelta::new();
+        ip_delta.bytes(&old, &new);
+        l4_delta.bytes(&old, &new);
+
+        let dst = ptr_at_mut::<[u8; 4]>(data, data_end, packet.l3 + IPV4_DST)?;
+        let check = ptr_at_mut::<u16>(data, data_end, packet.l3 + IPV4_CHECK)?;
+        // SAFETY: both checked to lie inside the packet just above.
+        unsafe {
+            dst.write_unaligned(new);
+            check.write_unaligned(ip_delta.apply(check.read_unaligned()));
+        }
     } else {
-        Reason::NotTcpUdp
-    })
+        // No IPv6 header checksum: only the pseudo-header in the TCP/UDP checksum changes.
+        l4_delta.bytes(&key.dst, &backend.addr);
+        let dst = ptr_at_mut::<[u8; 16]>(data, data_end, packet.l3 + IPV6_DST)?;
+        // SAFETY: checked to lie inside the packet just above.
+        unsafe { dst.write_unaligned(backend.addr) };
+    }
+
+    let port = ptr_at_mut::<u16>(data, data_end, packet.l4 + L4_DPORT)?;
+    let check = ptr_at_mut::<u16>(data, data_end, packet.l4_check())?;
+    // SAFETY: both checked to lie inside the packet just above.
+    unsafe {
+        port.write_unaligned(backend.port_be);
+        let old = check.read_unaligned();
+        if key.proto == PROTO_UDP {
+            // IPv4 UDP may go without a checksum (0), and stays so; a computed 0 is sent as
+            // 0xffff, its one's-complement twin, because 0 would mean "none" (RFC 768, and
+            // RFC 8200 §8.1 for IPv6, where 0 is invalid).
+            if !(old == 0 && key.family == FAMILY_IPV4) {
+                let new = l4_delta.apply(old);
+                check.write_unaligned(if new == 0 { 0xffff } else { new });
+            }
+        } else {
+            check.write_unaligned(l4_delta.apply(old));
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
-//! The embedded eBPF object and the counters it keeps.
-use aya::{Ebpf, EbpfError, maps::PerCpuArray};
+//! The embedded eBPF object, its loader, and the counters it keeps.
+use aya::{Ebpf, EbpfError, EbpfLoader, maps::PerCpuArray};
 use l3lb_common::{PacketCounter, Reason, map_names};
 
 /// The object built by `build.rs`, aligned so aya can parse it in place.
@@ -19,9 +19,25 @@ pub enum Error {
     },
 }
 
-/// Loads the embedded object (programs are verified only once they are loaded by name).
-pub fn load() -> Result<Ebpf, Error> {
-    Ok(Ebpf::load(OBJECT)?)
+/// A loader for [`OBJECT`] with `L3LB_MAGLEV` sized to `maglev_entries` (the object only carries
+/// a placeholder size): all services' tables, each twice (the active half and the one being
+/// rebuilt). Further settings, such as map pin paths, can be added before
+/// `.load(OBJECT)`.
+///
+/// # Panics
+/// When `maglev_entries` is 0, which the kernel would refuse with a less helpful error.
+pub fn loader(maglev_entries: u32) -> EbpfLoader<'static> {
+    assert!(maglev_entries > 0, "L3LB_MAGLEV needs at least one entry");
+    let mut loader = EbpfLoader::new();
+    // aya applies the override to BTF map definitions too (aya-obj `Map::set_max_entries`).
+    loader.map_max_entries(map_names::MAGLEV, maglev_entries);
+    loader
+}
+
+/// Loads the embedded object with a Maglev region of `maglev_entries` entries. Programs are
+/// verified only once they are loaded by name.
+pub fn load(maglev_entries: u32) -> Result<Ebpf, Error> {
+    Ok(loader(maglev_entries).load(OBJECT)?)
 }
 
 /// Per-reason packet counters summed over all CPUs, indexed like [`Reason::ALL`].
@@ -42,4 +58,21 @@ pub fn reason_counters(ebpf: &Ebpf) -> Result<[PacketCounter; Reason::COUNT as u
         }
     }
     Ok(totals)
+}
+
+/// Packets and bytes forwarded for the service with this `ServiceEntry::id`, summed over CPUs.
+pub fn service_counter(ebpf: &Ebpf, id: u32) -> Result<PacketCounter, Error> {
+    let name = map_names::SERVICE_STATS;
+    let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
+    let array = PerCpuArray::<_, PacketCounter>::try_from(map)
+        .map_err(|source| Error::Map { name, source })?;
+    let per_cpu = array
+        .get(&id, 0)
+        .map_err(|source| Error::Map { name, source })?;
+    Ok(per_cpu
+        .iter()
+        .fold(PacketCounter::default(), |total, counter| PacketCounter {
+            packets: total.packets + counter.packets,
+            bytes: total.bytes + counter.bytes,
+        }))
 }

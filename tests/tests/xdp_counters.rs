@@ -1,5 +1,7 @@
-//! The XDP skeleton on the real kernel: verdicts and per-protocol counters, first through
-//! BPF_PROG_TEST_RUN on crafted frames, then attached to a veth in a namespace with real traffic.
+//! The XDP program with no service installed, on the real kernel: verdicts and per-reason
+//! counters, first through BPF_PROG_TEST_RUN on crafted frames, then attached to a veth in a
+//! namespace with real traffic (which must flow as before). The object's BTF is checked too.
+//! The steering itself is tested in xdp_fastpath.rs.
 use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp, XdpMode};
@@ -7,9 +9,11 @@ use l3lb_common::{Reason, program_names};
 use l3lb_tests::{frames, netns, privileged, wait_until};
 
 const XDP_PASS: u32 = 2;
+/// Two tables of the smallest prime size the daemon uses; these tests install no service.
+const MAGLEV_ENTRIES: u32 = 2 * 1021;
 
 fn load_xdp() -> aya::Ebpf {
-    let mut ebpf = l3lb::ebpf::load().expect("load the embedded object");
+    let mut ebpf = l3lb::ebpf::load(MAGLEV_ENTRIES).expect("load the embedded object");
     let program: &mut Xdp = ebpf
         .program_mut(program_names::XDP_INGRESS)
         .expect("program present")
@@ -203,9 +207,24 @@ fn object_carries_btf_for_the_map_types() {
         String::from_utf8_lossy(&out.stderr)
     );
     let btf = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        btf.contains("STRUCT 'PacketCounter' size=16"),
-        "value type in BTF:\n{btf}"
-    );
-    assert!(btf.contains("VAR 'L3LB_REASONS'"), "map in BTF:\n{btf}");
+    for (value, size) in [
+        ("PacketCounter", 16),
+        ("ServiceKey", 20),
+        ("ServiceEntry", 16),
+        ("Backend", 24),
+        ("FlowKey", 40),
+        ("Flow", 28),
+        ("ReplyNat", 20),
+    ] {
+        assert!(
+            btf.contains(&format!("STRUCT '{value}' size={size}")),
+            "{value} in BTF:\n{btf}"
+        );
+    }
+    for map in l3lb_common::map_names::ALL {
+        assert!(
+            btf.contains(&format!("VAR '{map}'")),
+            "map {map} in BTF:\n{btf}"
+        );
+    }
 }
