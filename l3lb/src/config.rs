@@ -6,7 +6,10 @@ use std::{path::PathBuf, str::FromStr, time::Duration};
 use clap::{ArgAction, Args, ValueEnum};
 use ipnet::IpNet;
 
-use crate::desired::{DEFAULT_LOAD_BALANCER_CLASS, Mode, Policy};
+use crate::{
+    desired::{DEFAULT_LOAD_BALANCER_CLASS, Mode, Policy},
+    fastpath::{self, loader::AttachMode, maglev},
+};
 
 /// Loopback by default: the endpoint tells what the node announces, which is for its operator.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9474";
@@ -19,7 +22,12 @@ pub struct RunConfig {
 
     /// Service prefixes l3lb manages, comma-separated, IPv4 and IPv6. Only addresses inside them
     /// are ever added or removed.
-    #[arg(long = "prefix", env = "L3LB_PREFIX", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "prefix",
+        env = "L3LB_PREFIX",
+        value_delimiter = ',',
+        required = true
+    )]
     pub prefixes: Vec<IpNet>,
 
     /// Interface that carries the announced addresses (the routing daemon redistributes it).
@@ -78,6 +86,32 @@ pub struct RunConfig {
     #[arg(long, env = "L3LB_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: std::net::SocketAddr,
 
+    /// Steer service traffic to local pods in XDP, before netfilter, keeping the client's address.
+    #[arg(long, env = "L3LB_XDP")]
+    pub xdp: bool,
+
+    /// Uplink interface for the fast path (repeatable); default: those carrying default routes.
+    #[arg(long = "xdp-iface", env = "L3LB_XDP_IFACE", value_delimiter = ',')]
+    pub xdp_interfaces: Vec<String>,
+
+    /// XDP attach mode: `auto` tries native and falls back to generic with a warning.
+    #[arg(long, env = "L3LB_XDP_MODE", value_enum, default_value_t = AttachMode::Auto)]
+    pub xdp_mode: AttachMode,
+
+    /// Entries of each service's Maglev table: a prime, ~100× the local backends per service.
+    /// Each service address/port costs 2 × this × 4 bytes of kernel memory.
+    #[arg(long, env = "L3LB_MAGLEV_TABLE_SIZE", default_value_t = maglev::DEFAULT_TABLE_SIZE,
+          value_parser = parse_table_size)]
+    pub maglev_table_size: u32,
+
+    /// Service address/port/protocol triples the fast path can hold.
+    #[arg(long, env = "L3LB_XDP_MAX_SERVICES", default_value_t = fastpath::DEFAULT_MAX_SERVICES)]
+    pub xdp_max_services: u32,
+
+    /// bpffs directory for the fast path's pinned maps and links.
+    #[arg(long, env = "L3LB_PIN_ROOT", default_value = fastpath::DEFAULT_PIN_ROOT)]
+    pub pin_root: PathBuf,
+
     /// Log format.
     #[arg(long, env = "L3LB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -119,6 +153,11 @@ pub enum LogFormat {
     Json,
 }
 
+fn parse_table_size(s: &str) -> Result<u32, String> {
+    let size: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    maglev::validate_table_size(size).map_err(|err| err.to_string())
+}
+
 /// `150ms`, `30s`, `5m`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -147,7 +186,10 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("5 parsecs").is_err());
         assert_eq!("kube".parse(), Ok(Source::Kube));
-        assert_eq!("file:/srv/l3lb".parse(), Ok(Source::Files("/srv/l3lb".into())));
+        assert_eq!(
+            "file:/srv/l3lb".parse(),
+            Ok(Source::Files("/srv/l3lb".into()))
+        );
         assert!("file:".parse::<Source>().is_err());
         assert!("etcd".parse::<Source>().is_err());
     }

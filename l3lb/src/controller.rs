@@ -17,6 +17,7 @@ use crate::{
     cluster::model::ClusterChange,
     desired::{DesiredState, Outcome, ingress_to_publish},
     events::{self, ServiceEvent},
+    fastpath::FastPath,
     http::ReportRequest,
     ingress::IngressUpdate,
     metrics::{ErrorLabels, Metrics},
@@ -78,6 +79,8 @@ pub struct Outputs {
     pub ready: watch::Sender<bool>,
     pub ingress: Option<mpsc::Sender<IngressUpdate>>,
     pub events: Option<mpsc::Sender<ServiceEvent>>,
+    /// The `--xdp` fast path, kept in step with the desired state once it is synced.
+    pub fastpath: Option<FastPath>,
 }
 
 pub struct Controller {
@@ -116,7 +119,10 @@ impl Controller {
         let mut interface_events = match self.addresses.address_events() {
             Ok(events) => Some(events),
             Err(err) => {
-                warn!("not watching {} for address changes: {err}", self.addresses.interface());
+                warn!(
+                    "not watching {} for address changes: {err}",
+                    self.addresses.interface()
+                );
                 None
             }
         };
@@ -172,6 +178,10 @@ impl Controller {
             return Ok(());
         }
         info!("exiting: withdrawing the announced addresses");
+        if let Some(fastpath) = self.outputs.fastpath.take() {
+            fastpath.remove();
+            info!("fast path detached");
+        }
         match self.addresses.withdraw_all().await {
             Ok(changes) => {
                 for ip in &changes.removed {
@@ -185,6 +195,7 @@ impl Controller {
 
     #[instrument(skip_all, fields(changes = burst.len()))]
     async fn absorb(&mut self, burst: Vec<ClusterChange>) -> Outcome {
+        let was_synced = self.synced();
         for change in &burst {
             match change {
                 ClusterChange::ServicesListed(_) => self.listed_services = true,
@@ -194,7 +205,11 @@ impl Controller {
         }
         let outcome = self.state.apply_all(burst);
         self.log_outcome(&outcome);
-        self.outputs.metrics.services_seen.set(self.state.services().count() as i64);
+        self.sync_fastpath(&outcome, was_synced);
+        self.outputs
+            .metrics
+            .services_seen
+            .set(self.state.services().count() as i64);
         if let Some(events) = &self.outputs.events {
             for event in events::from_outcome(&outcome, &self.state.policy().node) {
                 // Events are a courtesy; when the publisher lags, dropping one is fine.
@@ -205,16 +220,50 @@ impl Controller {
         outcome
     }
 
+    /// Fast-path entries follow the Services a change touched; the first complete picture syncs
+    /// everything (and clears what an earlier run left that nobody wants).
+    fn sync_fastpath(&mut self, outcome: &Outcome, was_synced: bool) {
+        if !self.synced() {
+            return;
+        }
+        let Some(fastpath) = self.outputs.fastpath.as_mut() else {
+            return;
+        };
+        let errors = if was_synced {
+            fastpath.sync_services(&self.state, &outcome.touched)
+        } else {
+            fastpath.sync_all(&self.state)
+        };
+        for err in errors {
+            let labels = ErrorLabels {
+                kind: err.metric_label().to_owned(),
+            };
+            self.outputs
+                .metrics
+                .reconcile_errors
+                .get_or_create(&labels)
+                .inc();
+            warn!("fast path: {err}");
+        }
+    }
+
     fn log_outcome(&self, outcome: &Outcome) {
         for (service, problem) in &outcome.problems {
             warn!(service = %service, "not announcing {problem}");
         }
         for (ip, services) in &outcome.shared {
             let names: Vec<String> = services.iter().map(ToString::to_string).collect();
-            warn!("address {ip} is claimed by {}; announcing it once", names.join(", "));
+            warn!(
+                "address {ip} is claimed by {}; announcing it once",
+                names.join(", ")
+            );
         }
         for (service, ips) in &outcome.announced {
-            let reason = self.state.decision(service).map(|d| d.reason.to_string()).unwrap_or_default();
+            let reason = self
+                .state
+                .decision(service)
+                .map(|d| d.reason.to_string())
+                .unwrap_or_default();
             info!(service = %service, ips = ?ips, "announcing from this node: {reason}");
         }
         for (service, ips) in &outcome.withdrawn {
@@ -228,7 +277,9 @@ impl Controller {
     }
 
     fn publish_ingress(&self, outcome: &Outcome) {
-        let Some(ingress) = &self.outputs.ingress else { return };
+        let Some(ingress) = &self.outputs.ingress else {
+            return;
+        };
         for key in &outcome.touched {
             let update = match self.state.service(key) {
                 Some(spec) => IngressUpdate {
@@ -253,7 +304,10 @@ impl Controller {
         let desired = self.state.addresses();
         let started = Instant::now();
         let result = self.addresses.apply(&desired).await;
-        self.outputs.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        self.outputs
+            .metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
         let (changes, failure) = match result {
             Ok(changes) => (changes, None),
             Err(err) => (err.changes.clone(), Some(err)),
@@ -261,8 +315,13 @@ impl Controller {
         self.log_changes(&changes);
         match failure {
             None => {
-                self.outputs.metrics.announced_addresses.set(desired.len() as i64);
-                self.outputs.ready.send_if_modified(|ready| !std::mem::replace(ready, true));
+                self.outputs
+                    .metrics
+                    .announced_addresses
+                    .set(desired.len() as i64);
+                self.outputs
+                    .ready
+                    .send_if_modified(|ready| !std::mem::replace(ready, true));
                 Ok(())
             }
             Some(err) => {
@@ -270,9 +329,16 @@ impl Controller {
                     let labels = ErrorLabels {
                         kind: failure.metric_label().to_owned(),
                     };
-                    self.outputs.metrics.reconcile_errors.get_or_create(&labels).inc();
+                    self.outputs
+                        .metrics
+                        .reconcile_errors
+                        .get_or_create(&labels)
+                        .inc();
                 }
-                warn!("reconciling {}: {err}; retrying in {RETRY_AFTER:?}", self.addresses.interface());
+                warn!(
+                    "reconciling {}: {err}; retrying in {RETRY_AFTER:?}",
+                    self.addresses.interface()
+                );
                 Err(())
             }
         }

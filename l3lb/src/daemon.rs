@@ -10,7 +10,9 @@ use crate::{
     config::{RunConfig, Source},
     controller::{Controller, Outputs},
     desired::DesiredState,
-    events, http, ingress, leader,
+    events,
+    fastpath::{self, FastPath},
+    http, ingress, leader,
     metrics::Metrics,
     reconcile::{AddressReconciler, L3LB_ADDR_PROTO},
 };
@@ -30,11 +32,44 @@ pub async fn run(config: RunConfig) -> Result<()> {
         info!("using network {prefix}");
     }
     info!("using interface {}", config.interface);
-    let addresses = AddressReconciler::new(&config.interface, config.policy().prefixes, L3LB_ADDR_PROTO)
-        .await
-        .with_context(|| format!("opening interface {}", config.interface))?;
+    let addresses =
+        AddressReconciler::new(&config.interface, config.policy().prefixes, L3LB_ADDR_PROTO)
+            .await
+            .with_context(|| format!("opening interface {}", config.interface))?;
 
-    let metrics = Metrics::new();
+    let fastpath = if config.xdp {
+        let interfaces = if config.xdp_interfaces.is_empty() {
+            fastpath::loader::default_route_interfaces()
+        } else {
+            config.xdp_interfaces.clone()
+        };
+        anyhow::ensure!(
+            !interfaces.is_empty(),
+            "--xdp: no uplink given (--xdp-iface) and no interface carries a default route"
+        );
+        let load = fastpath::loader::LoadConfig {
+            pin_root: config.pin_root.clone(),
+            interfaces,
+            mode: config.xdp_mode,
+            table_size: config.maglev_table_size,
+            max_services: config.xdp_max_services,
+        };
+        Some(FastPath::start(&load).context("starting the XDP fast path")?)
+    } else {
+        if fastpath::loader::remove(&config.pin_root) {
+            info!(
+                "removed the XDP fast path an earlier run left in {}",
+                config.pin_root.display()
+            );
+        }
+        None
+    };
+    let collector = config.xdp.then(|| {
+        Box::new(fastpath::inspect::FastPathCollector {
+            pin_root: config.pin_root.clone(),
+        }) as Box<dyn prometheus_client::collector::Collector>
+    });
+    let metrics = Metrics::new(collector);
     let (ready_tx, ready_rx) = watch::channel(false);
     let (reports_tx, reports_rx) = mpsc::channel(8);
     let endpoints = http::Endpoints {
@@ -53,18 +88,32 @@ pub async fn run(config: RunConfig) -> Result<()> {
         ready: ready_tx,
         ingress: None,
         events: None,
+        fastpath,
     };
     match &config.source {
         Source::Files(dir) => {
-            let source = FileSource::new(dir.clone(), config.node_name.clone(), cluster::file::DEFAULT_POLL_INTERVAL);
+            let source = FileSource::new(
+                dir.clone(),
+                config.node_name.clone(),
+                cluster::file::DEFAULT_POLL_INTERVAL,
+            );
             tokio::spawn(source.run(changes_tx));
         }
         Source::Kube => {
             let client = kube_client(&config).await?;
-            tokio::spawn(cluster::kube::run(client.clone(), config.node_name.clone(), changes_tx, metrics.clone()));
+            tokio::spawn(cluster::kube::run(
+                client.clone(),
+                config.node_name.clone(),
+                changes_tx,
+                metrics.clone(),
+            ));
 
             let (events_tx, events_rx) = mpsc::channel(CHANGE_QUEUE);
-            tokio::spawn(events::publish(client.clone(), config.node_name.clone(), events_rx));
+            tokio::spawn(events::publish(
+                client.clone(),
+                config.node_name.clone(),
+                events_rx,
+            ));
             outputs.events = Some(events_tx);
 
             if config.write_status {
@@ -123,7 +172,10 @@ async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process dies on SIGTERM anyway; wait forever.
         return std::future::pending().await;
     };

@@ -80,7 +80,9 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::OtherClass => f.write_str("loadBalancerClass belongs to another implementation"),
+            Reason::OtherClass => {
+                f.write_str("loadBalancerClass belongs to another implementation")
+            }
             Reason::NoManagedIp => f.write_str("asks for no managed IP"),
             Reason::LocalReady(n) => write!(f, "{n} ready endpoint(s) on this node"),
             Reason::ServingFallback => {
@@ -125,9 +127,7 @@ fn requested_raw<'a>(policy: &Policy, service: &'a ServiceSpec) -> impl Iterator
             .chain(service.load_balancer_ip.iter())
             .chain(service.ingress_ips.iter())
     });
-    let external = policy
-        .external_ips
-        .then(|| service.external_ips.iter());
+    let external = policy.external_ips.then(|| service.external_ips.iter());
     load_balancer
         .into_iter()
         .flatten()
@@ -422,8 +422,10 @@ impl DesiredState {
                 continue;
             }
             outcome.changed_services.insert(key.clone());
-            let old_ips: BTreeSet<IpAddr> = old.iter().flat_map(|d| d.announced()).copied().collect();
-            let new_ips: BTreeSet<IpAddr> = new.iter().flat_map(|d| d.announced()).copied().collect();
+            let old_ips: BTreeSet<IpAddr> =
+                old.iter().flat_map(|d| d.announced()).copied().collect();
+            let new_ips: BTreeSet<IpAddr> =
+                new.iter().flat_map(|d| d.announced()).copied().collect();
 
             for ip in old_ips.difference(&new_ips) {
                 if let Some(claimants) = self.claims.get_mut(ip) {
@@ -481,7 +483,10 @@ mod tests {
         Policy {
             node: NODE.into(),
             mode,
-            prefixes: vec!["10.0.100.0/24".parse().unwrap(), "2001:db8:100::/64".parse().unwrap()],
+            prefixes: vec![
+                "10.0.100.0/24".parse().unwrap(),
+                "2001:db8:100::/64".parse().unwrap(),
+            ],
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
             external_ips: true,
         }
@@ -527,7 +532,12 @@ mod tests {
     }
 
     fn ready_here(service: &str) -> SliceSpec {
-        slice(service, &format!("{service}-abc"), true, vec![endpoint(true, true, false)])
+        slice(
+            service,
+            &format!("{service}-abc"),
+            true,
+            vec![endpoint(true, true, false)],
+        )
     }
 
     #[test]
@@ -541,14 +551,21 @@ mod tests {
         let d = decide(&p, &svc, [&elsewhere]);
         assert_eq!(d.reason, Reason::NoLocalEndpoint);
         assert_eq!(d.announced().count(), 0);
-        assert_eq!(d.ips, ips(&["10.0.100.7"]), "still knows which IPs it would manage");
+        assert_eq!(
+            d.ips,
+            ips(&["10.0.100.7"]),
+            "still knows which IPs it would manage"
+        );
     }
 
     #[test]
     fn gateway_mode_announces_without_endpoints() {
         let d = decide(&policy(Mode::Gateway), &lb("web", &["10.0.100.7"]), []);
         assert_eq!(d.reason, Reason::Gateway);
-        assert_eq!(d.announced().copied().collect::<BTreeSet<_>>(), ips(&["10.0.100.7"]));
+        assert_eq!(
+            d.announced().copied().collect::<BTreeSet<_>>(),
+            ips(&["10.0.100.7"])
+        );
     }
 
     #[test]
@@ -565,7 +582,13 @@ mod tests {
         };
         assert_eq!(
             decide(&p, &svc, []).ips,
-            ips(&["10.0.100.1", "10.0.100.2", "10.0.100.3", "10.0.100.4", "2001:db8:100::1"])
+            ips(&[
+                "10.0.100.1",
+                "10.0.100.2",
+                "10.0.100.3",
+                "10.0.100.4",
+                "2001:db8:100::1"
+            ])
         );
         p.external_ips = false;
         assert!(!decide(&p, &svc, []).ips.contains(&ip("10.0.100.4")));
@@ -596,7 +619,16 @@ mod tests {
     #[test]
     fn bad_and_foreign_ips_are_problems_never_announced() {
         let p = policy(Mode::Gateway);
-        let svc = lb("web", &["10.0.100.7", "10.0.100.300", "192.0.2.1", " 2001:db8:100::7 ", "2001:db8:999::1"]);
+        let svc = lb(
+            "web",
+            &[
+                "10.0.100.7",
+                "10.0.100.300",
+                "192.0.2.1",
+                " 2001:db8:100::7 ",
+                "2001:db8:999::1",
+            ],
+        );
         let d = decide(&p, &svc, []);
         assert_eq!(d.ips, ips(&["10.0.100.7", "2001:db8:100::7"]));
         assert_eq!(
@@ -617,7 +649,10 @@ mod tests {
         let svc = lb("web", &["10.0.100.7"]);
         // Local endpoint terminating (not ready, still serving) while another node is ready.
         let draining = slice("web", "web-abc", true, vec![endpoint(false, true, true)]);
-        assert_eq!(decide(&p, &svc, [&draining]).reason, Reason::NoLocalEndpoint);
+        assert_eq!(
+            decide(&p, &svc, [&draining]).reason,
+            Reason::NoLocalEndpoint
+        );
         // Nothing ready anywhere: keep announcing where endpoints still serve.
         let last = slice("web", "web-abc", false, vec![endpoint(false, true, true)]);
         assert_eq!(decide(&p, &svc, [&last]).reason, Reason::ServingFallback);
@@ -631,7 +666,12 @@ mod tests {
         let p = policy(Mode::Pods);
         let svc = lb("web", &["10.0.100.7"]);
         let a = slice("web", "web-a", true, vec![]);
-        let b = slice("web", "web-b", true, vec![endpoint(true, true, false), endpoint(true, true, false)]);
+        let b = slice(
+            "web",
+            "web-b",
+            true,
+            vec![endpoint(true, true, false), endpoint(true, true, false)],
+        );
         assert_eq!(decide(&p, &svc, [&a, &b]).reason, Reason::LocalReady(2));
     }
 
@@ -641,7 +681,10 @@ mod tests {
         let out = state.apply(ClusterChange::ServiceApplied(lb("web", &["10.0.100.7"])));
         assert!(!out.addresses_changed(), "no endpoint yet");
         let out = state.apply(ClusterChange::SliceApplied(ready_here("web")));
-        assert_eq!(out.assumed.keys().copied().collect::<BTreeSet<_>>(), ips(&["10.0.100.7"]));
+        assert_eq!(
+            out.assumed.keys().copied().collect::<BTreeSet<_>>(),
+            ips(&["10.0.100.7"])
+        );
         assert_eq!(out.announced.len(), 1);
         assert_eq!(state.addresses(), ips(&["10.0.100.7"]));
 
@@ -668,11 +711,18 @@ mod tests {
         assert_eq!(out.shared.len(), 1, "the double claim is reported");
         assert_eq!(out.shared[0].1.len(), 2);
 
-        let out = state.apply(ClusterChange::ServiceDeleted(ServiceKey::new("default", "a")));
+        let out = state.apply(ClusterChange::ServiceDeleted(ServiceKey::new(
+            "default", "a",
+        )));
         assert!(!out.addresses_changed(), "b still needs it");
         assert_eq!(state.addresses(), ips(&["10.0.100.7"]));
         assert_eq!(
-            state.claimants(&ip("10.0.100.7")).unwrap().iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+            state
+                .claimants(&ip("10.0.100.7"))
+                .unwrap()
+                .iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>(),
             ["b"]
         );
         let out = state.apply(ClusterChange::SliceDeleted(ready_here("b").key));
@@ -691,9 +741,18 @@ mod tests {
         // After a 410 the relist no longer has `b`'s slice; `a` is unchanged and not recomputed.
         let out = state.apply(ClusterChange::SlicesListed(vec![ready_here("a")]));
         assert_eq!(out.forfeited, ips(&["10.0.100.2"]));
-        assert_eq!(out.changed_services.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            out.changed_services
+                .iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
 
-        let out = state.apply(ClusterChange::ServicesListed(vec![lb("a", &["10.0.100.1"])]));
+        let out = state.apply(ClusterChange::ServicesListed(vec![lb(
+            "a",
+            &["10.0.100.1"],
+        )]));
         assert!(!out.addresses_changed());
         assert!(state.service(&ServiceKey::new("default", "b")).is_none());
     }
@@ -706,7 +765,11 @@ mod tests {
         assert_eq!(out.problems.len(), 1);
         // Another event for the same Service with the same problem: silent.
         let mut touched = svc.clone();
-        touched.ports.push(crate::cluster::model::ServicePort { name: None, protocol: "TCP".into(), port: 80 });
+        touched.ports.push(crate::cluster::model::ServicePort {
+            name: None,
+            protocol: "TCP".into(),
+            port: 80,
+        });
         let out = state.apply(ClusterChange::ServiceApplied(touched));
         assert!(out.problems.is_empty());
     }
@@ -723,7 +786,10 @@ mod tests {
         moved.service = Some(ServiceKey::new("default", "b"));
         let out = state.apply(ClusterChange::SliceApplied(moved));
         assert_eq!(out.forfeited, ips(&["10.0.100.1"]));
-        assert_eq!(out.assumed.keys().copied().collect::<BTreeSet<_>>(), ips(&["10.0.100.2"]));
+        assert_eq!(
+            out.assumed.keys().copied().collect::<BTreeSet<_>>(),
+            ips(&["10.0.100.2"])
+        );
     }
 
     #[test]
@@ -733,7 +799,11 @@ mod tests {
         svc.ingress_ips = vec!["10.0.100.99".into()];
         assert_eq!(ingress_to_publish(&p, &svc), Some(ips(&["10.0.100.7"])));
         svc.annotation_ips.clear();
-        assert_eq!(ingress_to_publish(&p, &svc), None, "nothing requested: leave status alone");
+        assert_eq!(
+            ingress_to_publish(&p, &svc),
+            None,
+            "nothing requested: leave status alone"
+        );
         svc.load_balancer_ip = Some("10.0.100.8".into());
         assert_eq!(ingress_to_publish(&p, &svc), Some(ips(&["10.0.100.8"])));
     }

@@ -96,7 +96,11 @@ pub async fn publish(client: Client, node: String, mut events: mpsc::Receiver<Se
         let published = recorder
             .publish(
                 &Event {
-                    type_: if event.warning { EventType::Warning } else { EventType::Normal },
+                    type_: if event.warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
                     reason: event.reason.into(),
                     note: Some(event.note.clone()),
                     action: "Announce".into(),
@@ -124,7 +128,10 @@ mod tests {
         let ip = "10.0.100.7".parse().unwrap();
         let outcome = Outcome {
             announced: vec![(web.clone(), BTreeSet::from([ip]))],
-            problems: vec![(web.clone(), IpProblem::OutsidePrefixes("192.0.2.1".parse().unwrap()))],
+            problems: vec![(
+                web.clone(),
+                IpProblem::OutsidePrefixes("192.0.2.1".parse().unwrap()),
+            )],
             shared: vec![(ip, vec![api.clone(), web.clone()])],
             ..Outcome::default()
         };

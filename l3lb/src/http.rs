@@ -95,10 +95,16 @@ async fn route(request: Request<Incoming>, endpoints: &Endpoints) -> Response<Fu
                     );
                     response
                 }
-                _ => text(StatusCode::SERVICE_UNAVAILABLE, "the controller is not running\n".into()),
+                _ => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the controller is not running\n".into(),
+                ),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "try /metrics, /healthz, /readyz or /status\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try /metrics, /healthz, /readyz or /status\n".into(),
+        ),
     }
 }
 

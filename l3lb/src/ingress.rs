@@ -57,8 +57,12 @@ pub async fn write_ingress(
             pending.retain(|_, update| needs_write(update).is_some());
             let keys: Vec<ServiceKey> = pending.keys().cloned().collect();
             for key in keys {
-                let Some(update) = pending.get(&key) else { continue };
-                let Some(ips) = needs_write(update) else { continue };
+                let Some(update) = pending.get(&key) else {
+                    continue;
+                };
+                let Some(ips) = needs_write(update) else {
+                    continue;
+                };
                 match patch_ingress(&client, &key, &ips).await {
                     Ok(()) => {
                         info!(service = %key, "published ingress {ips:?}");
@@ -90,12 +94,20 @@ pub async fn write_ingress(
 /// The IPs to write when the status differs from what is wanted.
 fn needs_write(update: &IngressUpdate) -> Option<BTreeSet<IpAddr>> {
     let wanted = update.wanted.as_ref()?;
-    let current: BTreeSet<IpAddr> = update.current.iter().filter_map(|ip| ip.parse().ok()).collect();
+    let current: BTreeSet<IpAddr> = update
+        .current
+        .iter()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
     (current != *wanted || update.current.len() != wanted.len()).then(|| wanted.clone())
 }
 
 #[instrument(skip(client))]
-async fn patch_ingress(client: &Client, service: &ServiceKey, ips: &BTreeSet<IpAddr>) -> Result<(), Error> {
+async fn patch_ingress(
+    client: &Client,
+    service: &ServiceKey,
+    ips: &BTreeSet<IpAddr>,
+) -> Result<(), Error> {
     let api: Api<Service> = Api::namespaced(client.clone(), &service.namespace);
     let ingress: Vec<serde_json::Value> = ips
         .iter()
@@ -103,13 +115,17 @@ async fn patch_ingress(client: &Client, service: &ServiceKey, ips: &BTreeSet<IpA
         .collect();
     let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": ingress } } });
     debug!(service = %service, "patching status");
-    api.patch_status(&service.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
-        .map_err(|source| Error {
-            service: service.clone(),
-            source,
-        })
+    api.patch_status(
+        &service.name,
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error {
+        service: service.clone(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -130,9 +146,16 @@ mod tests {
         assert!(needs_write(&update(Some(&["10.0.100.7"]), &[])).is_some());
         assert!(needs_write(&update(Some(&["10.0.100.7"]), &["10.0.100.8"])).is_some());
         assert!(
-            needs_write(&update(Some(&["10.0.100.7"]), &["10.0.100.7", "10.0.100.7"])).is_some(),
+            needs_write(&update(
+                Some(&["10.0.100.7"]),
+                &["10.0.100.7", "10.0.100.7"]
+            ))
+            .is_some(),
             "duplicates are cleaned up"
         );
-        assert!(needs_write(&update(None, &["192.0.2.1"])).is_none(), "not ours: left alone");
+        assert!(
+            needs_write(&update(None, &["192.0.2.1"])).is_none(),
+            "not ours: left alone"
+        );
     }
 }

@@ -108,9 +108,9 @@ async fn try_hold(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, Error>
 
     let spec = lease.spec.get_or_insert_with(Default::default);
     let ours = spec.holder_identity.as_deref() == Some(config.identity.as_str());
-    let held_for = spec
-        .lease_duration_seconds
-        .map_or(config.duration, |s| Duration::from_secs(u64::try_from(s).unwrap_or(0)));
+    let held_for = spec.lease_duration_seconds.map_or(config.duration, |s| {
+        Duration::from_secs(u64::try_from(s).unwrap_or(0))
+    });
     let expired = spec.renew_time.as_ref().is_none_or(|MicroTime(renewed)| {
         let held_for = SignedDuration::try_from(held_for).unwrap_or(SignedDuration::MAX);
         renewed.checked_add(held_for).is_ok_and(|until| until < now)
@@ -127,10 +127,12 @@ async fn try_hold(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, Error>
     spec.lease_duration_seconds = Some(duration_seconds);
     // `replace` carries the resourceVersion we read: if someone else renewed or took the Lease
     // in between, the server answers 409 and we simply do not hold it this round.
-    match api.replace(&config.name, &PostParams::default(), &lease).await {
+    match api
+        .replace(&config.name, &PostParams::default(), &lease)
+        .await
+    {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
         Err(err) => Err(lease_error(err)),
     }
 }
-

@@ -3,7 +3,7 @@
 //!
 //! The modules follow the data: [`cluster`] sources emit changes, [`desired`] turns them into
 //! the addresses this node should announce (pure functions), [`reconcile`] makes the interface
-//! match, [`controller`] runs that loop, and [`ingress`] publishes ingress IPs from
+//! match, [`fastpath`] steers service traffic in XDP, [`controller`] runs that loop, and [`ingress`] publishes ingress IPs from
 //! one [`leader`].
 pub mod cluster;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod desired;
 pub mod ebpf;
 pub mod events;
+pub mod fastpath;
 pub mod http;
 pub mod ingress;
 pub mod leader;

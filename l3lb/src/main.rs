@@ -23,6 +23,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the XDP fast path holds: services, backends, table fill and counters, read from the
+    /// pinned maps.
+    Inspect {
+        /// bpffs directory of the pinned maps (the daemon's --pin-root).
+        #[arg(long, env = "L3LB_PIN_ROOT", default_value = l3lb::fastpath::DEFAULT_PIN_ROOT)]
+        pin_root: std::path::PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the embedded eBPF object to a file (for `bpftool btf dump file …`).
     DumpObject {
         /// Where to write it.
@@ -45,9 +55,25 @@ fn main() -> Result<()> {
             if json {
                 print!("{body}");
             } else {
-                let report: l3lb::controller::NodeReport = serde_json::from_str(&body)
-                    .map_err(|err| anyhow::anyhow!("the daemon at {addr} sent an unreadable report: {err}"))?;
+                let report: l3lb::controller::NodeReport =
+                    serde_json::from_str(&body).map_err(|err| {
+                        anyhow::anyhow!("the daemon at {addr} sent an unreadable report: {err}")
+                    })?;
                 print!("{}", l3lb::status_client::render(&report));
+            }
+            Ok(())
+        }
+        Command::Inspect { pin_root, json } => {
+            let report = l3lb::fastpath::inspect::read(&pin_root).map_err(|err| {
+                anyhow::anyhow!(
+                    "{err} (is l3lb running with --xdp, with --pin-root {}?)",
+                    pin_root.display()
+                )
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", l3lb::fastpath::inspect::render(&report));
             }
             Ok(())
         }

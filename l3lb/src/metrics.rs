@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use prometheus_client::{
+    collector::Collector,
     encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
@@ -38,13 +39,17 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `extra` reports samples computed at scrape time (the fast path's counters).
+    pub fn new(extra: Option<Box<dyn Collector>>) -> Self {
         let mut registry = Registry::with_prefix("l3lb");
+        if let Some(extra) = extra {
+            registry.register_collector(extra);
+        }
         let announced_addresses = Gauge::default();
         registry.register(
             "announced_addresses",

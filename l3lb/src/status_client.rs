@@ -10,7 +10,9 @@ use crate::controller::NodeReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach the l3lb daemon at {addr} (is it running with --metrics-addr {addr}?): {source}")]
+    #[error(
+        "cannot reach the l3lb daemon at {addr} (is it running with --metrics-addr {addr}?): {source}"
+    )]
     Connect {
         addr: SocketAddr,
         #[source]
@@ -24,7 +26,9 @@ pub enum Error {
 pub fn fetch_report(addr: SocketAddr) -> Result<String, Error> {
     let connect = |source| Error::Connect { addr, source };
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(connect)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(connect)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(connect)?;
     write!(stream, "GET /status HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(connect)?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(connect)?;
@@ -48,7 +52,11 @@ pub fn render(report: &NodeReport) -> String {
         report.node,
         report.interface,
         report.prefixes.join(", "),
-        if report.synced { "synced" } else { "NOT SYNCED (nothing is withdrawn until it is)" }
+        if report.synced {
+            "synced"
+        } else {
+            "NOT SYNCED (nothing is withdrawn until it is)"
+        }
     );
     let _ = writeln!(
         out,
@@ -56,9 +64,17 @@ pub fn render(report: &NodeReport) -> String {
         report.announced.len(),
         report.services_seen
     );
-    let _ = writeln!(out, "{:<32} {:<24} {:<6} {:<22} WHY", "SERVICE", "IP", "HERE", "LOCAL READY");
+    let _ = writeln!(
+        out,
+        "{:<32} {:<24} {:<6} {:<22} WHY",
+        "SERVICE", "IP", "HERE", "LOCAL READY"
+    );
     for service in &report.services {
-        let local = if service.local_ready.is_empty() { "-".to_owned() } else { service.local_ready.join(",") };
+        let local = if service.local_ready.is_empty() {
+            "-".to_owned()
+        } else {
+            service.local_ready.join(",")
+        };
         for ip in &service.ips {
             let _ = writeln!(
                 out,
@@ -71,7 +87,11 @@ pub fn render(report: &NodeReport) -> String {
             );
         }
         for problem in &service.problems {
-            let _ = writeln!(out, "{:<32} {:<24} {:<6} {:<22} {problem}", service.service, "!", "no", "-");
+            let _ = writeln!(
+                out,
+                "{:<32} {:<24} {:<6} {:<22} {problem}",
+                service.service, "!", "no", "-"
+            );
         }
     }
     out
@@ -102,8 +122,19 @@ mod tests {
         };
         let table = render(&report);
         assert!(table.contains("synced"), "{table}");
-        let row = table.lines().find(|l| l.contains("10.0.100.7")).expect("a row for the IP");
-        assert!(row.contains("default/web") && row.contains("yes") && row.contains("10.244.1.5"), "{row}");
-        assert!(table.lines().any(|l| l.contains("outside the managed prefixes")), "{table}");
+        let row = table
+            .lines()
+            .find(|l| l.contains("10.0.100.7"))
+            .expect("a row for the IP");
+        assert!(
+            row.contains("default/web") && row.contains("yes") && row.contains("10.244.1.5"),
+            "{row}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains("outside the managed prefixes")),
+            "{table}"
+        );
     }
 }

@@ -85,9 +85,19 @@ impl FileSource {
             }
             first = false;
             let (services, slices) = self.snapshot();
-            debug!(services = services.len(), slices = slices.len(), "manifests changed");
-            if changes.send(ClusterChange::ServicesListed(services)).await.is_err()
-                || changes.send(ClusterChange::SlicesListed(slices)).await.is_err()
+            debug!(
+                services = services.len(),
+                slices = slices.len(),
+                "manifests changed"
+            );
+            if changes
+                .send(ClusterChange::ServicesListed(services))
+                .await
+                .is_err()
+                || changes
+                    .send(ClusterChange::SlicesListed(slices))
+                    .await
+                    .is_err()
             {
                 return;
             }
@@ -109,7 +119,10 @@ impl FileSource {
         self.files.retain(|path, _| present.contains_key(path));
         changed |= self.files.len() != before;
         for (path, stamp) in present {
-            if self.files.get(&path).is_some_and(|(known, _)| *known == stamp)
+            if self
+                .files
+                .get(&path)
+                .is_some_and(|(known, _)| *known == stamp)
                 || self.reported.get(&path) == Some(&stamp)
             {
                 continue;
@@ -193,18 +206,33 @@ fn parse_manifests(text: &str, node: &str) -> Result<Parsed, (usize, serde_yaml:
     Ok(parsed)
 }
 
-fn collect(value: serde_yaml::Value, node: &str, parsed: &mut Parsed) -> Result<(), serde_yaml::Error> {
-    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+fn collect(
+    value: serde_yaml::Value,
+    node: &str,
+    parsed: &mut Parsed,
+) -> Result<(), serde_yaml::Error> {
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default();
     match kind {
         "Service" => {
             let mut service: Service = serde_yaml::from_value(value)?;
-            service.metadata.namespace.get_or_insert_with(|| "default".into());
+            service
+                .metadata
+                .namespace
+                .get_or_insert_with(|| "default".into());
             parsed.services.extend(ServiceSpec::from_service(&service));
         }
         "EndpointSlice" => {
             let mut slice: EndpointSlice = serde_yaml::from_value(value)?;
-            slice.metadata.namespace.get_or_insert_with(|| "default".into());
-            parsed.slices.extend(SliceSpec::from_endpoint_slice(&slice, node));
+            slice
+                .metadata
+                .namespace
+                .get_or_insert_with(|| "default".into());
+            parsed
+                .slices
+                .extend(SliceSpec::from_endpoint_slice(&slice, node));
         }
         "List" | "ServiceList" | "EndpointSliceList" => {
             if let Some(serde_yaml::Value::Sequence(items)) = value.get("items").cloned() {
@@ -273,8 +301,11 @@ metadata: {name: ignored}
 
     #[test]
     fn a_broken_document_is_an_error_naming_it() {
-        let (document, _) = parse_manifests("kind: Service\nmetadata: {name: a}\n---\nkind: Service\nspec: [", "n")
-            .expect_err("second document is broken");
+        let (document, _) = parse_manifests(
+            "kind: Service\nmetadata: {name: a}\n---\nkind: Service\nspec: [",
+            "n",
+        )
+        .expect_err("second document is broken");
         assert_eq!(document, 2);
     }
 
@@ -290,11 +321,19 @@ metadata: {name: ignored}
 
         std::fs::write(&file, "kind: Service\nspec: [\n").unwrap();
         source.rescan();
-        assert_eq!(source.snapshot().0.len(), 1, "the typo does not withdraw the service");
+        assert_eq!(
+            source.snapshot().0.len(),
+            1,
+            "the typo does not withdraw the service"
+        );
 
         std::fs::remove_file(&file).unwrap();
         assert!(source.rescan());
-        assert_eq!(source.snapshot().0.len(), 0, "a deleted file removes its objects");
+        assert_eq!(
+            source.snapshot().0.len(),
+            0,
+            "a deleted file removes its objects"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

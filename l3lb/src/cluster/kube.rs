@@ -21,7 +21,12 @@ use super::model::{ClusterChange, SERVICE_NAME_LABEL, ServiceSpec, SliceKey, Sli
 use crate::metrics::{Metrics, WatchLabels};
 
 /// Watches Services and EndpointSlices until the receiver goes away.
-pub async fn run(client: Client, node: String, changes: mpsc::Sender<ClusterChange>, metrics: Metrics) {
+pub async fn run(
+    client: Client,
+    node: String,
+    changes: mpsc::Sender<ClusterChange>,
+    metrics: Metrics,
+) {
     let services = watch(
         Api::<Service>::all(client.clone()),
         watcher::Config::default().any_semantic(),
@@ -42,7 +47,9 @@ pub async fn run(client: Client, node: String, changes: mpsc::Sender<ClusterChan
         Api::<EndpointSlice>::all(client),
         // Slices without the label belong to no Service (mirrored or hand-made ones); the API
         // server filters them out for us.
-        watcher::Config::default().any_semantic().labels(SERVICE_NAME_LABEL),
+        watcher::Config::default()
+            .any_semantic()
+            .labels(SERVICE_NAME_LABEL),
         "endpointslices",
         move |slice: &EndpointSlice| SliceSpec::from_endpoint_slice(slice, &slice_node),
         |slice: &EndpointSlice| {

@@ -1,0 +1,302 @@
+//! What the fast path should steer, derived (purely) from the desired state: for each announced
+//! service IP, port and protocol, the local endpoints that serve it.
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use l3lb_common::{PROTO_TCP, PROTO_UDP};
+
+use crate::{
+    cluster::model::{ServiceKey, SliceSpec},
+    desired::DesiredState,
+};
+
+/// A service address, port and protocol as packets carry them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Vip {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.proto {
+            PROTO_TCP => "tcp",
+            PROTO_UDP => "udp",
+            _ => "?",
+        };
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}/{proto}", self.port),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}/{proto}", self.port),
+        }
+    }
+}
+
+/// A local pod endpoint for one service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Target {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Keeps its established flows, gets no new ones.
+    pub terminating: bool,
+}
+
+impl Target {
+    /// The name Maglev hashes: address and port, not the terminating flag, so a pod starting to
+    /// terminate keeps its identity.
+    pub fn name(&self) -> Vec<u8> {
+        format!("{}:{}", self.ip, self.port).into_bytes()
+    }
+}
+
+fn protocol_number(protocol: &str) -> Option<u8> {
+    match protocol {
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        // SCTP and anything newer stay with kube-proxy.
+        _ => None,
+    }
+}
+
+/// The fast-path entries of one Service on this node, each with its targets sorted.
+///
+/// An IP that is no longer announced keeps its entry while local endpoints still serve: the
+/// routers stop sending new flows, but flows already here drain to their (terminating) pods
+/// instead of falling into the kernel, which no longer has the address.
+pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec<Target>> {
+    let mut entries = BTreeMap::new();
+    let (Some(spec), Some(decision)) = (state.service(key), state.decision(key)) else {
+        return entries;
+    };
+    let slices: Vec<&SliceSpec> = state.slices_of(key).collect();
+    let announced = decision.reason.announces();
+    for ip in &decision.ips {
+        for service_port in &spec.ports {
+            let Some(proto) = protocol_number(&service_port.protocol) else {
+                continue;
+            };
+            let mut targets: Vec<Target> = slices
+                .iter()
+                .flat_map(|slice| {
+                    // EndpointSlice ports carry the Service port's name and the resolved target.
+                    let target_port = slice
+                        .ports
+                        .iter()
+                        .find(|p| {
+                            p.name.as_deref().unwrap_or("")
+                                == service_port.name.as_deref().unwrap_or("")
+                                && p.protocol == service_port.protocol
+                        })
+                        .map(|p| p.port);
+                    slice
+                        .local
+                        .iter()
+                        .filter(|e| e.ready || e.serving)
+                        .flat_map(move |endpoint| {
+                            endpoint.addresses.iter().filter_map(move |address| {
+                                let address: IpAddr = address.parse().ok()?;
+                                (address.is_ipv4() == ip.is_ipv4()).then_some(Target {
+                                    ip: address,
+                                    port: target_port?,
+                                    terminating: !endpoint.ready,
+                                })
+                            })
+                        })
+                })
+                .collect();
+            targets.sort();
+            targets.dedup_by_key(|t| (t.ip, t.port));
+            if !announced && targets.is_empty() {
+                continue;
+            }
+            entries.insert(
+                Vip {
+                    ip: *ip,
+                    port: service_port.port,
+                    proto,
+                },
+                targets,
+            );
+        }
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cluster::model::{
+            ClusterChange, EndpointPort, LocalEndpoint, ServicePort, ServiceSpec, SliceKey,
+        },
+        desired::{DEFAULT_LOAD_BALANCER_CLASS, Mode, Policy},
+    };
+
+    fn state() -> DesiredState {
+        DesiredState::new(Policy {
+            node: "node-a".into(),
+            mode: Mode::Pods,
+            prefixes: vec![
+                "10.0.100.0/24".parse().unwrap(),
+                "2001:db8:100::/64".parse().unwrap(),
+            ],
+            load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
+            external_ips: true,
+        })
+    }
+
+    fn service() -> ServiceSpec {
+        ServiceSpec {
+            key: ServiceKey::new("default", "web"),
+            is_load_balancer: true,
+            annotation_ips: vec!["10.0.100.7".into(), "2001:db8:100::7".into()],
+            ports: vec![
+                ServicePort {
+                    name: Some("http".into()),
+                    protocol: "TCP".into(),
+                    port: 80,
+                },
+                ServicePort {
+                    name: Some("dns".into()),
+                    protocol: "UDP".into(),
+                    port: 53,
+                },
+                ServicePort {
+                    name: Some("sig".into()),
+                    protocol: "SCTP".into(),
+                    port: 9,
+                },
+            ],
+            ..ServiceSpec::default()
+        }
+    }
+
+    fn endpoint(address: &str, ready: bool) -> LocalEndpoint {
+        LocalEndpoint {
+            addresses: vec![address.into()],
+            ready,
+            serving: true,
+            terminating: !ready,
+        }
+    }
+
+    fn slice(name: &str, local: Vec<LocalEndpoint>) -> SliceSpec {
+        SliceSpec {
+            key: SliceKey {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            service: Some(ServiceKey::new("default", "web")),
+            any_ready: true,
+            local,
+            ports: vec![
+                EndpointPort {
+                    name: Some("http".into()),
+                    protocol: "TCP".into(),
+                    port: 8080,
+                },
+                EndpointPort {
+                    name: Some("dns".into()),
+                    protocol: "UDP".into(),
+                    port: 5353,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn each_announced_ip_and_port_maps_to_local_targets_of_its_family() {
+        let mut state = state();
+        state.apply_all([
+            ClusterChange::ServiceApplied(service()),
+            ClusterChange::SliceApplied(slice(
+                "v4",
+                vec![endpoint("10.244.1.6", true), endpoint("10.244.1.5", false)],
+            )),
+            ClusterChange::SliceApplied(slice("v6", vec![endpoint("fd00::5", true)])),
+        ]);
+        let plan = plan_service(&state, &ServiceKey::new("default", "web"));
+        let keys: Vec<String> = plan.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            keys,
+            [
+                "10.0.100.7:53/udp",
+                "10.0.100.7:80/tcp",
+                "[2001:db8:100::7]:53/udp",
+                "[2001:db8:100::7]:80/tcp"
+            ],
+            "SCTP is left to kube-proxy"
+        );
+        let http = &plan[&Vip {
+            ip: "10.0.100.7".parse().unwrap(),
+            port: 80,
+            proto: PROTO_TCP,
+        }];
+        assert_eq!(
+            http,
+            &[
+                Target {
+                    ip: "10.244.1.5".parse().unwrap(),
+                    port: 8080,
+                    terminating: true
+                },
+                Target {
+                    ip: "10.244.1.6".parse().unwrap(),
+                    port: 8080,
+                    terminating: false
+                },
+            ]
+        );
+        let dns6 = &plan[&Vip {
+            ip: "2001:db8:100::7".parse().unwrap(),
+            port: 53,
+            proto: PROTO_UDP,
+        }];
+        assert_eq!(
+            dns6,
+            &[Target {
+                ip: "fd00::5".parse().unwrap(),
+                port: 5353,
+                terminating: false
+            }]
+        );
+    }
+
+    #[test]
+    fn a_draining_node_keeps_entries_for_its_terminating_pods() {
+        let mut state = state();
+        state.apply_all([
+            ClusterChange::ServiceApplied(service()),
+            ClusterChange::SliceApplied(slice("v4", vec![endpoint("10.244.1.5", false)])),
+        ]);
+        let key = ServiceKey::new("default", "web");
+        assert!(
+            !state.decision(&key).unwrap().reason.announces(),
+            "withdrawn: ready elsewhere"
+        );
+        let plan = plan_service(&state, &key);
+        let http = &plan[&Vip {
+            ip: "10.0.100.7".parse().unwrap(),
+            port: 80,
+            proto: PROTO_TCP,
+        }];
+        assert_eq!(
+            http,
+            &[Target {
+                ip: "10.244.1.5".parse().unwrap(),
+                port: 8080,
+                terminating: true
+            }]
+        );
+    }
+
+    #[test]
+    fn nothing_when_not_announced_here() {
+        let mut state = state();
+        state.apply_all([
+            ClusterChange::ServiceApplied(service()),
+            ClusterChange::SliceApplied(slice("v4", vec![])),
+        ]);
+        assert!(plan_service(&state, &ServiceKey::new("default", "web")).is_empty());
+        assert!(plan_service(&state, &ServiceKey::new("default", "gone")).is_empty());
+    }
+}
