@@ -1,28 +1,37 @@
 //! A running `l3lb` under test: started with its log captured to a file, searched by polling,
 //! and killed on drop so a failing test leaves no daemon behind.
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use crate::wait_until;
 
-/// The daemon binary built next to the test binaries (`target/<profile>/l3lb`).
+/// `target/<profile>/l3lb`, found from the running test (`target/<profile>/deps/…`) or tool
+/// (`target/<profile>/…`).
 pub fn l3lb_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>/l3lb
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile| profile.join("l3lb"))
-        .expect("test binary lives in target/<profile>/deps");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p l3lb` (cargo xtask test does)",
-        binary.display()
-    );
-    binary
+    target_binary("l3lb", "cargo build -p l3lb")
+}
+
+/// `target/<profile>/lab-pod`, the lab pods' HTTP server.
+pub fn pod_binary() -> PathBuf {
+    target_binary("lab-pod", "cargo build -p l3lb-tests --bins")
+}
+
+fn target_binary(name: &str, build: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running executable");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not built next to {}: run `{build}`",
+                exe.display()
+            )
+        })
 }
 
 pub struct L3lb {
@@ -40,7 +49,10 @@ impl L3lb {
             .open(&log)
             .unwrap_or_else(|err| panic!("opening {}: {err}", log.display()));
         let child = command
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("dup log fd"))
@@ -65,7 +77,11 @@ impl L3lb {
     /// Waits until the log contains `needle`; panics with the log when it does not in time.
     pub fn wait_for_log(&self, needle: &str, deadline: Duration) {
         let found = wait_until(deadline, || self.log().contains(needle));
-        assert!(found, "l3lb never logged {needle:?}; its log:\n{}", self.log());
+        assert!(
+            found,
+            "l3lb never logged {needle:?}; its log:\n{}",
+            self.log()
+        );
     }
 
     /// How often the log contains `needle`.
@@ -94,7 +110,9 @@ impl L3lb {
         };
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let exited = wait_until(Duration::from_secs(10), || matches!(child.try_wait(), Ok(Some(_))));
+        let exited = wait_until(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
         if !exited {
             let _ = child.kill();
         }

@@ -1,8 +1,9 @@
 //! Fixtures shared by the integration tests: privilege checks that refuse to skip under
 //! `cargo xtask test`, network namespaces that always clean up, and hand-built frames.
-pub mod fake_api;
 pub mod daemon;
+pub mod fake_api;
 pub mod frames;
+pub mod lab;
 pub mod netns;
 
 /// True when this test may touch the kernel (root). Without root it returns false after saying

@@ -11,6 +11,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub struct NetNs {
     name: String,
+    /// Left in place on drop (a lab kept up with `--keep`).
+    keep: bool,
 }
 
 impl NetNs {
@@ -21,10 +23,32 @@ impl NetNs {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        sh(Command::new("ip").args(["netns", "add", &name]));
-        let ns = NetNs { name };
+        Self::named(&name)
+    }
+
+    /// A fresh namespace with exactly this name (for labs that must be found again by name),
+    /// with `lo` up. Panics when it already exists.
+    pub fn named(name: &str) -> Self {
+        sh(Command::new("ip").args(["netns", "add", name]));
+        let ns = NetNs {
+            name: name.to_owned(),
+            keep: false,
+        };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Takes over an existing namespace (to delete it on drop, like one created here).
+    pub fn existing(name: &str) -> Self {
+        NetNs {
+            name: name.to_owned(),
+            keep: false,
+        }
+    }
+
+    /// Whether dropping the guard leaves the namespace and what runs inside it in place.
+    pub fn set_keep(&mut self, keep: bool) {
+        self.keep = keep;
     }
 
     pub fn name(&self) -> &str {
@@ -75,6 +99,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         if let Ok(out) = Command::new("ip")
             .args(["netns", "pids", &self.name])
             .output()

@@ -53,10 +53,21 @@ impl Drop for Scratch {
     }
 }
 
-fn start_l3lb(node: &str, interface: &str, kubeconfig: &std::path::Path, metrics: &str, log: PathBuf) -> L3lb {
+fn start_l3lb(
+    node: &str,
+    interface: &str,
+    kubeconfig: &std::path::Path,
+    metrics: &str,
+    log: PathBuf,
+) -> L3lb {
     let mut command = Command::new(l3lb_binary());
     command.args(["run", "--metrics-addr", metrics]);
-    command.args(["--node-name", node, "--prefix", "10.0.100.0/24,2001:db8:100::/64"]);
+    command.args([
+        "--node-name",
+        node,
+        "--prefix",
+        "10.0.100.0/24,2001:db8:100::/64",
+    ]);
     command.args(["--interface", interface, "--source", "kube", "--kubeconfig"]);
     command.arg(kubeconfig);
     command.args(["--lease-namespace", "l3lb-system", "--lease-duration", "2s"]);
@@ -86,15 +97,23 @@ fn has_address(ns: &Ip, interface: &str, cidr: &str) -> bool {
 /// The value of one sample (name with labels, as exposed) on `/metrics`.
 fn metric(addr: &str, sample: &str) -> Option<f64> {
     let (_, body) = L3lb::get(addr, "/metrics")?;
-    body.lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    body.lines().find_map(|line| {
+        line.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 fn has_event(server: &FakeApiServer, service: &str, reason: &str, note_contains: &str) -> bool {
     server.events().iter().any(|event| {
         event.pointer("/regarding/name").and_then(Value::as_str) == Some(service)
             && event.get("reason").and_then(Value::as_str) == Some(reason)
-            && event.get("note").and_then(Value::as_str).is_some_and(|n| n.contains(note_contains))
+            && event
+                .get("note")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.contains(note_contains))
     })
 }
 
@@ -132,46 +151,86 @@ async fn scenario(ns: Ip) {
     ns.ip(&["addr", "add", "10.0.0.20/32", "dev", "lo"]); // the node's own loopback: not ours
 
     const HTTP: &str = "127.0.0.1:9474";
-    let mut daemon = start_l3lb("node-a", "lo", &kubeconfig, HTTP, scratch.0.join("l3lb.log"));
+    let mut daemon = start_l3lb(
+        "node-a",
+        "lo",
+        &kubeconfig,
+        HTTP,
+        scratch.0.join("l3lb.log"),
+    );
     let converged = |cidr: &str, present: bool| {
         wait_until(CONVERGE, || has_address(&ns, "lo", cidr) == present)
     };
 
     // A ready endpoint here: announced, both families.
-    assert!(converged("10.0.100.7/32", true), "announced; log:\n{}", daemon.log());
+    assert!(
+        converged("10.0.100.7/32", true),
+        "announced; log:\n{}",
+        daemon.log()
+    );
     assert!(converged("2001:db8:100::7/128", true), "IPv6 announced");
     daemon.wait_for_log("assuming address 10.0.100.7 (default/web)", CONVERGE);
 
     // What it does is visible: health, readiness, metrics, the status report, Events.
     assert_eq!(L3lb::get(HTTP, "/healthz").map(|r| r.0), Some(200));
-    assert_eq!(L3lb::get(HTTP, "/readyz").map(|r| r.0), Some(200), "ready once converged");
+    assert_eq!(
+        L3lb::get(HTTP, "/readyz").map(|r| r.0),
+        Some(200),
+        "ready once converged"
+    );
     assert!(
-        wait_until(CONVERGE, || metric(HTTP, "l3lb_announced_addresses") == Some(2.0)),
+        wait_until(CONVERGE, || metric(HTTP, "l3lb_announced_addresses")
+            == Some(2.0)),
         "metrics count the announced addresses: {:?}",
         L3lb::get(HTTP, "/metrics")
     );
     let (_, report) = L3lb::get(HTTP, "/status").expect("/status answers");
     let report: Value = serde_json::from_str(&report).expect("/status is JSON");
-    assert_eq!(report["announced"], json!(["10.0.100.7", "2001:db8:100::7"]));
+    assert_eq!(
+        report["announced"],
+        json!(["10.0.100.7", "2001:db8:100::7"])
+    );
     assert_eq!(report["services"][0]["local_ready"], json!(["10.244.0.5"]));
-    let table = Command::new(l3lb_binary()).args(["status", "--addr", HTTP]).output().unwrap();
+    let table = Command::new(l3lb_binary())
+        .args(["status", "--addr", HTTP])
+        .output()
+        .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
-        table.lines().any(|row| row.contains("default/web") && row.contains("10.0.100.7") && row.contains("yes")),
+        table.lines().any(|row| row.contains("default/web")
+            && row.contains("10.0.100.7")
+            && row.contains("yes")),
         "`l3lb status` shows the announced row:\n{table}"
     );
     assert!(
-        wait_until(CONVERGE, || has_event(&server, "web", "Announced", "node-a")),
+        wait_until(CONVERGE, || has_event(
+            &server,
+            "web",
+            "Announced",
+            "node-a"
+        )),
         "an Announced event on the Service: {:?}",
         server.events()
     );
 
     // The endpoint moves to another node: withdrawn.
     server.apply(slice("web", "node-b", true));
-    assert!(converged("10.0.100.7/32", false), "withdrawn; log:\n{}", daemon.log());
+    assert!(
+        converged("10.0.100.7/32", false),
+        "withdrawn; log:\n{}",
+        daemon.log()
+    );
     daemon.wait_for_log("forfeiting address 10.0.100.7", CONVERGE);
-    assert!(wait_until(CONVERGE, || metric(HTTP, "l3lb_announced_addresses") == Some(0.0)));
-    assert!(wait_until(CONVERGE, || has_event(&server, "web", "Withdrawn", "node-a")));
+    assert!(wait_until(CONVERGE, || metric(
+        HTTP,
+        "l3lb_announced_addresses"
+    ) == Some(0.0)));
+    assert!(wait_until(CONVERGE, || has_event(
+        &server,
+        "web",
+        "Withdrawn",
+        "node-a"
+    )));
     server.apply(slice("web", "node-a", true));
     assert!(converged("10.0.100.7/32", true), "back");
 
@@ -185,11 +244,16 @@ async fn scenario(ns: Ip) {
     // API server down: nothing is withdrawn while the watches fail and retry.
     server.stop().await;
     assert!(
-        wait_until(CONVERGE, || daemon.log_count("keeping the last known state") >= 2),
+        wait_until(CONVERGE, || daemon
+            .log_count("keeping the last known state")
+            >= 2),
         "the daemon noticed the outage; log:\n{}",
         daemon.log()
     );
-    assert!(has_address(&ns, "lo", "10.0.100.7/32"), "fail static: still announced");
+    assert!(
+        has_address(&ns, "lo", "10.0.100.7/32"),
+        "fail static: still announced"
+    );
     assert!(has_address(&ns, "lo", "2001:db8:100::7/128"));
     assert!(
         metric(HTTP, "l3lb_watch_errors_total{resource=\"services\"}").is_some_and(|n| n >= 1.0),
@@ -201,27 +265,51 @@ async fn scenario(ns: Ip) {
     server.apply(slice("api", "node-a", true));
     server.delete("endpointslices", "default", "web-1");
     server.start_again().await;
-    assert!(converged("10.0.100.8/32", true), "new service after recovery; log:\n{}", daemon.log());
-    assert!(converged("10.0.100.7/32", false), "deleted slice after recovery");
+    assert!(
+        converged("10.0.100.8/32", true),
+        "new service after recovery; log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        converged("10.0.100.7/32", false),
+        "deleted slice after recovery"
+    );
 
     // History compacted and watches dropped: resuming gets 410 Gone, the daemon relists.
     server.compact();
     server.drop_watches().await;
     server.apply(slice("api", "node-b", true));
-    assert!(converged("10.0.100.8/32", false), "converged through a relist; log:\n{}", daemon.log());
+    assert!(
+        converged("10.0.100.8/32", false),
+        "converged through a relist; log:\n{}",
+        daemon.log()
+    );
     daemon.wait_for_log("relisted", CONVERGE);
 
     // Someone deletes an announced address by hand: it comes straight back.
     server.apply(slice("web", "node-a", true));
     assert!(converged("10.0.100.7/32", true));
     ns.ip(&["addr", "del", "10.0.100.7/32", "dev", "lo"]);
-    assert!(converged("10.0.100.7/32", true), "restored; log:\n{}", daemon.log());
+    assert!(
+        converged("10.0.100.7/32", true),
+        "restored; log:\n{}",
+        daemon.log()
+    );
 
     // SIGTERM without --retain-on-exit: owned addresses go, foreign ones stay.
     assert!(daemon.terminate(), "clean exit; log:\n{}", daemon.log());
-    assert!(!has_address(&ns, "lo", "10.0.100.7/32"), "withdrawn on exit");
-    assert!(!has_address(&ns, "lo", "2001:db8:100::7/128"), "withdrawn on exit");
-    assert!(has_address(&ns, "lo", "10.0.0.20/32"), "the node's own address untouched");
+    assert!(
+        !has_address(&ns, "lo", "10.0.100.7/32"),
+        "withdrawn on exit"
+    );
+    assert!(
+        !has_address(&ns, "lo", "2001:db8:100::7/128"),
+        "withdrawn on exit"
+    );
+    assert!(
+        has_address(&ns, "lo", "10.0.0.20/32"),
+        "the node's own address untouched"
+    );
     assert!(has_address(&ns, "lo", "127.0.0.1/8"));
 }
 
@@ -246,25 +334,53 @@ async fn failover(ns: Ip) {
     // Two "nodes" in one namespace, each on its own interface, both reaching the server. (This
     // kernel has no dummy driver; a veth end serves as well.)
     for (interface, peer) in [("node-a0", "node-a1"), ("node-b0", "node-b1")] {
-        ns.ip(&["link", "add", interface, "type", "veth", "peer", "name", peer]);
+        ns.ip(&[
+            "link", "add", interface, "type", "veth", "peer", "name", peer,
+        ]);
         ns.ip(&["link", "set", interface, "up"]);
     }
-    let mut a = start_l3lb("node-a", "node-a0", &kubeconfig, "127.0.0.1:9474", scratch.0.join("a.log"));
-    let mut b = start_l3lb("node-b", "node-b0", &kubeconfig, "127.0.0.1:9475", scratch.0.join("b.log"));
+    let mut a = start_l3lb(
+        "node-a",
+        "node-a0",
+        &kubeconfig,
+        "127.0.0.1:9474",
+        scratch.0.join("a.log"),
+    );
+    let mut b = start_l3lb(
+        "node-b",
+        "node-b0",
+        &kubeconfig,
+        "127.0.0.1:9475",
+        scratch.0.join("b.log"),
+    );
     const LEADS: &str = "became the status writer";
     assert!(
-        wait_until(CONVERGE, || a.log().contains(LEADS) || b.log().contains(LEADS)),
+        wait_until(CONVERGE, || a.log().contains(LEADS)
+            || b.log().contains(LEADS)),
         "someone leads; logs:\n{}\n{}",
         a.log(),
         b.log()
     );
-    let (leader, follower) = if a.log().contains(LEADS) { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let (leader, follower) = if a.log().contains(LEADS) {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
 
     server.apply(service("web", "10.0.100.7"));
-    assert!(wait_until(CONVERGE, || ingress_ips(&server, "web") == ["10.0.100.7"]), "status written");
-    assert!(leader.log().contains("published ingress"), "the leader wrote it");
+    assert!(
+        wait_until(CONVERGE, || ingress_ips(&server, "web") == ["10.0.100.7"]),
+        "status written"
+    );
+    assert!(
+        leader.log().contains("published ingress"),
+        "the leader wrote it"
+    );
     assert!(!follower.log().contains(LEADS), "only one leader");
-    assert!(!follower.log().contains("published ingress"), "the follower never writes");
+    assert!(
+        !follower.log().contains("published ingress"),
+        "the follower never writes"
+    );
 
     // The leader crashes (no clean exit); the follower takes over once the Lease lapses.
     leader.kill();

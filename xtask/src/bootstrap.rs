@@ -15,6 +15,31 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("bpftool", "bpftool"),
     ("iputils-ping", "ping"),
+    // The end-to-end tests run the lab (see LAB_PACKAGES).
+    ("frr", "bgpd"),
+    ("nftables", "nft"),
+    ("curl", "curl"),
+    // tests/tests/deploy_manifests.rs verifies deploy/systemd/l3lb.service with it.
+    ("systemd", "systemd-analyze"),
+];
+
+/// What `cargo xtask lab` runs: FRR (bgpd and zebra, in /usr/lib/frr) on the router and the nodes,
+/// nftables for the nodes' DNAT to their pods, curl as the client.
+pub const LAB_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("frr", "bgpd"),
+    ("nftables", "nft"),
+    ("iputils-ping", "ping"),
+    ("curl", "curl"),
+];
+
+/// What `cargo xtask bench` runs: `ip` for the namespaces, kube-proxy's two rule sets
+/// (`iptables-restore`, `nft`) as the baselines, bpftool to look at the fast path's maps.
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("iptables", "iptables-restore"),
+    ("nftables", "nft"),
+    ("bpftool", "bpftool"),
 ];
 
 /// Fails unless we run as root on Linux: the tests and the lab create network namespaces and
@@ -126,4 +151,102 @@ fn command_exists(command: &str) -> bool {
     ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/lib/frr"]
         .iter()
         .any(|dir| std::path::Path::new(dir).join(command).exists())
+}
+
+/// PyPI packages the tests use, with the command each installs. kubernetes-validate checks the
+/// Kubernetes manifests against the official JSON schemas offline (it ships them);
+/// tests/tests/deploy_manifests.rs validates against the newest Kubernetes this version knows.
+pub const TEST_PYTHON_PACKAGES: &[(&str, &str)] =
+    &[("kubernetes-validate==1.37.0", "kubernetes-validate")];
+
+/// Installs with python3's pip the PyPI packages whose commands are missing (or, for a pinned
+/// `name==version`, whose `--version` does not say that version). Debian's own python3 refuses
+/// `pip install` outside a virtual environment ("externally-managed-environment", PEP 668); there
+/// the install is retried with `--break-system-packages`, which puts them in /usr/local.
+pub fn python_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(requirement, command)| !python_command_present(requirement, command))
+        .map(|(requirement, _)| *requirement)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if output(Command::new("python3").args(["-m", "pip", "--version"])).is_none() {
+        debian_packages(&[("python3", "python3"), ("python3-pip", "pip3")])?;
+    }
+    eprintln!("bootstrap: installing PyPI packages {}", missing.join(" "));
+    let pip = || {
+        let mut command = Command::new("python3");
+        command
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-warn-script-location",
+            ])
+            .args(&missing)
+            .env("PIP_ROOT_USER_ACTION", "ignore");
+        command
+    };
+    let first = pip().output().context("starting python3 -m pip install")?;
+    if !first.status.success() {
+        let stderr = String::from_utf8_lossy(&first.stderr);
+        if !stderr.contains("externally-managed-environment") {
+            bail!(
+                "python3 -m pip install {} failed:\n{stderr}",
+                missing.join(" ")
+            );
+        }
+        run(pip().arg("--break-system-packages"))?;
+    }
+    for (requirement, command) in packages {
+        if !python_command_present(requirement, command) {
+            bail!(
+                "pip installed {requirement}, but its command {command} is neither on PATH nor in \
+                 python3's scripts directories"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn python_command_present(requirement: &str, command: &str) -> bool {
+    let Some(path) = python_command(command) else {
+        return false;
+    };
+    match requirement.split_once("==") {
+        Some((_, version)) => output(Command::new(path).arg("--version"))
+            .is_some_and(|reported| reported.split_whitespace().any(|word| word == version)),
+        None => true,
+    }
+}
+
+/// Where a pip-installed command is: on PATH, in python3's scripts directories (pyenv and
+/// virtual environments put it there), in ~/.local/bin (`pip install --user`) or /usr/local/bin.
+fn python_command(command: &str) -> Option<std::path::PathBuf> {
+    let find = |dirs: Vec<std::path::PathBuf>| {
+        dirs.into_iter()
+            .map(|dir| dir.join(command))
+            .find(|path| path.is_file())
+    };
+    let path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    find(path).or_else(|| {
+        let mut dirs: Vec<std::path::PathBuf> = output(Command::new("python3").args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts')); \
+             print(sysconfig.get_path('scripts', 'posix_user'))",
+        ]))
+        .map(|scripts| scripts.lines().map(std::path::PathBuf::from).collect())
+        .unwrap_or_default();
+        if let Some(home) = std::env::var_os("HOME") {
+            dirs.push(std::path::Path::new(&home).join(".local/bin"));
+        }
+        dirs.push("/usr/local/bin".into());
+        find(dirs)
+    })
 }

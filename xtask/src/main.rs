@@ -3,6 +3,7 @@
 mod bootstrap;
 mod build_ebpf;
 mod cmd;
+mod lab;
 mod test;
 
 use anyhow::Result;
@@ -21,11 +22,15 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Format check, clippy, unit tests, then the privileged integration tests (root).
     Test(test::Options),
+    /// Run a BGP anycast fabric in network namespaces and walk a service through its life
+    /// (root); `lab --keep` leaves it up, `lab down` removes a kept one.
+    Lab(lab::Options),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf(options) => build_ebpf::run(&options),
         Command::Test(options) => test::run(&options),
+        Command::Lab(options) => lab::run(&options),
     }
 }

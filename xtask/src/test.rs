@@ -17,6 +17,7 @@ pub fn run(options: &Options) -> Result<()> {
     bootstrap::require_root_linux("cargo xtask test")?;
     bootstrap::ebpf_toolchain()?;
     bootstrap::debian_packages(bootstrap::TEST_PACKAGES)?;
+    bootstrap::python_packages(bootstrap::TEST_PYTHON_PACKAGES)?;
 
     step("format", cmd::cargo().args(["fmt", "--all", "--check"]))?;
     step(
@@ -57,6 +58,9 @@ pub fn run(options: &Options) -> Result<()> {
             .args(["test", "--lib", "--bins", "--"])
             .args(&filter),
     )?;
+    // The end-to-end tests run the daemon binary (target/debug/l3lb), which `cargo test` does
+    // not build for another package's tests.
+    step("build l3lb", cmd::cargo().args(["build", "-p", "l3lb"]))?;
     step(
         "integration tests (privileged)",
         cmd::cargo()

@@ -1,0 +1,439 @@
+//! `cargo xtask lab`: builds a BGP anycast fabric in network namespaces (a router, three nodes
+//! running FRR and l3lb, pods, a client), then walks one service through its life while showing
+//! what the router learns and how fast: 3 replicas (ECMP over 3 nodes), one node drained, scaled
+//! to 1, deleted. Everything is torn down at the end, on failure and on Ctrl-C.
+//!
+//! ```text
+//! l3lb-lab [--keep] [--name NAME] [--nodes N]   run the demo (--keep: leave the lab up)
+//! l3lb-lab down [--name NAME]                    tear down a lab left up by --keep
+//! ```
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use l3lb_tests::lab::{self, Endpoint, Lab, LabError, LabOptions, Service};
+
+/// Raised by SIGINT/SIGTERM/SIGHUP; every wait in the lab checks it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// How long a change may take to show at the router before the demo calls it a failure.
+const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(20);
+/// Connections per step from the client, each from its own source port.
+const CONNECTIONS: usize = 9;
+
+const SERVICE: &str = "web";
+const SERVICE_V4: &str = "10.0.100.7";
+const SERVICE_V6: &str = "2001:db8:100::7";
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe); the sigaction struct
+        // is fully initialised (zeroed, then handler and empty mask set).
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+struct Args {
+    down: bool,
+    keep: bool,
+    name: String,
+    nodes: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        down: false,
+        keep: false,
+        name: lab::DEFAULT_NAME.to_owned(),
+        nodes: 3,
+    };
+    let mut rest = std::env::args().skip(1);
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "down" | "--down" => args.down = true,
+            "--keep" => args.keep = true,
+            "--name" => args.name = rest.next().ok_or("--name needs a value")?,
+            "--nodes" => {
+                args.nodes = rest
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (2..=26).contains(n))
+                    .ok_or("--nodes needs a number from 2 to 26")?;
+            }
+            "-h" | "--help" => {
+                println!(
+                    "l3lb-lab [--keep] [--name NAME] [--nodes N]   run the anycast demo\n\
+                     l3lb-lab down [--name NAME]                    tear down a kept lab"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unexpected argument {other:?} (try --help)")),
+        }
+    }
+    if args.down && args.keep {
+        return Err("`down` and `--keep` do not go together".into());
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(problem) => {
+            eprintln!("l3lb-lab: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("l3lb-lab: needs root (network namespaces); run `cargo xtask lab` as root");
+        return ExitCode::FAILURE;
+    }
+    if args.down {
+        return down(&args.name);
+    }
+    install_signal_handlers();
+    // A command killed by the same Ctrl-C may make a step panic; the teardown that follows is
+    // the point then, not the panic's message.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !INTERRUPTED.load(Ordering::SeqCst) {
+            default_hook(info);
+        }
+    }));
+    // The lab lives inside `demo`: whatever happens there (an error, a panic, Ctrl-C), it is
+    // dropped, and so torn down, before we get here.
+    let outcome = std::panic::catch_unwind(|| demo(&args));
+    let code = match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(LabError::Interrupted)) => {
+            eprintln!("\ninterrupted: the lab is torn down");
+            ExitCode::from(130)
+        }
+        Ok(Err(err)) => {
+            eprintln!("\nl3lb-lab failed: {err}");
+            ExitCode::FAILURE
+        }
+        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+            eprintln!("\ninterrupted: the lab is torn down");
+            ExitCode::from(130)
+        }
+        Err(_) => {
+            eprintln!("\nl3lb-lab failed (panic above); the lab is torn down");
+            ExitCode::FAILURE
+        }
+    };
+    if !args.keep || code != ExitCode::SUCCESS {
+        let left = Lab::leftovers(&args.name);
+        if left.is_empty() {
+            println!("left behind: nothing (namespaces, processes, temp dir and state all gone)");
+        } else {
+            eprintln!(
+                "left behind: {} (remove with `cargo xtask lab down`)",
+                left.join(", ")
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    code
+}
+
+fn down(name: &str) -> ExitCode {
+    let removed = Lab::down(name);
+    if removed.is_empty() {
+        println!("no lab named {name} is up");
+    }
+    for what in &removed {
+        println!("removed {what}");
+    }
+    let left = Lab::leftovers(name);
+    if left.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("could not remove: {}", left.join(", "));
+        ExitCode::FAILURE
+    }
+}
+
+/// One change to the service and what the router should do about it.
+struct Step {
+    title: String,
+    /// The new Service, or `None` to delete it.
+    service: Option<Service>,
+    /// Nodes the router should route the service IPs to afterwards.
+    nodes: Vec<usize>,
+}
+
+fn demo(args: &Args) -> Result<(), LabError> {
+    let v4: IpAddr = SERVICE_V4.parse().expect("an IPv4 address");
+    let v6: IpAddr = SERVICE_V6.parse().expect("an IPv6 address");
+    let nodes = args.nodes;
+    let all: Vec<usize> = (0..nodes).collect();
+    let pod = |node: usize| format!("{SERVICE}-{}", &lab::node_name(node)[5..]);
+    let service = |endpoints: Vec<Endpoint>| Service {
+        endpoints,
+        ..Service::new(SERVICE, &[SERVICE_V4, SERVICE_V6])
+    };
+    let last = nodes - 1;
+    let steps = [
+        Step {
+            title: format!("{SERVICE}: {nodes} replicas, one per node"),
+            service: Some(service(
+                all.iter().map(|&n| Endpoint::ready(&pod(n), n)).collect(),
+            )),
+            nodes: all.clone(),
+        },
+        Step {
+            title: format!(
+                "drain {}: its pod terminates (ready: false, serving: true, terminating: true)",
+                lab::node_name(last)
+            ),
+            service: Some(service(
+                all.iter()
+                    .map(|&n| {
+                        if n == last {
+                            Endpoint::terminating(&pod(n), n)
+                        } else {
+                            Endpoint::ready(&pod(n), n)
+                        }
+                    })
+                    .collect(),
+            )),
+            nodes: (0..last).collect(),
+        },
+        Step {
+            title: format!("scale {SERVICE} to 1 replica (on {})", lab::node_name(0)),
+            service: Some(service(vec![Endpoint::ready(&pod(0), 0)])),
+            nodes: vec![0],
+        },
+        Step {
+            title: format!("delete the Service {SERVICE}"),
+            service: None,
+            nodes: vec![],
+        },
+    ];
+
+    println!("== building lab {} ({nodes} nodes)", args.name);
+    let mut options = LabOptions::new(&args.name);
+    options.nodes = nodes;
+    options.cancel = Some(&INTERRUPTED);
+    options.progress = true;
+    let mut lab = Lab::up(options)?;
+    println!(
+        "  up in {} ms, all BGP sessions established\n",
+        lab.age().as_millis()
+    );
+    println!("== topology\n{}", lab.topology());
+    println!(
+        "  pods answer `GET /` with their name; each node DNATs {SERVICE_V4}:80 and \
+         [{SERVICE_V6}]:80 to its own ready pods (kube-proxy, externalTrafficPolicy: Local)\n"
+    );
+    for node in 0..nodes {
+        lab.new_log_lines(node); // startup lines are not news
+    }
+
+    let mut previous = String::new();
+    let mut timings = Vec::new();
+    for (number, step) in steps.iter().enumerate() {
+        println!("== step {}: {}", number + 1, step.title);
+        let file = lab.manifest_dir().join(format!("{SERVICE}.yaml"));
+        let changed_at = match &step.service {
+            Some(service) => {
+                let (at, text) = lab.apply(service);
+                if previous.is_empty() {
+                    println!("  wrote {}:", file.display());
+                    print_indented(&text, "    ");
+                } else {
+                    println!("  changed {}:", file.display());
+                    for line in diff(&previous, &text) {
+                        println!("    {line}");
+                    }
+                }
+                previous = text;
+                at
+            }
+            None => {
+                let at = lab.delete_service(SERVICE);
+                println!("  removed {}", file.display());
+                previous.clear();
+                at
+            }
+        };
+        let want: &[usize] = &step.nodes;
+        let took = lab.wait_routes(&[(v4, want), (v6, want)], changed_at, CONVERGENCE_DEADLINE)?;
+        let set: BTreeSet<usize> = want.iter().copied().collect();
+        let what = if want.is_empty() {
+            "no route".to_owned()
+        } else {
+            let nexthops = if want.len() == 1 {
+                "nexthop"
+            } else {
+                "nexthops"
+            };
+            format!("via {} ({} {nexthops})", lab::nodes_label(&set), want.len())
+        };
+        println!(
+            "  router: {what} after {} ms for {SERVICE_V4}, {} ms for {SERVICE_V6} \
+             (manifest change → kernel route at the router)",
+            took[0].as_millis(),
+            took[1].as_millis()
+        );
+        timings.push((step.title.clone(), what, took[0], took[1]));
+
+        println!("  l3lb logs:");
+        for node in 0..nodes {
+            for line in lab.new_log_lines(node) {
+                println!("    {} │ {}", lab::node_name(node), line);
+            }
+        }
+        println!("  the router's BGP table:");
+        print_indented(&bgp_routes(&lab.router_bgp_table()), "    ");
+        println!("  the router's kernel routes:");
+        print_indented(&lab.router_kernel_routes(), "    ");
+        client_checks(&mut lab, v4, v6, &set)?;
+        println!();
+    }
+
+    println!("== change → route at the router");
+    for (title, what, took_v4, took_v6) in &timings {
+        println!(
+            "  {:>5} ms (IPv4) {:>5} ms (IPv6)  {title}: {what}",
+            took_v4.as_millis(),
+            took_v6.as_millis()
+        );
+    }
+
+    if args.keep {
+        println!("\n== leaving the lab up, with {SERVICE} back on every node");
+        let (at, _) = lab.apply(steps[0].service.as_ref().expect("step 1 has a service"));
+        lab.wait_routes(&[(v4, &all), (v6, &all)], at, CONVERGENCE_DEADLINE)?;
+        println!("{}", lab.keep());
+    } else {
+        println!("\n== tearing down");
+    }
+    Ok(())
+}
+
+/// Connections from the client: each from a new source port, so the router's L4 hash spreads
+/// them; every one must land on a node that hosts a ready pod. Without a route, they must fail.
+fn client_checks(
+    lab: &mut Lab,
+    v4: IpAddr,
+    v6: IpAddr,
+    hosts: &BTreeSet<usize>,
+) -> Result<(), LabError> {
+    let host_names: BTreeSet<String> = hosts.iter().map(|&n| lab::node_name(n)).collect();
+    if hosts.is_empty() {
+        match lab.client_get(v4) {
+            Ok(reply) => {
+                return Err(LabError::Failed(format!(
+                    "{v4} answered ({} on {}) without a route",
+                    reply.pod, reply.node
+                )));
+            }
+            Err(err) => println!("  client: curl http://{v4}/ fails, as it should: {err}"),
+        }
+        return Ok(());
+    }
+    println!("  client: {CONNECTIONS} connections to http://{v4}/ and 3 to http://[{v6}]/:");
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    let targets = std::iter::repeat_n(v4, CONNECTIONS).chain(std::iter::repeat_n(v6, 3));
+    for ip in targets {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Err(LabError::Interrupted);
+        }
+        let started = Instant::now();
+        let reply = lab.client_get(ip).map_err(LabError::Failed)?;
+        println!(
+            "    port {} → {:<7} on {} (the pod saw {}) in {} ms",
+            reply.local_port,
+            reply.pod,
+            reply.node,
+            reply.peer,
+            started.elapsed().as_millis()
+        );
+        if !host_names.contains(&reply.node) {
+            return Err(LabError::Failed(format!(
+                "a connection to {ip} landed on {}, which hosts no ready pod",
+                reply.node
+            )));
+        }
+        *per_node.entry(reply.node).or_default() += 1;
+    }
+    let spread: Vec<String> = per_node
+        .iter()
+        .map(|(node, count)| format!("{node}: {count}"))
+        .collect();
+    println!("    spread: {}", spread.join(", "));
+    Ok(())
+}
+
+/// The route lines of `show bgp` output, without the legend each table starts with.
+fn bgp_routes(table: &str) -> String {
+    let mut out = String::new();
+    let mut in_routes = false;
+    for line in table.lines() {
+        if line.trim_start().starts_with("Network") {
+            in_routes = true;
+        } else if line.starts_with("BGP table version") {
+            in_routes = false;
+        }
+        if (in_routes || line.starts_with("No BGP prefixes")) && !line.trim().is_empty() {
+            out += line;
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn print_indented(text: &str, indent: &str) {
+    for line in text.lines() {
+        println!("{indent}{line}");
+    }
+}
+
+/// A line diff (longest common subsequence): `- old` and `+ new` lines, unchanged ones left out.
+fn diff(old: &str, new: &str) -> Vec<String> {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    // lcs[i][j]: length of the LCS of a[i..] and b[j..]
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push(format!("- {}", a[i]));
+            i += 1;
+        } else {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
+        }
+    }
+    out
+}

@@ -1,0 +1,343 @@
+//! End to end on the lab (`l3lb_tests::lab`): a router and three nodes running FRR in network
+//! namespaces, a real `l3lb` per node, pods, and a client. Each test drives manifests and checks
+//! what the router ends up with: the ECMP route to a service IP goes through exactly the nodes
+//! that host a ready pod, and the client's connections land only on those pods.
+//!
+//! Needs root, FRR, nftables and curl, and `target/debug/l3lb` (`cargo build -p l3lb`; `cargo
+//! xtask test` builds it). Labs are heavy (eight FRR daemons each), so the tests take turns.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use l3lb_tests::lab::{self, Endpoint, Lab, LabOptions, Service};
+
+/// BGP converges in a few hundred ms here; this only bounds a failure.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("an IP address")
+}
+
+/// A lab of its own for one test (unique namespace names), after the previous test's lab is
+/// gone. The guard must outlive the lab: declare it first.
+fn lab_for(tag: &str, l3lb_args: &[&str]) -> (MutexGuard<'static, ()>, Lab) {
+    let turn = ONE_LAB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Labs of an earlier run that was killed before it could tear them down.
+    for name in Lab::down_abandoned("l3lb-e2e-") {
+        eprintln!("removed the abandoned lab {name}");
+    }
+    let mut options = LabOptions::new(&format!("l3lb-e2e-{}-{tag}", std::process::id()));
+    options.l3lb_args = l3lb_args.iter().map(|arg| arg.to_string()).collect();
+    let lab = Lab::up(options).unwrap_or_else(|err| panic!("bringing the lab up: {err}"));
+    (turn, lab)
+}
+
+/// Waits until the router routes `ip` through exactly `nodes` (none: no route); returns how long
+/// it took from `since`. Fails with everything the lab knows.
+fn converge(lab: &Lab, ip: IpAddr, nodes: &[usize], since: Instant) -> Duration {
+    match lab.wait_route(ip, nodes, since, DEADLINE) {
+        Ok(took) => {
+            eprintln!(
+                "{ip} via {} after {} ms",
+                lab::nodes_label(&nodes.iter().copied().collect()),
+                took.as_millis()
+            );
+            took
+        }
+        Err(err) => panic!("{err}\n{}", lab.diagnostics()),
+    }
+}
+
+fn web(ips: &[&str], endpoints: Vec<Endpoint>) -> Service {
+    Service {
+        endpoints,
+        ..Service::new("web", ips)
+    }
+}
+
+/// Opens connections from the client to `ip` (each from a new source port) until every node in
+/// `hosts` answered at least once; every connection must land on one of them, and the pods must
+/// see the client's own address (the nodes DNAT, nothing SNATs).
+fn landings(lab: &mut Lab, ip: IpAddr, hosts: &[usize]) -> BTreeMap<String, usize> {
+    let hosts: BTreeSet<String> = hosts.iter().map(|&node| lab::node_name(node)).collect();
+    let client = match ip {
+        IpAddr::V4(_) => lab::CLIENT_IPV4.to_string(),
+        IpAddr::V6(_) => format!("[{}]", lab::CLIENT_IPV6),
+    };
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..90 {
+        let reply = lab
+            .client_get(ip)
+            .unwrap_or_else(|err| panic!("{err}\n{}", lab.diagnostics()));
+        assert!(
+            hosts.contains(&reply.node),
+            "a connection to {ip} landed on pod {} on {}, which is not among the hosts {hosts:?}",
+            reply.pod,
+            reply.node
+        );
+        assert!(
+            reply.peer.starts_with(&format!("{client}:")),
+            "pod {} saw {} instead of the client {client}",
+            reply.pod,
+            reply.peer
+        );
+        *seen.entry(reply.node).or_default() += 1;
+        if seen.len() == hosts.len() && seen.values().sum::<usize>() >= 2 * hosts.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.keys().cloned().collect::<BTreeSet<_>>(),
+        hosts,
+        "90 connections to {ip} from different source ports did not reach every host: {seen:?}"
+    );
+    eprintln!("connections to {ip}: {seen:?}");
+    seen
+}
+
+/// The life of one service: one replica, three (ECMP), an l3lb stopped without
+/// `--retain-on-exit` and started again, a node drained, the service deleted. At every step the
+/// router's route and the client's connections follow the ready pods.
+#[test]
+fn anycast_route_follows_the_ready_pods() {
+    if !l3lb_tests::privileged("lab_e2e::anycast_route_follows_the_ready_pods") {
+        return;
+    }
+    let (_turn, mut lab) = lab_for("life", &[]);
+    let (v4, v6) = (ip("10.0.100.7"), ip("2001:db8:100::7"));
+    let ips = ["10.0.100.7", "2001:db8:100::7"];
+
+    // One replica on node-b: one route, through node-b only.
+    let (at, _) = lab.apply(&web(&ips, vec![Endpoint::ready("web-b", 1)]));
+    converge(&lab, v4, &[1], at);
+    converge(&lab, v6, &[1], at);
+    assert!(lab.node_addresses(1).contains(&v4));
+    for node in [0, 2] {
+        assert!(
+            !lab.node_addresses(node).contains(&v4),
+            "{} holds {v4} without a pod",
+            lab::node_name(node)
+        );
+    }
+    landings(&mut lab, v4, &[1]);
+
+    // Three replicas on three nodes: one ECMP route with three nexthops, in both families.
+    let three = web(
+        &ips,
+        vec![
+            Endpoint::ready("web-a", 0),
+            Endpoint::ready("web-b", 1),
+            Endpoint::ready("web-c", 2),
+        ],
+    );
+    let (at, _) = lab.apply(&three);
+    converge(&lab, v4, &[0, 1, 2], at);
+    converge(&lab, v6, &[0, 1, 2], at);
+    let routes = lab.router_view().routes();
+    assert_eq!(
+        routes.keys().copied().collect::<Vec<_>>(),
+        [v4, v6],
+        "exactly the service's two host routes inside the prefixes: {routes:?}"
+    );
+    landings(&mut lab, v4, &[0, 1, 2]);
+    landings(&mut lab, v6, &[0, 1, 2]);
+
+    // SIGTERM without --retain-on-exit: node-c's l3lb takes its addresses with it, the router
+    // drops that nexthop; started again, it announces again.
+    let stopped = Instant::now();
+    let status = lab.stop_l3lb(2).expect("l3lb exits on SIGTERM");
+    assert!(status.success(), "l3lb exited with {status}");
+    converge(&lab, v4, &[0, 1], stopped);
+    assert!(!lab.node_addresses(2).contains(&v4));
+    let started = Instant::now();
+    lab.start_l3lb(2).expect("l3lb starts again");
+    converge(&lab, v4, &[0, 1, 2], started);
+    converge(&lab, v6, &[0, 1, 2], started);
+
+    // Drain node-c: its endpoint terminates while the others stay ready. Its nexthop goes, the
+    // others stay, and no new connection reaches node-c.
+    let (at, _) = lab.apply(&web(
+        &ips,
+        vec![
+            Endpoint::ready("web-a", 0),
+            Endpoint::ready("web-b", 1),
+            Endpoint::terminating("web-c", 2),
+        ],
+    ));
+    converge(&lab, v4, &[0, 1], at);
+    converge(&lab, v6, &[0, 1], at);
+    assert!(!lab.node_addresses(2).contains(&v4));
+    landings(&mut lab, v4, &[0, 1]);
+
+    // Delete the Service: the route disappears, the client cannot connect any more.
+    let at = lab.delete_service("web");
+    converge(&lab, v4, &[], at);
+    converge(&lab, v6, &[], at);
+    assert!(lab.router_view().routes().is_empty());
+    for node in 0..lab.nodes() {
+        assert!(
+            lab.node_addresses(node).is_empty(),
+            "{node} still holds addresses"
+        );
+    }
+    assert!(lab.client_get(v4).is_err(), "{v4} answers without a route");
+}
+
+/// Only service host routes reach the router: l3lb ignores a service IP outside its prefixes,
+/// and FRR's prefix-list keeps any other `/32` on a node's `lo` to itself.
+#[test]
+fn only_service_host_routes_reach_the_router() {
+    if !l3lb_tests::privileged("lab_e2e::only_service_host_routes_reach_the_router") {
+        return;
+    }
+    let (_turn, mut lab) = lab_for("prefix", &[]);
+    let (inside, outside, stray) = (ip("10.0.100.8"), ip("192.0.2.50"), ip("192.0.2.51"));
+    // Something other than l3lb puts a /32 on node-a's lo: the node must not announce it.
+    lab.node_ns(0)
+        .ip(&["addr", "add", "192.0.2.51/32", "dev", "lo"]);
+
+    let (at, _) = lab.apply(&Service {
+        endpoints: vec![
+            Endpoint::ready("mixed-a", 0),
+            Endpoint::ready("mixed-a2", 0),
+            Endpoint::ready("mixed-b", 1),
+        ],
+        ..Service::new("mixed", &["192.0.2.50", "10.0.100.8"])
+    });
+    // Once the service IP inside the prefix arrived, node-a's announcements are all through.
+    converge(&lab, inside, &[0, 1], at);
+    for node in [0, 1] {
+        let held = lab.node_addresses(node);
+        assert!(held.contains(&inside));
+        assert!(
+            !held.contains(&outside),
+            "l3lb put {outside}, outside its prefixes, on {}'s lo",
+            lab::node_name(node)
+        );
+    }
+    for ip in [outside, stray] {
+        assert_eq!(lab.router_route(ip), None, "{ip} reached the router");
+    }
+    let table = lab.router_bgp_table();
+    assert!(
+        !table.contains("192.0.2."),
+        "the router's BGP table has a non-service route:\n{table}"
+    );
+    assert_eq!(
+        lab.router_view()
+            .routes()
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        [inside]
+    );
+
+    // The service works, and node-a spreads its share over both of its pods (as kube-proxy).
+    let mut pods = BTreeSet::new();
+    for _ in 0..40 {
+        let reply = lab
+            .client_get(inside)
+            .unwrap_or_else(|err| panic!("{err}\n{}", lab.diagnostics()));
+        pods.insert(reply.pod);
+        if pods.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        pods,
+        ["mixed-a", "mixed-a2", "mixed-b"].map(String::from).into()
+    );
+}
+
+/// A restart with `--retain-on-exit` is hitless: SIGTERM leaves the addresses on `lo`, the new
+/// l3lb adopts them, and the router's route through that node never disappears meanwhile
+/// (sampled continuously from another thread).
+#[test]
+fn restart_with_retain_on_exit_keeps_the_route() {
+    if !l3lb_tests::privileged("lab_e2e::restart_with_retain_on_exit_keeps_the_route") {
+        return;
+    }
+    let (_turn, mut lab) = lab_for("retain", &["--retain-on-exit"]);
+    let v4 = ip("10.0.100.7");
+    let three = |ips: &[&str]| {
+        web(
+            ips,
+            vec![
+                Endpoint::ready("web-a", 0),
+                Endpoint::ready("web-b", 1),
+                Endpoint::ready("web-c", 2),
+            ],
+        )
+    };
+    let (at, _) = lab.apply(&three(&["10.0.100.7"]));
+    converge(&lab, v4, &[0, 1, 2], at);
+
+    let view = lab.router_view();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                samples.push(view.route(v4));
+            }
+            samples
+        })
+    };
+
+    let restarted = (|| {
+        let status = lab.stop_l3lb(1).map_err(|err| err.to_string())?;
+        if !status.success() {
+            return Err(format!("l3lb exited with {status}"));
+        }
+        if !lab.node_addresses(1).contains(&v4) {
+            return Err(format!(
+                "{v4} left node-b's lo although l3lb ran with --retain-on-exit"
+            ));
+        }
+        lab.start_l3lb(1).map_err(|err| err.to_string())?;
+        // Proof that the new l3lb has read the manifests and reconciled `lo` (the moment it could
+        // have flapped the adopted address): it announces a new IP of the same service.
+        let (at, _) = lab.apply(&three(&["10.0.100.7", "10.0.100.9"]));
+        lab.wait_route(ip("10.0.100.9"), &[0, 1, 2], at, DEADLINE)
+            .map_err(|err| err.to_string())?;
+        Ok(())
+    })();
+    stop.store(true, Ordering::SeqCst);
+    let samples = sampler.join().expect("the sampler thread");
+    if let Err(err) = restarted {
+        panic!("{err}\n{}", lab.diagnostics());
+    }
+
+    let all: BTreeSet<usize> = [0, 1, 2].into();
+    let bad: Vec<&Option<BTreeSet<usize>>> = samples
+        .iter()
+        .filter(|sample| sample.as_ref() != Some(&all))
+        .collect();
+    eprintln!(
+        "{} samples of the router's route during the restart, {} without all three nodes",
+        samples.len(),
+        bad.len()
+    );
+    assert!(samples.len() >= 10, "too few samples: {}", samples.len());
+    assert!(
+        bad.is_empty(),
+        "the route to {v4} changed during the restart: {:?}",
+        &bad[..bad.len().min(5)]
+    );
+    let log = lab.l3lb_log(1);
+    assert!(
+        !log.contains("forfeiting address 10.0.100.7"),
+        "node-b's l3lb forfeited the address around its restart:\n{log}"
+    );
+}

@@ -1,0 +1,75 @@
+//! `cargo xtask lab`: a BGP anycast fabric in network namespaces on this machine (a router and
+//! three nodes running FRR, one l3lb per node, pods and a client), walked through a service's
+//! life while showing routes, logs, client connections and convergence times. The lab itself is
+//! the `l3lb-lab` binary of the test crate (`tests/src/lab.rs`); this only prepares the machine,
+//! builds, and runs it.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{bootstrap, cmd};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Leave the lab running at the end (and print how to get into it).
+    #[arg(long)]
+    keep: bool,
+    #[command(subcommand)]
+    action: Option<Action>,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Tear down a lab left running by `--keep` (or by a lab that was killed).
+    Down,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    bootstrap::require_root_linux("cargo xtask lab")?;
+    bootstrap::ebpf_toolchain()?;
+    bootstrap::debian_packages(bootstrap::LAB_PACKAGES)?;
+
+    // The daemon, and the lab with its pods' server.
+    cmd::run(cmd::cargo().args(["build", "-p", "l3lb", "-p", "l3lb-tests", "--bins"]))?;
+    // Run the built lab directly rather than through `cargo run`: cargo stays the lab's parent
+    // and dies of Ctrl-C at once, while the lab is still tearing itself down.
+    let mut lab = Command::new(target_dir().join("debug/l3lb-lab"));
+    lab.current_dir(cmd::workspace_root());
+    match options.action {
+        Some(Action::Down) => {
+            lab.arg("down");
+        }
+        None if options.keep => {
+            lab.arg("--keep");
+        }
+        None => {}
+    }
+    // Ctrl-C reaches the whole foreground process group: the lab catches it and tears itself
+    // down, which takes a moment. Wait for that instead of dying first and returning the prompt
+    // while it still prints. (A handler, not SIG_IGN: handlers reset on exec, so the lab starts
+    // with the default disposition and installs its own.)
+    extern "C" fn wait_for_the_lab(_: libc::c_int) {}
+    // SAFETY: the handler does nothing, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            wait_for_the_lab as *const () as libc::sighandler_t,
+        );
+    }
+    let status = lab.status().with_context(|| format!("starting {lab:?}"))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        // The lab has said what went wrong (or that it was interrupted: 130); pass its code on.
+        Some(code) => std::process::exit(code),
+        None => bail!("the lab died: {status}"),
+    }
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` (relative to the workspace root, where
+/// `cmd::cargo` runs cargo), or `target/`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => cmd::workspace_root().join(dir),
+        None => cmd::workspace_root().join("target"),
+    }
+}
