@@ -33,19 +33,13 @@ fn main() {
     }
 }
 
-/// The `channel = "…"` line of the eBPF crate's rust-toolchain.toml.
+include!("../l3lb-ebpf/toolchain.rs");
+
+/// The nightly the eBPF crate's rust-toolchain.toml pins.
 fn pinned_toolchain(file: &Path) -> String {
     let text = std::fs::read_to_string(file)
         .unwrap_or_else(|err| panic!("reading {}: {err}", file.display()));
-    text.lines()
-        .find_map(|line| {
-            let value = line
-                .trim()
-                .strip_prefix("channel")?
-                .trim()
-                .strip_prefix('=')?;
-            Some(value.trim().trim_matches('"').to_owned())
-        })
+    toolchain_channel(&text)
         .unwrap_or_else(|| panic!("{} has no `channel = \"…\"` line", file.display()))
 }
 

@@ -1827,7 +1827,7 @@ fn watch(
                 store.compacted
             ));
         }
-        Some(rv) if !send_initial_events => {
+        Some(_) if !send_initial_events => {
             for change in &store.history[res] {
                 stream.push_change(change);
             }

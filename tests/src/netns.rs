@@ -79,22 +79,29 @@ impl NetNs {
     /// Runs `f` on a thread that has entered this namespace, for calls (netlink, XDP attach)
     /// that act on the caller's namespace. The test's own threads stay where they are.
     pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = self.path();
+        let name = self.name.clone();
         std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|err| panic!("opening {path}: {err}"));
-            // SAFETY: a valid namespace fd; setns only changes this new thread's namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns into {path}: {}",
-                std::io::Error::last_os_error()
-            );
+            enter(&name);
             f()
         })
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
+}
+
+/// Moves the calling thread (only it, and the threads and processes it starts afterwards) into
+/// the named namespace. Call it on a thread of its own.
+pub fn enter(name: &str) {
+    let path = format!("/run/netns/{name}");
+    let file = File::open(&path).unwrap_or_else(|err| panic!("opening {path}: {err}"));
+    // SAFETY: a valid namespace fd; setns changes only the calling thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "setns into {path}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 impl Drop for NetNs {

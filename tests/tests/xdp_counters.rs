@@ -111,9 +111,9 @@ fn attached_to_a_veth_counts_real_traffic() {
 
     let (attached_tx, attached_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let node_path = node.path();
+    let node_name = node.name().to_owned();
     let reader = std::thread::spawn(move || {
-        enter(&node_path);
+        netns::enter(&node_name);
         let mut ebpf = load_xdp();
         let program: &mut Xdp = ebpf
             .program_mut(program_names::XDP_INGRESS)
@@ -179,14 +179,6 @@ fn attached_to_a_veth_counts_real_traffic() {
             .contains("prog/xdp")),
         "detached"
     );
-}
-
-fn enter(path: &str) {
-    use std::os::fd::AsRawFd as _;
-    let file = std::fs::File::open(path).expect("open netns");
-    // SAFETY: valid namespace fd; only this thread moves.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}");
 }
 
 #[test]

@@ -104,7 +104,7 @@ fn serve_pod(pod: &NetNs, name: String, stop: Arc<AtomicBool>) {
     let pod = pod.name().to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        enter(&pod);
+        netns::enter(&pod);
         let tcp = TcpListener::bind("0.0.0.0:8080").expect("pod TCP listener");
         tcp.set_nonblocking(true).unwrap();
         let udp = UdpSocket::bind("0.0.0.0:8080").expect("pod UDP socket");
@@ -127,22 +127,11 @@ fn serve_pod(pod: &NetNs, name: String, stop: Arc<AtomicBool>) {
     ready_rx.recv_timeout(DEADLINE).expect("pod server started");
 }
 
-fn enter(ns: &str) {
-    use std::os::fd::AsRawFd as _;
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-    // SAFETY: a namespace fd; only this thread moves.
-    assert_eq!(
-        unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-        0,
-        "setns {ns}"
-    );
-}
-
 /// A TCP request and a UDP datagram from the client to the service; the pod's answers.
 fn ask(client: &NetNs, source_port: u16) -> (Option<String>, Option<String>) {
     let client = client.name().to_owned();
     std::thread::spawn(move || {
-        enter(&client);
+        netns::enter(&client);
         let service: SocketAddr = format!("{SERVICE}:80").parse().unwrap();
         let tcp = (|| {
             let mut stream = TcpStream::connect_timeout(&service, Duration::from_secs(2)).ok()?;

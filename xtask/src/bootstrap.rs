@@ -60,20 +60,14 @@ pub fn require_root_linux(what: &str) -> Result<()> {
     Ok(())
 }
 
+include!("../../l3lb-ebpf/toolchain.rs");
+
 /// The nightly named in `l3lb-ebpf/rust-toolchain.toml`.
 pub fn pinned_toolchain() -> Result<String> {
     let file = workspace_root().join("l3lb-ebpf/rust-toolchain.toml");
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    text.lines()
-        .find_map(|line| {
-            let value = line
-                .trim()
-                .strip_prefix("channel")?
-                .trim()
-                .strip_prefix('=')?;
-            Some(value.trim().trim_matches('"').to_owned())
-        })
+    toolchain_channel(&text)
         .with_context(|| format!("{} has no `channel = \"…\"` line", file.display()))
 }
 
