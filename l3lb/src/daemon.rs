@@ -21,6 +21,7 @@ use crate::{
 const CHANGE_QUEUE: usize = 4096;
 
 pub async fn run(config: RunConfig) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     info!(
         node = %config.node_name,
         interface = %config.interface,
@@ -147,7 +148,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
             reports_rx,
             config.resync_interval,
             config.retain_on_exit,
-            shutdown_signal(),
+            shutdown,
         )
         .await
         .context("controller")?;
@@ -170,17 +171,16 @@ async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
     kube::Client::try_from(kube_config).context("building the Kubernetes client")
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: a SIGTERM during start-up must still end in a clean exit.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process dies on SIGTERM anyway; wait forever.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+    })
 }

@@ -286,6 +286,17 @@ async fn scenario(ns: Ip) {
     );
     daemon.wait_for_log("relisted", CONVERGE);
 
+    // A slow API server (every response delayed) only slows convergence down.
+    server.set_response_delay(Duration::from_millis(300));
+    server.drop_watches().await;
+    server.apply(slice("api", "node-a", true));
+    assert!(
+        converged("10.0.100.8/32", true),
+        "converged through a slow server; log:\n{}",
+        daemon.log()
+    );
+    server.set_response_delay(Duration::ZERO);
+
     // Someone deletes an announced address by hand: it comes straight back.
     server.apply(slice("web", "node-a", true));
     assert!(converged("10.0.100.7/32", true));

@@ -299,6 +299,31 @@ fn xdp_steers_to_local_pods_keeping_the_client_address() {
         "{report}"
     );
 
+    // The counters are on /metrics too (the daemon listens on the node's loopback).
+    let node_name = net.node.name().to_owned();
+    let metrics = std::thread::spawn(move || {
+        netns::enter(&node_name);
+        L3lb::get("127.0.0.1:9474", "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    })
+    .join()
+    .unwrap();
+    let sample = |prefix: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        sample("l3lb_xdp_packets_total{reason=\"forwarded\"}") >= 32.0,
+        "{metrics}"
+    );
+    assert!(
+        sample("l3lb_xdp_service_packets_total{service=\"10.0.100.7:80/tcp\"}") >= 16.0,
+        "{metrics}"
+    );
+
     // No netfilter rule does the work: the node namespace has none.
     let nft = Command::new("nsenter")
         .arg(format!("--net={}", net.node.path()))
@@ -358,5 +383,31 @@ fn xdp_steers_to_local_pods_keeping_the_client_address() {
         "XDP detached"
     );
     assert!(!scratch.pin_root.exists(), "pins removed");
+
+    // A fast path left by a --retain-on-exit run is removed by a run without --xdp.
+    let mut daemon = start(
+        &net.node,
+        &scratch,
+        &["--xdp", "--retain-on-exit"],
+        "l3lb-3.log",
+    );
+    daemon.wait_for_log("fast path (XDP) attached", DEADLINE);
+    assert!(daemon.terminate());
+    assert!(
+        net.node
+            .ip(&["link", "show", "uplink"])
+            .contains("prog/xdp"),
+        "left attached"
+    );
+    let mut daemon = start(&net.node, &scratch, &[], "l3lb-4.log");
+    daemon.wait_for_log("removed the XDP fast path", DEADLINE);
+    assert!(
+        !net.node
+            .ip(&["link", "show", "uplink"])
+            .contains("prog/xdp"),
+        "XDP detached"
+    );
+    assert!(!scratch.pin_root.exists(), "pins removed");
+    assert!(daemon.terminate());
     stop.store(true, Ordering::Relaxed);
 }
