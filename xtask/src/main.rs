@@ -1,5 +1,6 @@
 //! `cargo xtask`: the commands the README names. Each first makes sure the machine has what it
 //! needs (see `bootstrap`), so they work on a fresh Debian machine as root.
+mod bench;
 mod bootstrap;
 mod build_ebpf;
 mod cmd;
@@ -25,6 +26,10 @@ enum Command {
     /// Run a BGP anycast fabric in network namespaces and walk a service through its life
     /// (root); `lab --keep` leaves it up, `lab down` removes a kept one.
     Lab(lab::Options),
+    /// Measure the fast path (vs an empty program, kube-proxy iptables and nftables) and the
+    /// controller (vs the fake API server) and write docs/benchmarks.md (root); `--quick` for
+    /// the reduced set.
+    Bench(bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -32,5 +37,6 @@ fn main() -> Result<()> {
         Command::BuildEbpf(options) => build_ebpf::run(&options),
         Command::Test(options) => test::run(&options),
         Command::Lab(options) => lab::run(&options),
+        Command::Bench(options) => bench::run(&options),
     }
 }

@@ -1,0 +1,151 @@
+//! `l3lb-bench` (`cargo xtask bench`): what the fast path and the controller cost, each measured
+//! against a baseline taken in the same run, so the ratios hold on a noisy shared machine even
+//! where the absolute numbers drift.
+//!
+//! 1. [`testrun`]: per-packet cost of the XDP and TC programs through `BPF_PROG_TEST_RUN`,
+//!    against an empty program (the floor), with 1, 1 000 and 10 000 services in the maps.
+//! 2. [`dataplane`]: UDP packets/s and new TCP connections/s through a node in network
+//!    namespaces (client → node → pods), three ways in the same run: kube-proxy's iptables
+//!    rules, kube-proxy's nftables rules ([`kubeproxy`] writes both as kube-proxy does), and
+//!    `l3lb run --xdp`.
+//! 3. [`controller`]: `l3lb run --source kube` against the fake API server with 10 000 Services:
+//!    time to converge, API change → address on `lo` latency ([`netlink`] watches), CPU per
+//!    change on another node, resident memory.
+//!
+//! [`report`] writes the Markdown report, the JSON and the SVG plot. Everything runs in network
+//! namespaces and bpffs directories of its own, removed on success, failure and Ctrl-C.
+pub mod controller;
+pub mod dataplane;
+pub mod kubeproxy;
+pub mod netlink;
+pub mod report;
+pub mod stats;
+pub mod sys;
+pub mod testrun;
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+/// Raised by SIGINT/SIGTERM/SIGHUP; every loop of the benchmark checks it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into [`interrupted`], so the benchmark stops at the next
+/// check and its guards clean up.
+pub fn install_signal_handlers() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe); the struct is fully
+        // initialised (zeroed, then handler and empty mask set).
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// `Err` once the run was interrupted: `?` after it unwinds to the guards.
+pub fn check_interrupted() -> anyhow::Result<()> {
+    if interrupted() {
+        anyhow::bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps `duration` in short steps, returning early (with `Err`) when interrupted.
+pub fn sleep(duration: std::time::Duration) -> anyhow::Result<()> {
+    let until = std::time::Instant::now() + duration;
+    loop {
+        check_interrupted()?;
+        let now = std::time::Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        std::thread::sleep((until - now).min(std::time::Duration::from_millis(50)));
+    }
+}
+
+/// Progress on stderr, prefixed so it stands out from cargo's output.
+#[macro_export]
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        eprintln!("bench: {}", format_args!($($arg)*))
+    };
+}
+
+/// Which parts to run and how much of each.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The reduced set: fewer rounds, shorter measurements, smaller scales (under two minutes).
+    pub quick: bool,
+    pub out: PathBuf,
+    pub part1: bool,
+    pub part2: bool,
+    pub part3: bool,
+}
+
+/// The `l3lb` binary next to this one (`target/<profile>/l3lb`), as `cargo build -p l3lb`
+/// leaves it.
+pub fn l3lb_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let binary = exe
+        .parent()
+        .map(|dir| dir.join("l3lb"))
+        .ok_or_else(|| anyhow::anyhow!("{} has no parent directory", exe.display()))?;
+    anyhow::ensure!(
+        binary.exists(),
+        "{} is missing: run `cargo build --release -p l3lb` first (cargo xtask bench does)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// A bpffs directory for one run's pins, removed (links first, then maps) when dropped.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new(tag: &str) -> PinDir {
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/l3lb-bench-{}-{tag}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            l3lb::fastpath::loader::remove(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A scratch directory under the system temp dir, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> anyhow::Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("l3lb-bench-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
