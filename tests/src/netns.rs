@@ -145,6 +145,43 @@ pub fn veth_pair(a: &NetNs, a_if: &str, a_addr: &str, b: &NetNs, b_if: &str, b_a
     }
 }
 
+/// The address every pod's default route points at: the node side of each pod veth holds it,
+/// as a CNI's gateway would.
+pub const POD_GATEWAY: &str = "10.244.1.1";
+
+/// Plugs `pod` into `node` as a CNI would: a veth (`host_side` on the node, `eth0` in the pod),
+/// the pod at `pod_ip`/24 with its default route via [`POD_GATEWAY`], and a /32 route to the pod on
+/// the node.
+pub fn attach_pod(node: &NetNs, pod: &NetNs, host_side: &str, pod_ip: &str) {
+    sh(Command::new("ip").args([
+        "link",
+        "add",
+        host_side,
+        "netns",
+        node.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name(),
+    ]));
+    node.ip(&["link", "set", host_side, "up"]);
+    node.ip(&[
+        "addr",
+        "add",
+        &format!("{POD_GATEWAY}/32"),
+        "dev",
+        host_side,
+    ]);
+    node.ip(&["route", "add", &format!("{pod_ip}/32"), "dev", host_side]);
+    pod.ip(&["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    pod.ip(&["route", "add", POD_GATEWAY, "dev", "eth0"]);
+    pod.ip(&["route", "add", "default", "via", POD_GATEWAY]);
+}
+
 /// Runs `command`, panicking with its stderr when it fails.
 pub fn sh(command: &mut Command) -> Output {
     let out = command

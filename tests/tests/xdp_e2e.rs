@@ -67,28 +67,7 @@ fn topology(pods: &[&str]) -> Topology {
     for (i, name) in pods.iter().enumerate() {
         let pod = NetNs::new("xp");
         let pod_ip = format!("10.244.1.{}", i + 2);
-        let host_side = format!("vp{i}");
-        sh(Command::new("ip").args([
-            "link",
-            "add",
-            &host_side,
-            "netns",
-            node.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            pod.name(),
-        ]));
-        node.ip(&["link", "set", &host_side, "up"]);
-        node.ip(&["addr", "add", "10.244.1.1/32", "dev", &host_side]);
-        node.ip(&["route", "add", &format!("{pod_ip}/32"), "dev", &host_side]);
-        pod.ip(&["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"]);
-        pod.ip(&["link", "set", "eth0", "up"]);
-        pod.ip(&["route", "add", "10.244.1.1", "dev", "eth0"]);
-        pod.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+        netns::attach_pod(&node, &pod, &format!("vp{i}"), &pod_ip);
         pod_namespaces.push((pod, name.to_string()));
     }
     Topology {

@@ -23,37 +23,9 @@ pub mod stats;
 pub mod sys;
 pub mod testrun;
 
-use std::{
-    path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::path::PathBuf;
 
-/// Raised by SIGINT/SIGTERM/SIGHUP; every loop of the benchmark checks it.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Turns SIGINT, SIGTERM and SIGHUP into [`interrupted`], so the benchmark stops at the next
-/// check and its guards clean up.
-pub fn install_signal_handlers() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe); the struct is fully
-        // initialised (zeroed, then handler and empty mask set).
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
-}
-
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
+pub use crate::interrupt::{install_signal_handlers, interrupted};
 
 /// `Err` once the run was interrupted: `?` after it unwinds to the guards.
 pub fn check_interrupted() -> anyhow::Result<()> {

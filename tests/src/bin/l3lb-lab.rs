@@ -11,14 +11,14 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
-use l3lb_tests::lab::{self, Endpoint, Lab, LabError, LabOptions, Service};
-
-/// Raised by SIGINT/SIGTERM/SIGHUP; every wait in the lab checks it.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+use l3lb_tests::{
+    interrupt::{INTERRUPTED, install_signal_handlers},
+    lab::{self, Endpoint, Lab, LabError, LabOptions, Service},
+};
 
 /// How long a change may take to show at the router before the demo calls it a failure.
 const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(20);
@@ -28,24 +28,6 @@ const CONNECTIONS: usize = 9;
 const SERVICE: &str = "web";
 const SERVICE_V4: &str = "10.0.100.7";
 const SERVICE_V6: &str = "2001:db8:100::7";
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe); the sigaction struct
-        // is fully initialised (zeroed, then handler and empty mask set).
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
-}
 
 struct Args {
     down: bool,
