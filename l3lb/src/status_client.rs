@@ -22,25 +22,39 @@ pub enum Error {
     Status { addr: SocketAddr, status: String },
 }
 
-/// The JSON body of `GET /status`. HTTP/1.0 keeps this a dozen lines without a client library.
-pub fn fetch_report(addr: SocketAddr) -> Result<String, Error> {
+/// `GET path` on the daemon's HTTP endpoint: the status code and the body. HTTP/1.0 (the server
+/// closes the connection after the body) keeps this a dozen lines without a client library.
+pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), Error> {
     let connect = |source| Error::Connect { addr, source };
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(connect)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(connect)?;
-    write!(stream, "GET /status HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(connect)?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(connect)?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(connect)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        return Err(Error::Status {
+    let status_line = head.lines().next().unwrap_or_default();
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| Error::Status {
             addr,
-            status: format!("{status}: {}", body.trim()),
-        });
+            status: format!("unreadable status line {status_line:?}"),
+        })?;
+    Ok((code, body.to_owned()))
+}
+
+/// The JSON body of `GET /status`.
+pub fn fetch_report(addr: SocketAddr) -> Result<String, Error> {
+    match get(addr, "/status")? {
+        (200, body) => Ok(body),
+        (code, body) => Err(Error::Status {
+            addr,
+            status: format!("{code}: {}", body.trim()),
+        }),
     }
-    Ok(body.to_owned())
 }
 
 /// A table: one row per Service and IP, announced ones marked.

@@ -92,15 +92,7 @@ impl L3lb {
     /// `GET path` on the daemon's HTTP endpoint at `addr` (from the caller's network namespace):
     /// the status code and body, or `None` when nothing answers.
     pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect(addr).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        let code = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((code, body.to_owned()))
+        l3lb::status_client::get(addr.parse().ok()?, path).ok()
     }
 
     /// SIGTERM, then waits for a clean exit; returns whether it exited successfully.
