@@ -135,26 +135,6 @@ fn spec_part(obj: &Value) -> Value {
     v
 }
 
-/// RFC 7386 JSON merge patch.
-pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    if let Value::Object(target) = target {
-        for (k, v) in patch {
-            if v.is_null() {
-                target.remove(k);
-            } else {
-                merge_patch(target.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-    }
-}
-
 impl Store {
     pub(super) fn new() -> Self {
         let (tx, _) = broadcast::channel(WATCH_CHANNEL_CAPACITY);
@@ -349,19 +329,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn merge_patch_follows_rfc_7386() {
-        let mut target = json!({"a": "b", "c": {"d": "e", "f": "g"}, "list": [1, 2]});
-        merge_patch(
-            &mut target,
-            &json!({"a": "z", "c": {"f": null}, "list": [3], "new": {"x": 1}}),
-        );
-        assert_eq!(
-            target,
-            json!({"a": "z", "c": {"d": "e"}, "list": [3], "new": {"x": 1}})
-        );
-    }
 
     #[test]
     fn timestamps_are_rfc3339() {

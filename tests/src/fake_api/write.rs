@@ -10,7 +10,7 @@ use super::resources::{RESOURCES, ResIdx, ResourceDef};
 use super::route::Route;
 use super::selector::Filter;
 use super::server::{ApiRequest, Inner, RespBody, json_response, lock};
-use super::store::{merge_patch, meta_mut, meta_str, random_suffix};
+use super::store::{meta_mut, meta_str, random_suffix};
 
 /// Checks and completes apiVersion, kind and namespace of a body against the URL.
 fn conform(def: &ResourceDef, ns: Option<&str>, body: &mut Value) -> Result<(), ApiError> {
@@ -235,7 +235,9 @@ pub(super) fn patch(
     };
     check_precondition(def, name, &body, &old)?;
     let mut merged = old.clone();
-    merge_patch(&mut merged, &body);
+    // Strategic-merge and apply patches are taken as plain merge patches: the fake models neither
+    // patch strategies nor field ownership.
+    json_patch::merge(&mut merged, &body);
     // A patch cannot rename, move or retype an object.
     merged["apiVersion"] = old["apiVersion"].clone();
     merged["kind"] = old["kind"].clone();
@@ -329,4 +331,23 @@ pub(super) fn delete_collection(
         "items": items,
     });
     Ok(json_response(StatusCode::OK, &list))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    /// Patches are RFC 7386 merges: nested objects merge, null deletes, arrays are replaced.
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let mut target = json!({"a": "b", "c": {"d": "e", "f": "g"}, "list": [1, 2]});
+        json_patch::merge(
+            &mut target,
+            &json!({"a": "z", "c": {"f": null}, "list": [3], "new": {"x": 1}}),
+        );
+        assert_eq!(
+            target,
+            json!({"a": "z", "c": {"d": "e"}, "list": [3], "new": {"x": 1}})
+        );
+    }
 }
