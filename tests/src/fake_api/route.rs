@@ -5,45 +5,16 @@ use std::collections::HashMap;
 
 use super::resources::{RESOURCES, ResIdx, resource_by_path};
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Decoded query parameters; the last occurrence of a key wins.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Query(HashMap<String, String>);
 
 impl Query {
+    /// Form-decoded (`+` is a space); a malformed `%` escape is kept as is rather than refused.
     pub(super) fn parse(raw: &str) -> Self {
         Query(
-            raw.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (percent_decode(k), percent_decode(v))
-                })
+            form_urlencoded::parse(raw.as_bytes())
+                .into_owned()
                 .collect(),
         )
     }
@@ -166,7 +137,8 @@ mod tests {
         assert!(q.flag("watch"));
         assert_eq!(q.get("x"), Some("%zz"));
         assert_eq!(q.get("empty"), Some(""));
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(percent_decode("%4"), "%4");
+        let q = Query::parse("a=%&b=%4&&b=%4&c=1&c=2");
+        assert_eq!((q.get("a"), q.get("b")), (Some("%"), Some("%4")));
+        assert_eq!(q.get("c"), Some("2"), "the last occurrence wins");
     }
 }
