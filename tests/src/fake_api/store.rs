@@ -3,7 +3,6 @@
 //! the counter, history and feed cannot disagree.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -47,25 +46,17 @@ pub(super) struct Store {
     pub(super) tx: broadcast::Sender<Arc<Change>>,
 }
 
-fn random_u64() -> u64 {
-    std::hash::RandomState::new().build_hasher().finish()
-}
-
 pub(super) fn random_suffix() -> String {
     // The alphabet upstream uses for generateName (no vowels, no look-alikes).
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut n = random_u64();
     (0..5)
-        .map(|_| {
-            let c = ALPHABET[(n % ALPHABET.len() as u64) as usize];
-            n /= ALPHABET.len() as u64;
-            c as char
-        })
+        .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
         .collect()
 }
 
+/// A random (version 4) UUID, the form of `metadata.uid`.
 fn random_uid() -> String {
-    let (a, b) = (random_u64(), random_u64());
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
         a >> 32,
@@ -320,5 +311,31 @@ mod tests {
         assert!(ts.as_str() > "2024-01-01T00:00:00Z", "{ts}");
         let parsed: jiff::Timestamp = ts.parse().unwrap_or_else(|e| panic!("{ts}: {e}"));
         assert_eq!(parsed.subsec_nanosecond(), 0, "{ts}");
+    }
+
+    #[test]
+    fn generated_names_and_uids_have_the_upstream_shape() {
+        let suffix = random_suffix();
+        assert_eq!(suffix.len(), 5, "{suffix}");
+        assert!(
+            suffix
+                .bytes()
+                .all(|c| b"bcdfghjklmnpqrstvwxz2456789".contains(&c)),
+            "{suffix}"
+        );
+        let uid = random_uid();
+        let groups: Vec<&str> = uid.split('-').collect();
+        let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        assert_eq!(lengths, [8, 4, 4, 4, 12], "{uid}");
+        assert!(
+            uid.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()),
+            "{uid}"
+        );
+        assert!(groups[2].starts_with('4'), "version 4: {uid}");
+        assert!(
+            groups[3].starts_with(['8', '9', 'a', 'b']),
+            "RFC 4122 variant: {uid}"
+        );
+        assert_ne!(random_uid(), uid, "uids must differ");
     }
 }
