@@ -51,6 +51,7 @@ pub(super) struct Conns {
     pub(super) tasks: HashMap<u64, ConnEntry>,
 }
 
+/// State shared by the test's handle and the connection tasks.
 pub(super) struct Inner {
     pub(super) store: Mutex<Store>,
     pub(super) conns: Mutex<Conns>,
