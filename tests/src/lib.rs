@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod fake_api;
+pub mod fixtures;
 pub mod frames;
 pub mod interrupt;
 pub mod lab;
