@@ -25,10 +25,10 @@
 //! halfway. [`Lab::keep`] leaves it all running; [`Lab::down`] finds a kept lab again by its
 //! name (a state file under `/run/l3lb-lab/` and the namespace names) and tears it down.
 //!
-//! The parts: [`topology`] (namespaces, links, addresses), [`frr`] (configs, daemons, sessions,
-//! the router's routes), [`node`] (a node and its l3lb), [`pods`], [`proxy`] (the nodes' DNAT),
-//! [`manifests`] (what the l3lbs read) and [`teardown`] (state file, keep, down, drop); [`Lab`]
-//! composes them.
+//! The parts, one file each: `topology` (namespaces, links, addresses), `frr` (configs, daemons,
+//! sessions, the router's routes), `node` (a node and its l3lb), `pods`, `proxy` (the nodes'
+//! DNAT), `manifests` (what the l3lbs read), `client` (requests from the client) and `teardown`
+//! (state file, keep, down, drop); [`Lab`] composes them.
 mod client;
 mod frr;
 mod manifests;
@@ -133,7 +133,7 @@ impl std::fmt::Display for LabError {
 
 impl std::error::Error for LabError {}
 
-/// A running lab. Dropping it tears everything down (see [`teardown`]).
+/// A running lab. Dropping it tears everything down.
 pub struct Lab {
     options: LabOptions,
     manifests: Manifests,
@@ -230,14 +230,13 @@ impl Lab {
             &mut lab.frr,
         )?;
         for (index, node) in lab.nodes.iter().enumerate() {
-            let result = frr::start(
+            frr::start(
                 &node.ns,
                 &node.dir,
                 Role::Node(index),
                 lab.options.cancel,
                 &mut lab.frr,
-            );
-            result?;
+            )?;
         }
         lab.save_state();
 
