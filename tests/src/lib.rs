@@ -1,8 +1,10 @@
 //! Fixtures shared by the integration tests: privilege checks that refuse to skip under
-//! `cargo xtask test`, network namespaces that always clean up, and hand-built frames.
+//! `cargo xtask test`, network namespaces that always clean up, hand-built frames, typed
+//! Kubernetes objects (`fixtures`), and the BGP lab (`lab`).
 pub mod bench;
 pub mod daemon;
 pub mod fake_api;
+pub mod fixtures;
 pub mod frames;
 pub mod interrupt;
 pub mod lab;

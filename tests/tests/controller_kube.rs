@@ -9,6 +9,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use l3lb_tests::{
     daemon::{L3lb, l3lb_binary},
     fake_api::FakeApiServer,
+    fixtures::{self, endpoint, port},
     netns::{NetNs, sh},
     privileged, wait_until,
 };
@@ -17,24 +18,24 @@ use serde_json::{Value, json};
 const CONVERGE: Duration = Duration::from_secs(10);
 
 fn service(name: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default",
-                     "annotations": {"l3lb.io/loadBalancerIPs": ip}},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
-    })
+    fixtures::service(name)
+        .namespace("default")
+        .annotated_ips(ip)
+        .load_balancer()
+        .port(port("TCP", 80))
+        .json()
 }
 
 fn slice(service: &str, node: &str, ready: bool) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-1"), "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": ["10.244.0.5"], "nodeName": node,
-                       "conditions": {"ready": ready, "serving": ready, "terminating": false}}],
-        "ports": [{"port": 8080, "protocol": "TCP"}]
-    })
+    fixtures::slice(&format!("{service}-1"), service, "IPv4")
+        .namespace("default")
+        .endpoint(
+            endpoint(["10.244.0.5"])
+                .node(node)
+                .conditions(ready, ready, false),
+        )
+        .port(port("TCP", 8080))
+        .json()
 }
 
 struct Scratch(PathBuf);

@@ -22,6 +22,7 @@ use std::{
 
 use l3lb_tests::{
     daemon::{L3lb, l3lb_binary},
+    fixtures::{self, endpoint, port, service, slice},
     netns::{self, NetNs, sh},
     privileged, wait_until,
 };
@@ -136,19 +137,18 @@ fn ask(client: &NetNs, source_port: u16) -> (Option<String>, Option<String>) {
 }
 
 fn manifests(dir: &std::path::Path, pods: &[(&str, &str)]) {
-    let endpoints: String = pods
-        .iter()
-        .map(|(ip, node)| {
-            format!("  - {{addresses: [{ip}], nodeName: {node}, conditions: {{ready: true}}}}\n")
-        })
-        .collect();
-    let yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, annotations: {{l3lb.io/loadBalancerIPs: \"{SERVICE}\"}}}}\n\
-         spec:\n  type: LoadBalancer\n  ports:\n  - {{name: http, port: 80, protocol: TCP}}\n  - {{name: echo, port: 80, protocol: UDP}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\n\
-         endpoints:\n{endpoints}ports:\n  - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: echo, port: 8080, protocol: UDP}}\n"
+    let web = service("web")
+        .annotated_ips(SERVICE)
+        .load_balancer()
+        .port(port("TCP", 80).named("http"))
+        .port(port("UDP", 80).named("echo"));
+    let endpoints = pods.iter().fold(
+        slice("web-1", "web", "IPv4")
+            .port(port("TCP", 8080).named("http"))
+            .port(port("UDP", 8080).named("echo")),
+        |endpoints, (ip, node)| endpoints.endpoint(endpoint([ip]).node(node).ready(true)),
     );
+    let yaml = fixtures::documents([web.yaml(), endpoints.yaml()]);
     let tmp = dir.join(".web.yaml.tmp");
     std::fs::write(&tmp, yaml).unwrap();
     std::fs::rename(&tmp, dir.join("web.yaml")).unwrap();

@@ -46,6 +46,7 @@ use super::{
 };
 use crate::{
     daemon::L3lb,
+    fixtures,
     netns::{NetNs, sh},
     progress,
 };
@@ -490,47 +491,27 @@ fn steered(map: &Path) -> Result<usize> {
 
 /// The Services and their EndpointSlices as `--source file:` manifests (one file).
 fn write_manifests(dir: &Path, services: &[BenchService]) -> Result<()> {
-    let mut yaml = String::new();
+    let mut documents = Vec::new();
     for svc in services {
-        let ports: Vec<String> = svc
-            .protocols
-            .iter()
-            .map(|p| {
-                format!(
-                    "{{name: {p}, port: {SERVICE_PORT}, protocol: {}}}",
-                    p.to_uppercase()
-                )
-            })
-            .collect();
-        let target_ports: Vec<String> = svc
-            .protocols
-            .iter()
-            .map(|p| {
-                format!(
-                    "{{name: {p}, port: {TARGET_PORT}, protocol: {}}}",
-                    p.to_uppercase()
-                )
-            })
-            .collect();
-        let endpoints: Vec<String> = PODS
-            .iter()
-            .map(|pod| {
-                format!("{{addresses: [\"{pod}\"], nodeName: node-a, conditions: {{ready: true}}}}")
-            })
-            .collect();
-        yaml.push_str(&format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default, annotations: {{l3lb.io/loadBalancerIPs: \"{ip}\"}}}}\n\
-             spec: {{type: LoadBalancer, externalTrafficPolicy: Local, ports: [{ports}]}}\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-             addressType: IPv4\nendpoints: [{endpoints}]\nports: [{target_ports}]\n---\n",
-            name = svc.name,
-            ip = svc.lb_ip,
-            ports = ports.join(", "),
-            endpoints = endpoints.join(", "),
-            target_ports = target_ports.join(", "),
-        ));
+        let mut service = fixtures::service(&svc.name)
+            .namespace("default")
+            .annotated_ips(&svc.lb_ip.to_string())
+            .load_balancer()
+            .external_traffic_policy("Local");
+        let mut slice =
+            fixtures::slice(&format!("{}-1", svc.name), &svc.name, "IPv4").namespace("default");
+        for pod in PODS {
+            slice = slice.endpoint(fixtures::endpoint([pod]).node("node-a").ready(true));
+        }
+        for p in &svc.protocols {
+            let protocol = p.to_uppercase();
+            service = service.port(fixtures::port(&protocol, SERVICE_PORT).named(p));
+            slice = slice.port(fixtures::port(&protocol, TARGET_PORT).named(p));
+        }
+        documents.push(service.yaml());
+        documents.push(slice.yaml());
     }
+    let yaml = fixtures::documents(documents);
     let tmp = dir.join(".services.yaml.tmp");
     std::fs::write(&tmp, yaml)?;
     std::fs::rename(&tmp, dir.join("services.yaml"))?;
