@@ -5,10 +5,7 @@
 //! Nothing is reconciled until both Services and EndpointSlices have been listed once: before
 //! that the desired set is incomplete, and applying it would withdraw addresses a previous l3lb
 //! left for us to adopt.
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, instrument, warn};
@@ -18,10 +15,10 @@ use crate::{
     desired::{DesiredState, Outcome, ingress_to_publish},
     events::{self, ServiceEvent},
     fastpath::FastPath,
-    http::ReportRequest,
     ingress::IngressUpdate,
     metrics::{ErrorLabels, Metrics},
     reconcile::{AddressEvents, AddressReconciler, Changes},
+    status::{NodeReport, ReportRequest, ServiceReport},
 };
 
 /// Upper bound on changes folded into one recompute, so a relist storm still yields to the loop.
@@ -45,31 +42,6 @@ impl Error {
             Error::Withdraw(_) => "withdraw",
         }
     }
-}
-
-/// What this node announces and why: `/status` and `l3lb status`.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct NodeReport {
-    pub node: String,
-    pub interface: String,
-    pub prefixes: Vec<String>,
-    /// Both Services and EndpointSlices have been listed: until then nothing is withdrawn.
-    pub synced: bool,
-    pub services_seen: usize,
-    pub announced: Vec<IpAddr>,
-    /// Every Service that asks for a managed IP (or asks wrongly), sorted by namespace/name.
-    pub services: Vec<ServiceReport>,
-}
-
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ServiceReport {
-    pub service: String,
-    pub ips: Vec<IpAddr>,
-    pub announced: bool,
-    pub reason: String,
-    /// Addresses of this node's ready endpoints.
-    pub local_ready: Vec<String>,
-    pub problems: Vec<String>,
 }
 
 /// Where the controller's results go besides the interface.
