@@ -16,8 +16,8 @@ use crate::{
     events::{self, ServiceEvent},
     fastpath::FastPath,
     ingress::IngressUpdate,
-    metrics::{ErrorLabels, Metrics},
-    reconcile::{AddressEvents, AddressReconciler, Changes},
+    metrics::{Component, Metrics},
+    reconcile::{AddressEvents, AddressReconciler, ApplyError, Changes},
     status::{NodeReport, ReportRequest, ServiceReport},
 };
 
@@ -32,16 +32,7 @@ pub enum Error {
     #[error("the cluster source stopped")]
     SourceClosed,
     #[error("withdrawing addresses on exit: {0}")]
-    Withdraw(String),
-}
-
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::SourceClosed => "source_closed",
-            Error::Withdraw(_) => "withdraw",
-        }
-    }
+    Withdraw(#[source] ApplyError),
 }
 
 /// Where the controller's results go besides the interface.
@@ -161,7 +152,7 @@ impl Controller {
                 }
                 Ok(())
             }
-            Err(err) => Err(Error::Withdraw(err.to_string())),
+            Err(err) => Err(Error::Withdraw(err)),
         }
     }
 
@@ -207,14 +198,9 @@ impl Controller {
             fastpath.sync_all(&self.state)
         };
         for err in errors {
-            let labels = ErrorLabels {
-                kind: err.metric_label().to_owned(),
-            };
             self.outputs
                 .metrics
-                .reconcile_errors
-                .get_or_create(&labels)
-                .inc();
+                .count_error(Component::Fastpath, err.metric_label());
             warn!("fast path: {err}");
         }
     }
@@ -302,14 +288,9 @@ impl Controller {
             }
             Some(err) => {
                 for failure in &err.failures {
-                    let labels = ErrorLabels {
-                        kind: failure.metric_label().to_owned(),
-                    };
                     self.outputs
                         .metrics
-                        .reconcile_errors
-                        .get_or_create(&labels)
-                        .inc();
+                        .count_error(Component::Netlink, failure.metric_label());
                 }
                 warn!(
                     "reconciling {}: {err}; retrying in {RETRY_AFTER:?}",

@@ -125,17 +125,20 @@ pub async fn run(config: RunConfig) -> Result<()> {
                     identity: config.node_name.clone(),
                     duration: config.lease_duration,
                 };
-                tokio::spawn(leader::elect(client.clone(), lease, leader_tx));
-                let gauge = metrics.leader.clone();
-                let mut leading = leader_rx.clone();
-                tokio::spawn(async move {
-                    while leading.changed().await.is_ok() {
-                        gauge.set(i64::from(*leading.borrow()));
-                    }
-                });
+                tokio::spawn(leader::elect(
+                    client.clone(),
+                    lease,
+                    leader_tx,
+                    metrics.clone(),
+                ));
                 let (tx, rx) = mpsc::channel(CHANGE_QUEUE);
                 leader_rx.mark_unchanged();
-                tokio::spawn(ingress::write_ingress(client, rx, leader_rx));
+                tokio::spawn(ingress::write_ingress(
+                    client,
+                    rx,
+                    leader_rx,
+                    metrics.clone(),
+                ));
                 outputs.ingress = Some(tx);
             }
         }

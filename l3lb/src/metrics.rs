@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use prometheus_client::{
     collector::Collector,
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{
         counter::Counter,
         family::Family,
@@ -14,10 +14,41 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// The part of l3lb whose operation failed: the `component` label of `l3lb_errors_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Component {
+    /// Address operations on the interface.
+    Netlink,
+    /// Updates of the XDP fast path's maps.
+    Fastpath,
+    /// Writing `status.loadBalancer.ingress`.
+    Ingress,
+    /// Acquiring or renewing the status-writer Lease.
+    Leader,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Netlink => "netlink",
+            Component::Fastpath => "fastpath",
+            Component::Ingress => "ingress",
+            Component::Leader => "leader",
+        }
+    }
+}
+
+impl EncodeLabelValue for Component {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
+    pub component: Component,
     /// What failed, from the error's `metric_label()`.
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,7 +62,7 @@ pub struct Metrics {
     pub announced_addresses: Gauge,
     pub services_seen: Gauge,
     pub reconcile_duration: Histogram,
-    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     pub watch_errors: Family<WatchLabels, Counter>,
     pub watch_relists: Family<WatchLabels, Counter>,
     pub leader: Gauge,
@@ -69,11 +100,11 @@ impl Metrics {
             "Time to bring the interface in line with the desired addresses",
             reconcile_duration.clone(),
         );
-        let reconcile_errors = Family::default();
+        let errors = Family::default();
         registry.register(
-            "netlink_errors",
-            "Failed address operations on the interface, by kind",
-            reconcile_errors.clone(),
+            "errors",
+            "Failed operations, by component (netlink, fastpath, ingress, leader) and kind",
+            errors.clone(),
         );
         let watch_errors = Family::default();
         registry.register(
@@ -98,11 +129,18 @@ impl Metrics {
             announced_addresses,
             services_seen,
             reconcile_duration,
-            reconcile_errors,
+            errors,
             watch_errors,
             watch_relists,
             leader,
         }
+    }
+
+    /// Counts one failed operation of `component`; `kind` is the error's `metric_label()`.
+    pub fn count_error(&self, component: Component, kind: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels { component, kind })
+            .inc();
     }
 
     /// The text exposition format, as `/metrics` serves it.
@@ -111,5 +149,29 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_counted_by_component_and_kind() {
+        let metrics = Metrics::default();
+        metrics.count_error(Component::Netlink, "permission_denied");
+        metrics.count_error(Component::Netlink, "permission_denied");
+        metrics.count_error(Component::Leader, "replace");
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "l3lb_errors_total{component=\"netlink\",kind=\"permission_denied\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("l3lb_errors_total{component=\"leader\",kind=\"replace\"} 1\n"),
+            "{text}"
+        );
     }
 }
