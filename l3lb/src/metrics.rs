@@ -11,7 +11,7 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 
 /// The part of l3lb whose operation failed: the `component` label of `l3lb_errors_total`.
@@ -81,58 +81,51 @@ impl Metrics {
         if let Some(extra) = extra {
             registry.register_collector(extra);
         }
-        let announced_addresses = Gauge::default();
-        registry.register(
-            "announced_addresses",
-            "Service addresses this node currently announces",
-            announced_addresses.clone(),
-        );
-        let services_seen = Gauge::default();
-        registry.register(
-            "services",
-            "Services known to this node (all of them, managed or not)",
-            services_seen.clone(),
-        );
-        // 50 µs to ~1.6 s: a converged reconcile is one netlink dump.
-        let reconcile_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time to bring the interface in line with the desired addresses",
-            reconcile_duration.clone(),
-        );
-        let errors = Family::default();
-        registry.register(
-            "errors",
-            "Failed operations, by component (netlink, fastpath, ingress, leader) and kind",
-            errors.clone(),
-        );
-        let watch_errors = Family::default();
-        registry.register(
-            "watch_errors",
-            "API watch failures (each followed by a retry with backoff)",
-            watch_errors.clone(),
-        );
-        let watch_relists = Family::default();
-        registry.register(
-            "watch_restarts",
-            "Completed (re)lists of a watched resource, the initial one included",
-            watch_relists.clone(),
-        );
-        let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 while this instance holds the status-writer Lease",
-            leader.clone(),
-        );
         Metrics {
+            announced_addresses: register(
+                &mut registry,
+                "announced_addresses",
+                "Service addresses this node currently announces",
+                Gauge::default(),
+            ),
+            services_seen: register(
+                &mut registry,
+                "services",
+                "Services known to this node (all of them, managed or not)",
+                Gauge::default(),
+            ),
+            // 50 µs to ~1.6 s: a converged reconcile is one netlink dump.
+            reconcile_duration: register(
+                &mut registry,
+                "reconcile_duration_seconds",
+                "Time to bring the interface in line with the desired addresses",
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            ),
+            errors: register(
+                &mut registry,
+                "errors",
+                "Failed operations, by component (netlink, fastpath, ingress, leader) and kind",
+                Family::default(),
+            ),
+            watch_errors: register(
+                &mut registry,
+                "watch_errors",
+                "API watch failures (each followed by a retry with backoff)",
+                Family::default(),
+            ),
+            watch_relists: register(
+                &mut registry,
+                "watch_restarts",
+                "Completed (re)lists of a watched resource, the initial one included",
+                Family::default(),
+            ),
+            leader: register(
+                &mut registry,
+                "leader",
+                "1 while this instance holds the status-writer Lease",
+                Gauge::default(),
+            ),
             registry: Arc::new(registry),
-            announced_addresses,
-            services_seen,
-            reconcile_duration,
-            errors,
-            watch_errors,
-            watch_relists,
-            leader,
         }
     }
 
@@ -150,6 +143,12 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Registers `metric` and returns the handle that updates it.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 #[cfg(test)]
