@@ -224,3 +224,7 @@ pub mod program_names {
     /// TC egress on the uplinks: pod → client replies rewritten back to the service address.
     pub const TC_EGRESS: &str = "l3lb_tc_egress";
 }
+
+/// Conversions between `core::net` addresses and the map types' address fields.
+#[cfg(feature = "user")]
+pub mod addr;

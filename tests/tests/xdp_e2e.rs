@@ -154,14 +154,14 @@ fn manifests(dir: &std::path::Path, pods: &[(&str, &str)]) {
     std::fs::rename(&tmp, dir.join("web.yaml")).unwrap();
 }
 
+/// The daemon's manifests and logs (a temp dir) and its pins, both removed when dropped.
 struct Scratch {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     pin_root: PathBuf,
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
         // Links first (they hold the programs), then maps; a failed test must not leave pins.
         let _ = Command::new("rm").arg("-rf").arg(&self.pin_root).status();
     }
@@ -177,12 +177,12 @@ fn start(node: &NetNs, scratch: &Scratch, extra: &[&str], log: &str) -> L3lb {
         "10.0.100.0/24",
         "--source",
     ]);
-    command.arg(format!("file:{}", scratch.dir.display()));
+    command.arg(format!("file:{}", scratch.dir.path().display()));
     command
         .args(["--xdp-iface", "uplink", "--pin-root"])
         .arg(&scratch.pin_root);
     command.args(extra);
-    L3lb::spawn(command, scratch.dir.join(log))
+    L3lb::spawn(command, scratch.dir.path().join(log))
 }
 
 fn inspect(scratch: &Scratch) -> serde_json::Value {
@@ -206,16 +206,18 @@ fn xdp_steers_to_local_pods_keeping_the_client_address() {
     }
     let net = topology(&["pod-a", "pod-b"]);
     let scratch = Scratch {
-        dir: std::env::temp_dir().join(format!("l3lb-xdp-e2e-{}", std::process::id())),
+        dir: tempfile::Builder::new()
+            .prefix("l3lb-xdp-e2e-")
+            .tempdir()
+            .unwrap(),
         pin_root: PathBuf::from(format!("/sys/fs/bpf/l3lb-test-{}", std::process::id())),
     };
-    std::fs::create_dir_all(&scratch.dir).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     for (pod, name) in &net.pods {
         serve_pod(pod, name.clone(), stop.clone());
     }
     manifests(
-        &scratch.dir,
+        scratch.dir.path(),
         &[("10.244.1.2", "node-a"), ("10.244.1.3", "node-a")],
     );
 
@@ -336,7 +338,7 @@ fn xdp_steers_to_local_pods_keeping_the_client_address() {
     );
 
     // Scale to one pod: new flows all go to it.
-    manifests(&scratch.dir, &[("10.244.1.3", "node-a")]);
+    manifests(scratch.dir.path(), &[("10.244.1.3", "node-a")]);
     assert!(
         wait_until(DEADLINE, || inspect(&scratch)["services"]
             .as_array()

@@ -17,7 +17,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter},
 };
 
-use super::tables::{ip_of, vip_of};
+use super::tables::vip_of;
 
 #[derive(Debug, thiserror::Error)]
 #[error("reading pinned map {path}: {source}")]
@@ -169,12 +169,9 @@ pub fn read(pin_root: &Path) -> Result<Report, Error> {
 }
 
 fn backend_row(backend: &Backend, share: f64) -> BackendRow {
-    let port = u16::from_be(backend.port_be);
-    let address = match ip_of(backend.addr, backend.family) {
-        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
-        Some(ip) => format!("{ip}:{port}"),
-        None => "?".into(),
-    };
+    let address = backend
+        .socket_addr()
+        .map_or_else(|| "?".into(), |addr| addr.to_string());
     BackendRow {
         address,
         share,

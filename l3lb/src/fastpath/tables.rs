@@ -15,8 +15,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use l3lb_common::{
-    BACKEND_TERMINATING, Backend, FAMILY_IPV4, FAMILY_IPV6, PacketCounter, ServiceEntry,
-    ServiceKey, capacity, map_names,
+    BACKEND_TERMINATING, Backend, PacketCounter, ServiceEntry, ServiceKey, addr, capacity,
+    map_names,
 };
 use tracing::{debug, warn};
 
@@ -101,40 +101,15 @@ pub fn maglev_entries(table_size: u32, max_services: u32) -> u32 {
 }
 
 pub fn service_key(vip: &Vip) -> ServiceKey {
-    let (addr, family) = address(vip.ip);
-    ServiceKey {
-        addr,
-        port_be: vip.port.to_be(),
-        proto: vip.proto,
-        family,
-    }
+    ServiceKey::new(vip.ip, vip.port, vip.proto)
 }
 
 pub fn vip_of(key: &ServiceKey) -> Option<Vip> {
     Some(Vip {
-        ip: ip_of(key.addr, key.family)?,
-        port: u16::from_be(key.port_be),
+        ip: key.ip()?,
+        port: key.port(),
         proto: key.proto,
     })
-}
-
-pub fn address(ip: IpAddr) -> ([u8; 16], u8) {
-    let mut addr = [0u8; 16];
-    match ip {
-        IpAddr::V4(v4) => {
-            addr[..4].copy_from_slice(&v4.octets());
-            (addr, FAMILY_IPV4)
-        }
-        IpAddr::V6(v6) => (v6.octets(), FAMILY_IPV6),
-    }
-}
-
-pub fn ip_of(addr: [u8; 16], family: u8) -> Option<IpAddr> {
-    match family {
-        FAMILY_IPV4 => Some(IpAddr::from([addr[0], addr[1], addr[2], addr[3]])),
-        FAMILY_IPV6 => Some(IpAddr::from(addr)),
-        _ => None,
-    }
 }
 
 impl Tables {
@@ -163,7 +138,7 @@ impl Tables {
         for (id, backend) in self.backends.iter().enumerate() {
             let backend = backend.map_err(map_error(map_names::BACKENDS))?;
             let id = id as u32;
-            match ip_of(backend.addr, backend.family).filter(|_| backend.in_use != 0) {
+            match addr::from_bytes(&backend.addr, backend.family).filter(|_| backend.in_use != 0) {
                 Some(ip) => {
                     let port = u16::from_be(backend.port_be);
                     let terminating = backend.flags & BACKEND_TERMINATING != 0;
@@ -400,18 +375,12 @@ impl Tables {
     }
 
     fn write_slot(&mut self, vip: Vip, id: u32, target: &Target) -> Result<(), Error> {
-        let (addr, family) = address(target.ip);
-        let backend = Backend {
-            addr,
-            port_be: target.port.to_be(),
-            family,
-            in_use: 1,
-            flags: if target.terminating {
-                BACKEND_TERMINATING
-            } else {
-                0
-            },
+        let flags = if target.terminating {
+            BACKEND_TERMINATING
+        } else {
+            0
         };
+        let backend = Backend::new(target.ip, target.port, flags);
         self.backends
             .set(id, backend, 0)
             .map_err(|source| Error::Update {

@@ -25,11 +25,14 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{
-    Options, Scratch, check_interrupted, kubeproxy::lb_ip, l3lb_binary, netlink,
-    stats::Percentiles, sys,
+use super::{Options, check_interrupted, kubeproxy::lb_ip, netlink, stats::Percentiles, sys};
+use crate::{
+    daemon::{L3lb, l3lb_binary},
+    fake_api::FakeApiServer,
+    fixtures,
+    netns::NetNs,
+    progress,
 };
-use crate::{daemon::L3lb, fake_api::FakeApiServer, fixtures, netns::NetNs, progress};
 
 const THIS_NODE: &str = "node-000";
 const ENDPOINTS_PER_SERVICE: usize = 5;
@@ -166,9 +169,11 @@ fn scenario(
     let remote_pacing = Duration::from_millis(1);
     let runtime = tokio::runtime::Runtime::new()?;
     let _context = runtime.enter();
-    let scratch = Scratch::new("ctl")?;
+    let scratch = tempfile::Builder::new()
+        .prefix("l3lb-bench-ctl-")
+        .tempdir()?;
     let server = runtime.block_on(FakeApiServer::start());
-    let kubeconfig = scratch.0.join("kubeconfig");
+    let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig)?;
 
     let mut cluster = Cluster {
@@ -194,7 +199,7 @@ fn scenario(
     );
 
     let monitor = netlink::monitor(netns)?;
-    let mut command = Command::new(l3lb_binary()?);
+    let mut command = Command::new(l3lb_binary());
     command.args([
         "run",
         "--node-name",
@@ -226,7 +231,7 @@ fn scenario(
     }
     command.env("RUST_LOG", "warn");
     let started = Instant::now();
-    let mut daemon = L3lb::spawn(command, scratch.0.join("l3lb.log"));
+    let mut daemon = L3lb::spawn(command, scratch.path().join("l3lb.log"));
     let pid = daemon.pid();
 
     // Convergence: the set on lo, event by event.

@@ -38,14 +38,13 @@ use l3lb_common::{ServiceEntry, ServiceKey, map_names};
 use serde::Serialize;
 
 use super::{
-    Options, PinDir, Scratch, check_interrupted,
+    Options, PinDir, check_interrupted,
     kubeproxy::{self, BenchService, PODS, SERVICE_PORT, TARGET_PORT},
-    l3lb_binary,
     stats::Summary,
     sys,
 };
 use crate::{
-    daemon::L3lb,
+    daemon::{L3lb, l3lb_binary},
     fixtures,
     netns::{NetNs, sh},
     progress,
@@ -324,7 +323,7 @@ fn topology(tag: &str) -> Result<Topology> {
 struct Installed {
     daemon: Option<L3lb>,
     _pins: Option<PinDir>,
-    _scratch: Scratch,
+    _scratch: tempfile::TempDir,
 }
 
 impl Drop for Installed {
@@ -337,7 +336,9 @@ impl Drop for Installed {
 
 fn install(mode: Mode, topo: &Topology, services: &[BenchService]) -> Result<(Installed, f64)> {
     let n = services.len();
-    let scratch = Scratch::new(&format!("{}-{n}", mode.tag()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("l3lb-bench-{}-{n}-", mode.tag()))
+        .tempdir()?;
     let run = |command: &mut Command| -> Result<f64> {
         let started = Instant::now();
         let out = command
@@ -387,7 +388,7 @@ fn install(mode: Mode, topo: &Topology, services: &[BenchService]) -> Result<(In
             ))
         }
         Mode::Iptables => {
-            let file = scratch.0.join("iptables.rules");
+            let file = scratch.path().join("iptables.rules");
             std::fs::write(&file, kubeproxy::iptables_restore(services))?;
             let seconds = run(topo.node.command("iptables-restore").arg(&file))?;
             Ok((
@@ -400,7 +401,7 @@ fn install(mode: Mode, topo: &Topology, services: &[BenchService]) -> Result<(In
             ))
         }
         Mode::Nftables => {
-            let file = scratch.0.join("kube-proxy.nft");
+            let file = scratch.path().join("kube-proxy.nft");
             std::fs::write(&file, kubeproxy::nft_script(services))?;
             let seconds = run(topo.node.command("nft").arg("-f").arg(&file))?;
             Ok((
@@ -413,14 +414,14 @@ fn install(mode: Mode, topo: &Topology, services: &[BenchService]) -> Result<(In
             ))
         }
         Mode::L3lbXdp => {
-            let manifests = scratch.0.join("manifests");
+            let manifests = scratch.path().join("manifests");
             std::fs::create_dir_all(&manifests)?;
             write_manifests(&manifests, services)?;
             let pins = PinDir::new(&format!("dp-{n}"));
             let vips: usize = services.iter().map(|s| s.protocols.len()).sum();
             let mut command = topo
                 .node
-                .command(l3lb_binary()?.to_str().context("binary path")?);
+                .command(l3lb_binary().to_str().context("binary path")?);
             command.args([
                 "run",
                 "--node-name",
@@ -441,7 +442,7 @@ fn install(mode: Mode, topo: &Topology, services: &[BenchService]) -> Result<(In
             command.arg(&pins.0);
             command.args(["--xdp-max-services", &(vips + 64).max(2048).to_string()]);
             let started = Instant::now();
-            let daemon = L3lb::spawn(command, scratch.0.join("l3lb.log"));
+            let daemon = L3lb::spawn(command, scratch.path().join("l3lb.log"));
             let mut installed = Installed {
                 daemon: Some(daemon),
                 _pins: None,
