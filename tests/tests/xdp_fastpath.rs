@@ -108,6 +108,15 @@ impl Lb {
             .try_into()
             .expect("a classifier");
         tc.load().expect("the verifier accepts the TC program");
+        for name in [program_names::TC_INGRESS, program_names::TC_POD] {
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("TC program present")
+                .try_into()
+                .expect("a classifier");
+            tc.load()
+                .unwrap_or_else(|err| panic!("the verifier accepts {name}: {err:?}"));
+        }
         Lb { ebpf }
     }
 
@@ -123,6 +132,7 @@ impl Lb {
             family,
             in_use: 1,
             flags,
+            ifindex: 0,
         };
         self.backends().set(id, backend, 0).unwrap();
     }
