@@ -56,13 +56,19 @@ fn try_l3lb_tc_ingress(ctx: &TcContext, bytes: u64) -> Result<(i32, Reason), Rea
     let backend = select(key, &service, bytes)?;
     // A failed helper leaves a packet that may be half rewritten: the kernel's checks (and the
     // counters) are all that is left to it, so it goes on rather than being dropped here.
-    if rewrite(ctx, &packet, End::Destination, &backend.addr, backend.port_be).is_err() {
+    if rewrite(
+        ctx,
+        &packet,
+        End::Destination,
+        &backend.addr,
+        backend.port_be,
+    )
+    .is_err()
+    {
         return Ok((TC_ACT_OK, Reason::Truncated));
     }
     count_service(service.id, bytes);
-    if backend.flags & BACKEND_DELIVERY == 0
-        || !decrement_ttl(ctx, &packet).unwrap_or(false)
-    {
+    if backend.flags & BACKEND_DELIVERY == 0 || !decrement_ttl(ctx, &packet).unwrap_or(false) {
         return Ok((TC_ACT_OK, Reason::Forwarded));
     }
     Ok(redirect(&backend))

@@ -32,7 +32,10 @@ pub struct FastPath {
     loaded: loader::Loaded,
     pin_root: PathBuf,
     owners: Owners,
-    resolver: pods::Resolver,
+    /// Resolves how each pod is reached directly; `None` in the XDP modes, where the kernel
+    /// routes the forward packets, so their replies must take the kernel's way back too (a
+    /// conntrack that saw one direction only would call the flow invalid).
+    resolver: Option<pods::Resolver>,
     /// The uplinks: a pod is never reached through one of them.
     uplinks: BTreeSet<String>,
 }
@@ -105,7 +108,10 @@ impl FastPath {
             loaded,
             pin_root: config.pin_root.clone(),
             owners: Owners::default(),
-            resolver: pods::Resolver::new()?,
+            resolver: match config.mode {
+                loader::AttachMode::Auto => Some(pods::Resolver::new()?),
+                loader::AttachMode::Native | loader::AttachMode::Generic => None,
+            },
             uplinks: config.interfaces.iter().cloned().collect(),
         })
     }
@@ -157,21 +163,17 @@ impl FastPath {
                 let Some(mut targets) = planned.remove(&vip) else {
                     continue;
                 };
-                for target in &mut targets {
-                    target.delivery = match resolved.get(&target.ip) {
-                        Some(delivery) => *delivery,
-                        None => {
-                            let delivery = self
-                                .resolver
+                if let Some(resolver) = self.resolver.as_mut() {
+                    for target in &mut targets {
+                        target.delivery = *resolved.entry(target.ip).or_insert_with(|| {
+                            resolver
                                 .delivery(target.ip, &self.uplinks)
                                 .unwrap_or_else(|err| {
                                     warn!(pod = %target.ip, "{err}; its packets take the kernel's routing");
                                     plan::Delivery::Stack
-                                });
-                            resolved.insert(target.ip, delivery);
-                            delivery
-                        }
-                    };
+                                })
+                        });
+                    }
                 }
                 if let Err(err) = self.loaded.tables.set(vip, &targets) {
                     errors.push(err.into());

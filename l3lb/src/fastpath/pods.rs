@@ -22,9 +22,7 @@ use aya::{
 };
 use l3lb_common::program_names;
 use rtnetlink::{
-    packet_core::{
-        NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    },
+    packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload},
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
@@ -44,7 +42,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("attaching {} to pod interface {interface}: {detail}", program_names::TC_POD)]
+    #[error(
+        "attaching {} to pod interface {interface}: {detail}",
+        program_names::TC_POD
+    )]
     Attach { interface: String, detail: String },
 }
 
@@ -279,7 +280,10 @@ impl PodLinks {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                let index = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok());
+                let index = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok());
                 let adopted = index.and_then(|index| {
                     let link = PinnedLink::from_pin(&path).ok()?;
                     let link = SchedClassifierLink::try_from(FdLink::from(link)).ok()?;
@@ -297,7 +301,10 @@ impl PodLinks {
             }
         }
         if !attached.is_empty() {
-            info!(pods = attached.len(), "fast path: reply program updated in place on pod interfaces");
+            info!(
+                pods = attached.len(),
+                "fast path: reply program updated in place on pod interfaces"
+            );
         }
         PodLinks { dir, attached }
     }
@@ -316,7 +323,10 @@ impl PodLinks {
         for index in gone {
             let name = self.attached.remove(&index).unwrap_or_default();
             loader::unpin_link(&self.dir.join(index.to_string()));
-            debug!(interface = name, index, "fast path: reply program detached from pod interface");
+            debug!(
+                interface = name,
+                index, "fast path: reply program detached from pod interface"
+            );
         }
         for &index in wanted {
             if self.attached.contains_key(&index) {
@@ -324,7 +334,10 @@ impl PodLinks {
             }
             match self.attach(ebpf, index) {
                 Ok(name) => {
-                    debug!(interface = name, index, "fast path: reply program attached to pod interface");
+                    debug!(
+                        interface = name,
+                        index, "fast path: reply program attached to pod interface"
+                    );
                     self.attached.insert(index, name);
                 }
                 Err(err) => errors.push(err),

@@ -15,8 +15,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use l3lb_common::{
-    BACKEND_REDIRECT_NEIGH, BACKEND_REDIRECT_PEER, BACKEND_TERMINATING, Backend, FAMILY_IPV4, FAMILY_IPV6, PacketCounter, ServiceEntry,
-    ServiceKey, capacity, map_names,
+    BACKEND_REDIRECT_NEIGH, BACKEND_REDIRECT_PEER, BACKEND_TERMINATING, Backend, FAMILY_IPV4,
+    FAMILY_IPV6, PacketCounter, ServiceEntry, ServiceKey, capacity, map_names,
 };
 use tracing::{debug, warn};
 
@@ -234,10 +234,8 @@ impl Tables {
                     .map_err(map_error(map_names::MAGLEV))?;
                 ids.insert(backend);
             }
-            let mut targets: Vec<Target> = ids
-                .iter()
-                .filter_map(|id| by_id.get(id).copied())
-                .collect();
+            let mut targets: Vec<Target> =
+                ids.iter().filter_map(|id| by_id.get(id).copied()).collect();
             targets.sort();
             for target in &targets {
                 if let Some(slot) = self.slots.get_mut(&(target.ip, target.port)) {
