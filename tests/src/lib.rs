@@ -9,6 +9,7 @@ pub mod frames;
 pub mod interrupt;
 pub mod lab;
 pub mod netns;
+pub mod traffic;
 
 /// True when this test may touch the kernel (root). Without root it returns false after saying
 /// why, unless `L3LB_REQUIRE_PRIVILEGED` is set (as `cargo xtask test` and CI do): then a test

@@ -178,8 +178,16 @@ fn start(node: &NetNs, scratch: &Scratch, extra: &[&str], log: &str) -> L3lb {
         "--source",
     ]);
     command.arg(format!("file:{}", scratch.dir.path().display()));
+    // The XDP mode: rewrite in XDP, then the kernel's routing (tests/tests/fastpath_e2e.rs
+    // covers the default TC mode, which redirects into the pods).
     command
-        .args(["--xdp-iface", "uplink", "--pin-root"])
+        .args([
+            "--xdp-iface",
+            "uplink",
+            "--xdp-mode",
+            "native",
+            "--pin-root",
+        ])
         .arg(&scratch.pin_root);
     command.args(extra);
     L3lb::spawn(command, scratch.dir.path().join(log))

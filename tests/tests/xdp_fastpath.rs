@@ -73,6 +73,15 @@ impl Lb {
             .try_into()
             .expect("a classifier");
         tc.load().expect("the verifier accepts the TC program");
+        for name in [program_names::TC_INGRESS, program_names::TC_POD] {
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("TC program present")
+                .try_into()
+                .expect("a classifier");
+            tc.load()
+                .unwrap_or_else(|err| panic!("the verifier accepts {name}: {err:?}"));
+        }
         Lb { ebpf }
     }
 
