@@ -404,6 +404,28 @@ pub fn set_source(frame: &mut [u8], addr: IpAddr, port: u16) {
     frame[layout.l4..layout.l4 + 2].copy_from_slice(&port.to_be_bytes());
 }
 
+/// Offset of the IPv4 TTL or the IPv6 hop limit.
+fn ttl_offset(frame: &[u8]) -> usize {
+    ETH_LEN + if layout(frame).family == 4 { 8 } else { 7 }
+}
+
+/// The IPv4 TTL or IPv6 hop limit.
+pub fn ttl(frame: &[u8]) -> u8 {
+    frame[ttl_offset(frame)]
+}
+
+/// Overwrites the TTL (hop limit), leaving the IPv4 header checksum stale.
+pub fn set_ttl(frame: &mut [u8], ttl: u8) {
+    let at = ttl_offset(frame);
+    frame[at] = ttl;
+}
+
+/// Overwrites the Ethernet destination and source addresses.
+pub fn set_macs(frame: &mut [u8], destination: [u8; 6], source: [u8; 6]) {
+    frame[..6].copy_from_slice(&destination);
+    frame[6..12].copy_from_slice(&source);
+}
+
 /// The TCP/UDP checksum field.
 pub fn l4_checksum(frame: &[u8]) -> u16 {
     let layout = layout(frame);
