@@ -1,6 +1,8 @@
-//! Incremental Internet checksum updates for the XDP program (RFC 1624), which sees wire packets
-//! whose checksums are complete. (The TC program works on skbs that may be CHECKSUM_PARTIAL and
-//! uses the kernel's `bpf_l3/l4_csum_replace` helpers instead.)
+//! Incremental Internet checksum updates (RFC 1624): every checksum of the XDP program, which
+//! sees wire packets whose checksums are complete, and the IPv4 header checksum (always
+//! complete) in the TC programs. The TCP/UDP checksum of a socket buffer, which may be
+//! CHECKSUM_PARTIAL, is left to the kernel's `bpf_l4_csum_replace` (see nat.rs), to which
+//! [`CsumDelta::sum`] hands the pseudo-header change.
 //!
 //! Words are read and written in the packet's own byte order: the one's-complement sum is
 //! byte-order independent as long as every word, the checksum included, is taken the same way
@@ -35,6 +37,13 @@ impl CsumDelta {
             );
             i += 2;
         }
+    }
+
+    /// The change as a 32-bit one's-complement sum, the form `bpf_l4_csum_replace` takes for a
+    /// precomputed difference (like `bpf_csum_diff`'s result).
+    #[inline(always)]
+    pub fn sum(self) -> u32 {
+        u32::from(fold(self.0))
     }
 
     /// The checksum field `check` updated by this change: `HC' = ~(~HC + ~m + m')`.

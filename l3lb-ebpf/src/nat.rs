@@ -5,20 +5,23 @@
 //! Skbs are often CHECKSUM_PARTIAL (the TCP/UDP checksum field holds only the pseudo-header
 //! sum, to be completed by the NIC or `skb_checksum_help`: the pods' and any local sender's
 //! traffic over veth), or CHECKSUM_COMPLETE (`skb->csum` covers the packet, from most NICs).
-//! The kernel's `bpf_l3_csum_replace`/`bpf_l4_csum_replace` know the skb's checksum state and
-//! update the field, and `skb->csum`, the right way for each; a hand-rolled RFC 1624 update, as
-//! in the XDP program (which only sees complete wire checksums), would corrupt partial
-//! checksums and leave a stale `skb->csum` behind.
+//! The kernel's `bpf_l4_csum_replace` knows the skb's checksum state and updates the TCP/UDP
+//! checksum field, and `skb->csum`, the right way for each; a hand-rolled RFC 1624 update of
+//! that field, as in the XDP program (which only sees complete wire checksums), would corrupt
+//! partial checksums and leave a stale `skb->csum` behind. The rest is written directly (see
+//! [`rewrite`]).
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::bpf_csum_diff,
     programs::TcContext,
 };
 use l3lb_common::{FAMILY_IPV4, PROTO_UDP, Reason};
 
-use crate::parse::{
-    ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_SRC, IPV4_TTL, IPV6_DST, IPV6_HOP_LIMIT, IPV6_SRC,
-    L4_DPORT, L4_SPORT, Packet, TCP_LEN, parse,
+use crate::{
+    csum::CsumDelta,
+    parse::{
+        ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_SRC, IPV4_TTL, IPV6_DST, IPV6_HOP_LIMIT, IPV6_SRC,
+        L4_DPORT, L4_SPORT, Packet, TCP_LEN, parse, ptr_at, ptr_at_mut,
+    },
 };
 
 /// `bpf_l4_csum_replace` flag (Linux 6.16+, not yet in aya's bindings): the pseudo-header
@@ -55,10 +58,30 @@ pub enum End {
     Destination,
 }
 
-/// Writes `addr`/`port_be` into the source or destination fields of `packet`, fixing the IPv4
-/// header checksum and the TCP/UDP checksum through the kernel helpers. Helpers that change
-/// the packet invalidate direct packet pointers, so from here on the packet is touched only
-/// through them.
+/// The packet's TTL (IPv4) or hop limit (IPv6).
+#[inline(always)]
+pub fn ttl(ctx: &TcContext, packet: &Packet) -> Result<u8, Reason> {
+    let at = if packet.key.family == FAMILY_IPV4 {
+        IPV4_TTL
+    } else {
+        IPV6_HOP_LIMIT
+    };
+    let ptr = ptr_at::<u8>(ctx.data(), ctx.data_end(), packet.l3 + at)?;
+    // SAFETY: checked to lie inside the packet just above.
+    Ok(unsafe { ptr.read() })
+}
+
+/// Writes `addr`/`port_be` into the source or destination fields of `packet`, and with
+/// `forward` decrements the TTL (hop limit) as the router that forwards it without the kernel's
+/// routing (the caller checked it is above 1).
+///
+/// Addresses, port, TTL and the IPv4 header checksum are written directly: the IP header
+/// checksum is always complete, and a change that keeps the header's sum constant leaves a
+/// CHECKSUM_COMPLETE `skb->csum` right. Only the TCP/UDP checksum goes through
+/// `bpf_l4_csum_replace`, twice: the pseudo-header part (which a CHECKSUM_PARTIAL field holds
+/// and a CHECKSUM_COMPLETE `skb->csum` must follow) and the port (which a partial field must
+/// not see). Helpers that change the packet invalidate direct packet pointers, so they come
+/// last.
 ///
 /// UDP checksums: an IPv4 checksum of 0 means "none" and stays so; an IPv6 one of 0 is invalid
 /// (RFC 8200 §8.1, except tunnels under RFC 6935) and is also left as it came, as Linux's own
@@ -71,106 +94,74 @@ pub fn rewrite(
     end: End,
     addr: &[u8; 16],
     port_be: u16,
+    forward: bool,
 ) -> Result<(), i64> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let truncated = |_| -1i64;
     let key = &packet.key;
+    let (old_addr, old_port, addr_at, port_at) = match end {
+        End::Source => (&key.src, key.sport_be, IPV4_SRC, L4_SPORT),
+        End::Destination => (&key.dst, key.dport_be, IPV4_DST, L4_DPORT),
+    };
+    let mut pseudo = CsumDelta::new();
+    if key.family == FAMILY_IPV4 {
+        let old = [old_addr[0], old_addr[1], old_addr[2], old_addr[3]];
+        let new = [addr[0], addr[1], addr[2], addr[3]];
+        pseudo.bytes(&old, &new);
+        let mut header = pseudo;
+        let field =
+            ptr_at_mut::<[u8; 4]>(data, data_end, packet.l3 + addr_at).map_err(truncated)?;
+        let ttl = ptr_at_mut::<[u8; 2]>(data, data_end, packet.l3 + IPV4_TTL).map_err(truncated)?;
+        let check = ptr_at_mut::<u16>(data, data_end, packet.l3 + IPV4_CHECK).map_err(truncated)?;
+        // SAFETY: all three checked to lie inside the packet just above.
+        unsafe {
+            field.write_unaligned(new);
+            if forward {
+                // TTL and protocol share one 16-bit word of the header checksum.
+                let word = ttl.read_unaligned();
+                let new_word = [word[0].wrapping_sub(1), word[1]];
+                header.bytes(&word, &new_word);
+                ttl.write_unaligned(new_word);
+            }
+            check.write_unaligned(header.apply(check.read_unaligned()));
+        }
+    } else {
+        pseudo.bytes(old_addr, addr);
+        let at = match end {
+            End::Source => IPV6_SRC,
+            End::Destination => IPV6_DST,
+        };
+        let field = ptr_at_mut::<[u8; 16]>(data, data_end, packet.l3 + at).map_err(truncated)?;
+        let hop_limit =
+            ptr_at_mut::<u8>(data, data_end, packet.l3 + IPV6_HOP_LIMIT).map_err(truncated)?;
+        // SAFETY: both checked to lie inside the packet just above.
+        unsafe {
+            field.write_unaligned(*addr);
+            if forward {
+                hop_limit.write(hop_limit.read().wrapping_sub(1));
+            }
+        }
+    }
+    let port = ptr_at_mut::<u16>(data, data_end, packet.l4 + port_at).map_err(truncated)?;
+    // SAFETY: checked to lie inside the packet just above.
+    unsafe { port.write_unaligned(port_be) };
+
     let check = packet.l4_check();
     let l4_flags = if key.proto == PROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
     };
-    let (old_addr, old_port) = match end {
-        End::Source => (&key.src, key.sport_be),
-        End::Destination => (&key.dst, key.dport_be),
-    };
-
-    if key.family == FAMILY_IPV4 {
-        let old = [old_addr[0], old_addr[1], old_addr[2], old_addr[3]];
-        let new = [addr[0], addr[1], addr[2], addr[3]];
-        let (old_word, new_word) = (
-            u64::from(u32::from_ne_bytes(old)),
-            u64::from(u32::from_ne_bytes(new)),
-        );
-        ctx.l4_csum_replace(
-            check,
-            old_word,
-            new_word,
-            l4_flags | u64::from(BPF_F_PSEUDO_HDR) | 4,
-        )?;
-        ctx.l3_csum_replace(packet.l3 + IPV4_CHECK, old_word, new_word, 4)?;
-        let at = match end {
-            End::Source => IPV4_SRC,
-            End::Destination => IPV4_DST,
-        };
-        ctx.store(packet.l3 + at, &new, 0)?;
+    // Size 0: `to` carries a precomputed checksum difference.
+    let flags = l4_flags | u64::from(BPF_F_PSEUDO_HDR);
+    let diff = u64::from(pseudo.sum());
+    let ipv6 = if key.family == FAMILY_IPV4 {
+        0
     } else {
-        let mut old = [0u32; 4];
-        let mut new = [0u32; 4];
-        for i in 0..4 {
-            let at = i * 4;
-            old[i] = u32::from_ne_bytes([
-                old_addr[at],
-                old_addr[at + 1],
-                old_addr[at + 2],
-                old_addr[at + 3],
-            ]);
-            new[i] = u32::from_ne_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]]);
-        }
-        // SAFETY: both buffers are 16 bytes on this stack frame, as the sizes say.
-        let diff = unsafe { bpf_csum_diff(old.as_mut_ptr(), 16, new.as_mut_ptr(), 16, 0) };
-        if diff < 0 {
-            return Err(diff);
-        }
-        // Size 0: `to` carries a precomputed checksum difference.
-        let flags = l4_flags | u64::from(BPF_F_PSEUDO_HDR);
-        let diff = diff as u64 & 0xffff_ffff;
-        if ctx
-            .l4_csum_replace(check, 0, diff, flags | BPF_F_IPV6)
-            .is_err()
-        {
-            ctx.l4_csum_replace(check, 0, diff, flags)?;
-        }
-        let at = match end {
-            End::Source => IPV6_SRC,
-            End::Destination => IPV6_DST,
-        };
-        ctx.store(packet.l3 + at, addr, 0)?;
-    }
-
-    // The port, with its (non-pseudo-header) part of the TCP/UDP checksum.
-    ctx.l4_csum_replace(check, u64::from(old_port), u64::from(port_be), l4_flags | 2)?;
-    let at = match end {
-        End::Source => L4_SPORT,
-        End::Destination => L4_DPORT,
+        BPF_F_IPV6
     };
-    ctx.store(packet.l4 + at, &port_be, 0)
-}
-
-/// Decrements the TTL (IPv4, with its header checksum) or hop limit (IPv6) as the router this
-/// node is, when the packet is forwarded without the kernel's routing. `Ok(false)`: it would
-/// expire here, so it is left as it is, for the kernel to answer with ICMP time exceeded.
-#[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext, packet: &Packet) -> Result<bool, i64> {
-    if packet.key.family == FAMILY_IPV4 {
-        // TTL and protocol share one 16-bit word of the header checksum.
-        let word: [u8; 2] = ctx.load(packet.l3 + IPV4_TTL)?;
-        if word[0] <= 1 {
-            return Ok(false);
-        }
-        let new = [word[0] - 1, word[1]];
-        ctx.l3_csum_replace(
-            packet.l3 + IPV4_CHECK,
-            u64::from(u16::from_ne_bytes(word)),
-            u64::from(u16::from_ne_bytes(new)),
-            2,
-        )?;
-        ctx.store(packet.l3 + IPV4_TTL, &new[0], 0)?;
-    } else {
-        let hop_limit: u8 = ctx.load(packet.l3 + IPV6_HOP_LIMIT)?;
-        if hop_limit <= 1 {
-            return Ok(false);
-        }
-        ctx.store(packet.l3 + IPV6_HOP_LIMIT, &(hop_limit - 1), 0)?;
+    if ctx.l4_csum_replace(check, 0, diff, flags | ipv6).is_err() {
+        ctx.l4_csum_replace(check, 0, diff, flags)?;
     }
-    Ok(true)
+    ctx.l4_csum_replace(check, u64::from(old_port), u64::from(port_be), l4_flags | 2)
 }

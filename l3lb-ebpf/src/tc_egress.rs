@@ -34,6 +34,7 @@ fn try_l3lb_tc_egress(ctx: &TcContext) -> Result<(), ()> {
         End::Source,
         &nat.service_addr,
         nat.service_port_be,
+        false,
     )
     .map_err(drop)
 }

@@ -24,7 +24,7 @@ use l3lb_common::{BACKEND_DELIVERY, BACKEND_REDIRECT_PEER, Backend, Reason, Serv
 use crate::{
     flow::select,
     maps::{L3LB_SERVICES, count, count_service},
-    nat::{End, decrement_ttl, parse_skb, rewrite},
+    nat::{End, parse_skb, rewrite, ttl},
 };
 
 #[classifier]
@@ -54,6 +54,9 @@ fn try_l3lb_tc_ingress(ctx: &TcContext, bytes: u64) -> Result<(i32, Reason), Rea
         .copied()
         .ok_or(Reason::NotService)?;
     let backend = select(key, &service, bytes)?;
+    // The node forwards the packet itself (and so decrements the TTL) only into a pod it can
+    // reach directly; a TTL that would expire here is the kernel's to answer.
+    let direct = backend.flags & BACKEND_DELIVERY != 0 && ttl(ctx, &packet)? > 1;
     // A failed helper leaves a packet that may be half rewritten: the kernel's checks (and the
     // counters) are all that is left to it, so it goes on rather than being dropped here.
     if rewrite(
@@ -62,13 +65,14 @@ fn try_l3lb_tc_ingress(ctx: &TcContext, bytes: u64) -> Result<(i32, Reason), Rea
         End::Destination,
         &backend.addr,
         backend.port_be,
+        direct,
     )
     .is_err()
     {
         return Ok((TC_ACT_OK, Reason::Truncated));
     }
     count_service(service.id, bytes);
-    if backend.flags & BACKEND_DELIVERY == 0 || !decrement_ttl(ctx, &packet).unwrap_or(false) {
+    if !direct {
         return Ok((TC_ACT_OK, Reason::Forwarded));
     }
     Ok(redirect(&backend))

@@ -24,7 +24,7 @@ use l3lb_common::{FAMILY_IPV4, Reason, ReplyNat};
 
 use crate::{
     maps::{L3LB_REPLIES, count},
-    nat::{End, decrement_ttl, parse_skb, rewrite},
+    nat::{End, parse_skb, rewrite, ttl},
     parse::Packet,
 };
 
@@ -51,17 +51,6 @@ fn try_l3lb_tc_pod(ctx: &TcContext) -> Option<(i32, Reason)> {
     // SAFETY: copied out at once.
     let nat = unsafe { L3LB_REPLIES.get(packet.key) }.copied()?;
     let to_stack = Some((TC_ACT_OK, Reason::ReplyToStack));
-    if rewrite(
-        ctx,
-        &packet,
-        End::Source,
-        &nat.service_addr,
-        nat.service_port_be,
-    )
-    .is_err()
-    {
-        return to_stack;
-    }
     let mut fib = fib_params(ctx, &packet, &nat);
     // SAFETY: the parameter block is on this stack frame with the size given.
     let rc = unsafe {
@@ -71,11 +60,20 @@ fn try_l3lb_tc_pod(ctx: &TcContext) -> Option<(i32, Reason)> {
             core::mem::size_of::<FibLookup>() as i32,
             0,
         )
-    };
-    let rc = rc as u32;
-    if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-        || !decrement_ttl(ctx, &packet).unwrap_or(false)
-    {
+    } as u32;
+    // Straight out only with a next hop and a TTL that survives this hop; otherwise the
+    // translated reply takes the kernel's routing, which answers it as a router would.
+    let direct = (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+        && ttl(ctx, &packet).is_ok_and(|ttl| ttl > 1);
+    let rewritten = rewrite(
+        ctx,
+        &packet,
+        End::Source,
+        &nat.service_addr,
+        nat.service_port_be,
+        direct,
+    );
+    if rewritten.is_err() || !direct {
         return to_stack;
     }
     let action = if rc == BPF_FIB_LKUP_RET_SUCCESS {

@@ -76,6 +76,15 @@ impl NetNs {
         command
     }
 
+    /// Turns transmit checksum offload off on `iface` of this namespace (ethtool's `tx off`),
+    /// so the stack sends complete checksums and the receiver verifies them: a wrong
+    /// incremental update then shows as a dropped packet instead of hiding behind
+    /// CHECKSUM_PARTIAL.
+    pub fn tx_checksum_off(&self, iface: &str) {
+        let iface = iface.to_owned();
+        self.run_inside(move || tx_checksum_off(&iface));
+    }
+
     /// Runs `f` on a thread that has entered this namespace, for calls (netlink, XDP attach)
     /// that act on the caller's namespace. The test's own threads stay where they are.
     pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -86,6 +95,41 @@ impl NetNs {
         })
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// [`NetNs::tx_checksum_off`] in the caller's namespace.
+pub fn tx_checksum_off(iface: &str) {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        pad: [u8; 16],
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut request = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        pad: [0; 16],
+    };
+    request.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    // SAFETY: a plain socket for the ioctl, closed below; the request outlives the call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut request);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(rc, 0, "ETHTOOL_STXCSUM off on {iface}: {err}");
     }
 }
 

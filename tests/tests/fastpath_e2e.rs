@@ -10,7 +10,9 @@
 //! service: were a steered packet to reach the host's netfilter, conntrack would record it and
 //! the rules would DNAT it. So the proof that the fast path bypassed the host is in the node's
 //! conntrack table (empty for steered flows, while a flow routed the ordinary way does appear
-//! there) and in the counters (`redirect_peer` forward, `reply_redirected` back).
+//! there) and in the counters (`redirect_peer` forward, `reply_redirected` back). The
+//! unnumbered run also sends complete checksums from client and pods (transmit offload off), so
+//! the receivers verify every rewrite.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -519,6 +521,12 @@ fn replies_go_straight_out_of_an_unnumbered_uplink() {
     let mut net = topology(Uplink::Unnumbered);
     for i in 0..2 {
         net.add_pod(i, &stop);
+    }
+    // Complete checksums from both ends, which the receivers verify: a wrong incremental
+    // update in either direction shows as lost packets here.
+    net.client.tx_checksum_off("eth0");
+    for pod in &net.pods {
+        pod.tx_checksum_off("eth0");
     }
     assert!(
         net.node
