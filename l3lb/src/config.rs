@@ -86,7 +86,9 @@ pub struct RunConfig {
     #[arg(long, env = "L3LB_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: std::net::SocketAddr,
 
-    /// Steer service traffic to local pods in XDP, before netfilter, keeping the client's address.
+    /// Turn on the fast path: service traffic goes from the uplink straight into the local pods'
+    /// namespaces and their replies straight back out (eBPF at TC, or XDP with --xdp-mode),
+    /// skipping the host's routing, netfilter and conntrack, keeping the client's address.
     #[arg(long, env = "L3LB_XDP")]
     pub xdp: bool,
 
@@ -94,7 +96,8 @@ pub struct RunConfig {
     #[arg(long = "xdp-iface", env = "L3LB_XDP_IFACE", value_delimiter = ',')]
     pub xdp_interfaces: Vec<String>,
 
-    /// XDP attach mode: `auto` tries native and falls back to generic with a warning.
+    /// Where the forward path runs: `auto` is TC ingress with a redirect into the pod;
+    /// `native`/`generic` rewrite in XDP and leave the rest to the kernel's routing.
     #[arg(long, env = "L3LB_XDP_MODE", value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
 
