@@ -186,8 +186,16 @@ pub struct Flow {
     pub service_id: u32,
     pub backend_addr: [u8; 16],
     pub backend_port_be: u16,
-    pub pad: [u8; 2],
+    /// Packets until the program next makes sure the flow's `L3LB_REPLIES` entry is still
+    /// there (see `REPLY_CHECK_INTERVAL`).
+    pub reply_check_in: u16,
 }
+
+/// How often (in forward packets of an established flow) the programs make sure its reply
+/// entry was not evicted from `L3LB_REPLIES` on its own, and restore it if it was. Every packet
+/// would cost a hash lookup each; a flow whose reply entry went missing gets it back within this
+/// many packets, and the first packet of every flow writes both.
+pub const REPLY_CHECK_INTERVAL: u16 = 32;
 
 /// Value of `L3LB_REPLIES`: the service address and port a pod's reply must appear to come from.
 #[repr(C)]

@@ -2,7 +2,7 @@
 //! fresh pick from the service's Maglev table, remembered in `L3LB_FLOWS` (and its reverse in
 //! `L3LB_REPLIES`).
 use aya_ebpf::bindings::BPF_ANY;
-use l3lb_common::{Backend, Flow, FlowKey, Reason, ReplyNat, ServiceEntry};
+use l3lb_common::{Backend, Flow, FlowKey, REPLY_CHECK_INTERVAL, Reason, ReplyNat, ServiceEntry};
 
 use crate::{
     hash::flow_hash,
@@ -44,10 +44,10 @@ fn reply_nat(key: &FlowKey) -> ReplyNat {
 /// packet's length, for the `Rescheduled` counter.
 #[inline(always)]
 pub fn select(key: &FlowKey, service: &ServiceEntry, bytes: u64) -> Result<Backend, Reason> {
-    if let Some(flow) = L3LB_FLOWS.get_ptr(key) {
+    if let Some(flow_ptr) = L3LB_FLOWS.get_ptr_mut(key) {
         // SAFETY: the kernel's pointer to the entry; copied out at once, and an LRU entry
         // rewritten concurrently yields at worst a stale copy, which the checks below catch.
-        let flow = unsafe { flow.read() };
+        let flow = unsafe { flow_ptr.read() };
         if let Some(backend) = L3LB_BACKENDS.get(flow.backend_id) {
             // The slot must still hold the pod the flow was sent to. A terminating backend
             // keeps its established flows: only the table stops giving it new ones.
@@ -58,11 +58,20 @@ pub fn select(key: &FlowKey, service: &ServiceEntry, bytes: u64) -> Result<Backe
             {
                 let backend = *backend;
                 // The reply entry lives in its own LRU and may have been evicted on its own:
-                // without it the pod's replies would leave with the pod's address.
-                let reply = reply_key(key, &backend.addr, backend.port_be);
-                if L3LB_REPLIES.get_ptr(reply).is_none() {
-                    let _ = L3LB_REPLIES.insert(reply, reply_nat(key), u64::from(BPF_ANY));
-                }
+                // without it the pod's replies would leave with the pod's address. Looked at
+                // every REPLY_CHECK_INTERVAL packets, not on each.
+                let check_in = if flow.reply_check_in == 0 {
+                    let reply = reply_key(key, &backend.addr, backend.port_be);
+                    if L3LB_REPLIES.get_ptr(reply).is_none() {
+                        let _ = L3LB_REPLIES.insert(reply, reply_nat(key), u64::from(BPF_ANY));
+                    }
+                    REPLY_CHECK_INTERVAL
+                } else {
+                    flow.reply_check_in - 1
+                };
+                // SAFETY: the same entry; a racing writer on another CPU only changes when
+                // the next check happens.
+                unsafe { (*flow_ptr).reply_check_in = check_in };
                 return Ok(backend);
             }
         }
@@ -90,7 +99,7 @@ pub fn select(key: &FlowKey, service: &ServiceEntry, bytes: u64) -> Result<Backe
         service_id: service.id,
         backend_addr: backend.addr,
         backend_port_be: backend.port_be,
-        pad: [0; 2],
+        reply_check_in: REPLY_CHECK_INTERVAL,
     };
     // A full LRU map evicts instead of failing; should an insert fail anyway, this packet
     // still goes to the backend the table names, and so does the next one (same hash).
