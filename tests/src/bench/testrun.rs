@@ -1,4 +1,8 @@
-//! Part 1: what one packet costs the XDP and TC programs, through `BPF_PROG_TEST_RUN`.
+//! Part 1: what one packet costs the fast path's programs, through `BPF_PROG_TEST_RUN`.
+//!
+//! The ingress program measured is the one the fast path runs on a veth uplink: the TC ingress
+//! program where the eBPF object has one ([`TC_INGRESS`]), else the XDP program ([`Ingress`]
+//! picks). Its targets are judged against the floor plus one services-map lookup.
 //!
 //! Every figure is the kernel's own mean time per repetition of a test run with a large
 //! `repeat`, over several rounds, next to the same measurement of an empty program (the floor)
@@ -18,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::{SchedClassifier, Xdp};
+use aya::programs::SchedClassifier;
 use l3lb::fastpath::{
     loader::{self, AttachMode, LoadConfig},
     maglev,
@@ -32,6 +36,12 @@ use crate::{frames, progress};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: i32 = 0;
+/// The fast path's TC ingress program on veth uplinks (DNAT and `bpf_redirect_peer()` into the
+/// pod), measured instead of the XDP program once the object carries it.
+pub const TC_INGRESS: &str = "l3lb_tc_ingress";
+/// The ratio targets, against the floor plus one `L3LB_SERVICES` lookup of the same type.
+pub const SERVICE_TARGET: f64 = 2.5;
+pub const PASS_THROUGH_TARGET: f64 = 1.25;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// The measured service, its own backend (see the module documentation).
 const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 7);
@@ -49,16 +59,19 @@ pub struct Row {
     /// Seconds to write this step's services into the maps (`Tables::set`, Maglev tables of
     /// `table_size` entries each).
     pub install_seconds: f64,
-    /// Nanoseconds per packet.
-    pub xdp_floor_ns: Summary,
-    /// The floor plus one lookup (a miss) in `L3LB_SERVICES`: the price of any lookup, for scale.
-    pub xdp_one_lookup_ns: Summary,
-    pub xdp_pass_through_ns: Summary,
-    pub xdp_service_ns: Summary,
+    /// Nanoseconds per packet: the empty program of the ingress program's type.
+    pub floor_ns: Summary,
+    /// The floor plus one lookup (a miss) in `L3LB_SERVICES`: the baseline of the targets.
+    pub one_lookup_ns: Summary,
+    pub pass_through_ns: Summary,
+    pub service_ns: Summary,
     /// Per-round ratios to the floor of the same round.
     pub pass_through_ratio: Summary,
     pub one_lookup_ratio: Summary,
     pub service_ratio: Summary,
+    /// Per-round ratios to the one-lookup lane of the same round (the targets).
+    pub pass_through_to_lookup: Summary,
+    pub service_to_lookup: Summary,
     /// Single runs (repeat = 1), medians over many packets: the floor and a new flow each time.
     pub single_floor_ns: f64,
     pub new_flow_ns: f64,
@@ -70,10 +83,48 @@ pub struct Row {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Part1 {
+    /// The ingress program measured, and its kind (`TC` or `XDP`).
+    pub program: String,
+    pub kind: String,
     pub repeat: u32,
     pub rounds: usize,
     pub table_size: u32,
     pub rows: Vec<Row>,
+}
+
+/// The ingress program part 1 measures, with what its floor and one-lookup lane must match.
+#[derive(Clone, Copy, Debug)]
+pub struct Ingress {
+    pub name: &'static str,
+    /// `TC` or `XDP`.
+    pub kind: &'static str,
+    pub prog_type: u32,
+    /// The verdict of the floor, the lookup lane and a packet that is no service.
+    pub pass: u32,
+}
+
+impl Ingress {
+    pub const TC: Ingress = Ingress {
+        name: TC_INGRESS,
+        kind: "TC",
+        prog_type: sys::BPF_PROG_TYPE_SCHED_CLS,
+        pass: TC_ACT_OK as u32,
+    };
+    pub const XDP: Ingress = Ingress {
+        name: program_names::XDP_INGRESS,
+        kind: "XDP",
+        prog_type: sys::BPF_PROG_TYPE_XDP,
+        pass: XDP_PASS,
+    };
+
+    /// The TC ingress program where the object has one (the fast path on veth), else XDP.
+    pub fn of(ebpf: &aya::Ebpf) -> Ingress {
+        if ebpf.program(TC_INGRESS).is_some() {
+            Ingress::TC
+        } else {
+            Ingress::XDP
+        }
+    }
 }
 
 fn vip(ip: Ipv4Addr, proto: u8) -> Vip {
@@ -107,10 +158,13 @@ fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
 }
 
 struct Programs<'a> {
-    xdp: BorrowedFd<'a>,
+    ingress: Ingress,
+    /// The measured ingress program, its floor and its one-lookup lane.
+    program: BorrowedFd<'a>,
+    floor: BorrowedFd<'a>,
+    lookup: BorrowedFd<'a>,
+    /// The egress program on the replies, and its floor.
     tc: BorrowedFd<'a>,
-    xdp_floor: BorrowedFd<'a>,
-    xdp_lookup: BorrowedFd<'a>,
     tc_floor: BorrowedFd<'a>,
 }
 
@@ -145,14 +199,20 @@ pub fn run_part(options: &Options) -> Result<Part1> {
         max_services: steps[steps.len() - 1] + 16,
     })
     .context("loading the fast path (no interface attached)")?;
-    let xdp_floor = sys::load_floor(sys::BPF_PROG_TYPE_XDP, XDP_PASS as i32)
-        .context("loading the floor XDP program")?;
+    let ingress = Ingress::of(&loaded.ebpf);
+    let floor = sys::load_floor(ingress.prog_type, ingress.pass as i32)
+        .with_context(|| format!("loading the floor {} program", ingress.kind))?;
     let tc_floor = sys::load_floor(sys::BPF_PROG_TYPE_SCHED_CLS, TC_ACT_OK)
         .context("loading the floor TC program")?;
     let services_map = aya::maps::MapData::from_pin(pins.0.join(l3lb_common::map_names::SERVICES))
         .context("opening the pinned services map")?;
-    let xdp_lookup = sys::load_one_lookup(services_map.fd().as_fd(), XDP_PASS as i32)
-        .context("loading the one-lookup XDP program")?;
+    let lookup = sys::load_one_lookup(
+        ingress.prog_type,
+        services_map.fd().as_fd(),
+        ingress.pass as i32,
+    )
+    .with_context(|| format!("loading the one-lookup {} program", ingress.kind))?;
+    progress!("part 1: measuring {} ({})", ingress.name, ingress.kind);
 
     // The measured service steers to itself: every repetition takes the full service path.
     let own = Target {
@@ -167,6 +227,8 @@ pub fn run_part(options: &Options) -> Result<Part1> {
     let reply_frame = udp(SERVICE, CLIENT, PORT, CLIENT_PORT);
 
     let mut part = Part1 {
+        program: ingress.name.into(),
+        kind: ingress.kind.into(),
         repeat,
         rounds,
         table_size,
@@ -191,19 +253,19 @@ pub fn run_part(options: &Options) -> Result<Part1> {
         );
 
         let ebpf = &loaded.ebpf;
-        let xdp: &Xdp = ebpf
-            .program(program_names::XDP_INGRESS)
-            .context("no XDP program")?
-            .try_into()?;
+        let program = ebpf
+            .program(ingress.name)
+            .with_context(|| format!("no program {} in the object", ingress.name))?;
         let tc: &SchedClassifier = ebpf
             .program(program_names::TC_EGRESS)
-            .context("no TC program")?
+            .context("no TC egress program")?
             .try_into()?;
         let programs = Programs {
-            xdp: xdp.fd()?.as_fd(),
+            ingress,
+            program: program.fd()?.as_fd(),
+            floor: floor.as_fd(),
+            lookup: lookup.as_fd(),
             tc: tc.fd()?.as_fd(),
-            xdp_floor: xdp_floor.as_fd(),
-            xdp_lookup: xdp_lookup.as_fd(),
             tc_floor: tc_floor.as_fd(),
         };
         let row = measure(
@@ -237,10 +299,15 @@ fn measure(
     new_flow_port: &mut u32,
     [service_frame, pass_frame, reply_frame]: [&Vec<u8>; 3],
 ) -> Result<Row> {
-    // Warm up, and check that each frame takes the path it is meant to.
+    let pass = p.ingress.pass;
+    // Warm up, and check that each frame takes the path it is meant to. A service packet's
+    // verdict depends on the program (XDP_PASS after the rewrite, or TC_ACT_REDIRECT when it
+    // redirects to the pod): taken from the first run, then required of every other.
     let before = reasons(ebpf)?;
-    run(p.xdp, service_frame, 1000, XDP_PASS)?;
-    run(p.xdp, pass_frame, 1000, XDP_PASS)?;
+    let (service_verdict, _) =
+        sys::test_run(p.program, service_frame, 1).context("BPF_PROG_TEST_RUN")?;
+    run(p.program, service_frame, 999, service_verdict)?;
+    run(p.program, pass_frame, 1000, pass)?;
     run(p.tc, reply_frame, 1000, 3)?;
     let after = reasons(ebpf)?;
     let delta = |r: Reason| after[r as usize] - before[r as usize];
@@ -249,14 +316,15 @@ fn measure(
         || delta(Reason::ReplyTranslated) != 1000
     {
         bail!(
-            "the frames did not take their paths (forwarded {}, not_service {}, reply_translated {} of 1000 each)",
+            "the frames did not take their paths through {} (forwarded {}, not_service {}, reply_translated {} of 1000 each)",
+            p.ingress.name,
             delta(Reason::Forwarded),
             delta(Reason::NotService),
             delta(Reason::ReplyTranslated)
         );
     }
 
-    let (mut floor, mut lookup, mut pass, mut service, mut tc_floor, mut tc_reply) = (
+    let (mut floor, mut lookup, mut pass_through, mut service, mut tc_floor, mut tc_reply) = (
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -266,10 +334,10 @@ fn measure(
     );
     for _ in 0..rounds {
         check_interrupted()?;
-        floor.push(run(p.xdp_floor, service_frame, repeat, XDP_PASS)?);
-        lookup.push(run(p.xdp_lookup, service_frame, repeat, XDP_PASS)?);
-        pass.push(run(p.xdp, pass_frame, repeat, XDP_PASS)?);
-        service.push(run(p.xdp, service_frame, repeat, XDP_PASS)?);
+        floor.push(run(p.floor, service_frame, repeat, pass)?);
+        lookup.push(run(p.lookup, service_frame, repeat, pass)?);
+        pass_through.push(run(p.program, pass_frame, repeat, pass)?);
+        service.push(run(p.program, service_frame, repeat, service_verdict)?);
         tc_floor.push(run(p.tc_floor, reply_frame, repeat, TC_ACT_OK as u32)?);
         tc_reply.push(run(p.tc, reply_frame, repeat, 3)?);
     }
@@ -286,20 +354,22 @@ fn measure(
         *new_flow_port += 1;
         let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (n >> 14));
         let frame = udp(src, SERVICE, 1024 + (n & 0x3fff) as u16, PORT);
-        single_floor.push(run(p.xdp_floor, &frame, 1, XDP_PASS)?);
-        new_flow.push(run(p.xdp, &frame, 1, XDP_PASS)?);
+        single_floor.push(run(p.floor, &frame, 1, pass)?);
+        new_flow.push(run(p.program, &frame, 1, service_verdict)?);
     }
     Ok(Row {
         services,
         install_seconds: 0.0,
-        pass_through_ratio: ratio(&pass, &floor),
+        pass_through_ratio: ratio(&pass_through, &floor),
         one_lookup_ratio: ratio(&lookup, &floor),
-        xdp_one_lookup_ns: Summary::of(lookup),
         service_ratio: ratio(&service, &floor),
+        pass_through_to_lookup: ratio(&pass_through, &lookup),
+        service_to_lookup: ratio(&service, &lookup),
         tc_reply_ratio: ratio(&tc_reply, &tc_floor),
-        xdp_floor_ns: Summary::of(floor),
-        xdp_pass_through_ns: Summary::of(pass),
-        xdp_service_ns: Summary::of(service),
+        one_lookup_ns: Summary::of(lookup),
+        floor_ns: Summary::of(floor),
+        pass_through_ns: Summary::of(pass_through),
+        service_ns: Summary::of(service),
         single_floor_ns: Summary::of(single_floor).median,
         new_flow_ns: Summary::of(new_flow).median,
         new_flow_samples: singles,
