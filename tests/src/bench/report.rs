@@ -1117,3 +1117,104 @@ fn trim(v: f64) -> String {
     let s = format!("{v:.2}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::dataplane::{NodeCost, Row};
+
+    fn lane(mode: Mode, udp: [f64; 2], node_ns: [f64; 2], rr: [f64; 2], tcp: [f64; 2]) -> Row {
+        Row {
+            mode,
+            services: 1_000,
+            setup_seconds: 0.0,
+            udp_pps: Summary::of(udp.to_vec()),
+            udp_sent_pps: Summary::of(udp.to_vec()),
+            udp_read_pps: Summary::of(udp.to_vec()),
+            conntrack_udp_entries: Some(0),
+            tcp_cps: Summary::of(tcp.to_vec()),
+            tcp_failed: 0,
+            node: Some(NodeCost {
+                sent_pps: Summary::of(vec![1.0, 1.0]),
+                ns: Summary::of(node_ns.to_vec()),
+                reached: 1.0,
+            }),
+            rr_tps: Some(Summary::of(rr.to_vec())),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn part2_goals_are_per_round_ratios_at_1000_services() {
+        let part = Part2 {
+            rows: vec![
+                lane(
+                    Mode::Direct,
+                    [100.0, 250.0],
+                    [50.0, 50.0],
+                    [10.0, 10.0],
+                    [10.0, 10.0],
+                ),
+                lane(
+                    Mode::Iptables,
+                    [100.0, 100.0],
+                    [1000.0, 2000.0],
+                    [10.0, 20.0],
+                    [10.0, 10.0],
+                ),
+                // Node cost 0.2× and 0.5× of iptables' in the two rounds; UDP 1.5× iptables
+                // both rounds and 1.5×, 0.6× direct; request/response 2× and 1×; TCP 3×.
+                lane(
+                    Mode::L3lb,
+                    [150.0, 150.0],
+                    [200.0, 1000.0],
+                    [20.0, 20.0],
+                    [30.0, 30.0],
+                ),
+            ],
+            ..Part2::default()
+        };
+        let targets = targets(None, Some(&part), None);
+        let find = |prefix: &str, baseline: Mode| {
+            targets
+                .iter()
+                .find(|t| t.name.starts_with(prefix) && t.name.contains(baseline.label()))
+                .unwrap_or_else(|| panic!("no target {prefix} vs {}", baseline.label()))
+        };
+        let node = find("node cost", Mode::Iptables);
+        assert_eq!((node.ratio.as_str(), node.met), ("0.35×", Some(false)));
+        let udp = find("UDP packets/s delivered", Mode::Iptables);
+        assert_eq!((udp.ratio.as_str(), udp.met), ("1.50×", Some(true)));
+        let udp = find("UDP packets/s delivered", Mode::Direct);
+        assert_eq!((udp.ratio.as_str(), udp.met), ("1.05×", Some(false)));
+        let rr = find("request/response", Mode::Iptables);
+        assert_eq!((rr.ratio.as_str(), rr.met), ("1.50×", Some(true)));
+        let tcp = find("new TCP connections/s", Mode::Iptables);
+        assert_eq!((tcp.ratio.as_str(), tcp.met), ("3.00×", Some(true)));
+    }
+
+    #[test]
+    fn a_missing_lane_leaves_its_goal_unjudged() {
+        let mut l3lb = lane(Mode::L3lb, [1.0; 2], [1.0; 2], [1.0; 2], [1.0; 2]);
+        l3lb.rr_tps = None;
+        let part = Part2 {
+            rows: vec![
+                lane(Mode::Iptables, [1.0; 2], [1.0; 2], [1.0; 2], [1.0; 2]),
+                l3lb,
+            ],
+            ..Part2::default()
+        };
+        let targets = targets(None, Some(&part), None);
+        let rr = targets
+            .iter()
+            .find(|t| t.name.starts_with("request/response"))
+            .expect("the request/response goal is listed");
+        assert_eq!(rr.met, None);
+        let markdown = {
+            let mut md = String::new();
+            part2_md(&mut md, &part);
+            md
+        };
+        assert!(markdown.contains("| l3lb |"), "{markdown}");
+    }
+}
