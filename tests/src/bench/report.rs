@@ -528,7 +528,9 @@ fn part2_md(md: &mut String, p: &Part2) {
          - **request/response** ({extended}): netperf's `TCP_RR`: one established TCP connection \
          (`TCP_NODELAY`), a 1-byte request, the pod echoes 1 byte, as many round trips as fit in \
          {:.1} s per round. Both directions of an established flow, and the wake-ups of both ends: \
-         the latency of the path rather than its throughput.\n\n\
+         the latency of the path rather than its throughput. The client and the pod's echo thread \
+         run on the same CPU, so a transaction costs the path both ways and two context switches, \
+         not the wake-up latencies of an idle or a busy other CPU.\n\n\
          The node-cost and request/response lanes run at {extended} only: at every service count they \
          would take the full run past twenty minutes.\n",
         Mode::Direct.label(),

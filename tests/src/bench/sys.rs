@@ -261,6 +261,20 @@ pub fn in_netns<T: Send + 'static>(
     })
 }
 
+/// The lowest-numbered CPU the calling thread may run on.
+pub fn first_allowed_cpu() -> io::Result<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; the kernel fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; a set of the size given.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads within the set.
+        .find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .ok_or_else(|| io::Error::other("an empty CPU affinity mask"))
+}
+
 /// Moves the calling thread onto CPU `cpu` alone.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it.
