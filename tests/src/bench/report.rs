@@ -353,11 +353,12 @@ fn part1_md(md: &mut String, p: &Part1, part2: Option<&Part2>) {
          seen before (flow miss, Maglev pick, two LRU inserts), against single runs of the floor. The \
          timer's own overhead is in both, so the difference is what counts.\n\
          - **pass-through**: a UDP packet to an address that is no service (parse, one hash miss, a counter).\n\
-         - **TC reply**: the egress program on the pod's reply (reply lookup, source rewrite through the \
-         checksum helpers), against an empty TC program.\n\
+         - **TC reply**: `{}` on the pod's reply (reply lookup, source rewrite through the checksum \
+         helpers), against an empty TC program.\n\
          - A test run repeats one packet, so the maps' entries for it stay in the CPU caches: this is the \
          cost with warm caches. How many services are loaded matters for the cold-cache case (hash \
-         buckets, Maglev rows), which this cannot show.\n"
+         buckets, Maglev rows), which this cannot show.\n",
+        p.reply_program
     );
     let _ = writeln!(
         md,

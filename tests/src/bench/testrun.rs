@@ -86,10 +86,27 @@ pub struct Part1 {
     /// The ingress program measured, and its kind (`TC` or `XDP`).
     pub program: String,
     pub kind: String,
+    /// The program measured on the replies.
+    pub reply_program: String,
     pub repeat: u32,
     pub rounds: usize,
     pub table_size: u32,
     pub rows: Vec<Row>,
+}
+
+/// The fast path's TC program at ingress of a pod's host-side veth, which translates the pod's
+/// replies and redirects them out of the uplink; measured instead of the uplink's TC egress
+/// program once the object carries it.
+pub const TC_POD: &str = "l3lb_tc_pod";
+
+/// The program that translates replies back to the service address: [`TC_POD`] where the
+/// object has it, else the uplink's TC egress program.
+pub fn reply_program(ebpf: &aya::Ebpf) -> &'static str {
+    if ebpf.program(TC_POD).is_some() {
+        TC_POD
+    } else {
+        program_names::TC_EGRESS
+    }
 }
 
 /// The ingress program part 1 measures, with what its floor and one-lookup lane must match.
@@ -229,6 +246,7 @@ pub fn run_part(options: &Options) -> Result<Part1> {
     let mut part = Part1 {
         program: ingress.name.into(),
         kind: ingress.kind.into(),
+        reply_program: reply_program(&loaded.ebpf).into(),
         repeat,
         rounds,
         table_size,
@@ -257,8 +275,8 @@ pub fn run_part(options: &Options) -> Result<Part1> {
             .program(ingress.name)
             .with_context(|| format!("no program {} in the object", ingress.name))?;
         let tc: &SchedClassifier = ebpf
-            .program(program_names::TC_EGRESS)
-            .context("no TC egress program")?
+            .program(reply_program(ebpf))
+            .context("no TC reply program")?
             .try_into()?;
         let programs = Programs {
             ingress,
@@ -308,7 +326,8 @@ fn measure(
         sys::test_run(p.program, service_frame, 1).context("BPF_PROG_TEST_RUN")?;
     run(p.program, service_frame, 999, service_verdict)?;
     run(p.program, pass_frame, 1000, pass)?;
-    run(p.tc, reply_frame, 1000, 3)?;
+    let (reply_verdict, _) = sys::test_run(p.tc, reply_frame, 1).context("BPF_PROG_TEST_RUN")?;
+    run(p.tc, reply_frame, 999, reply_verdict)?;
     let after = reasons(ebpf)?;
     let delta = |r: Reason| after[r as usize] - before[r as usize];
     if delta(Reason::Forwarded) != 1000
@@ -339,7 +358,7 @@ fn measure(
         pass_through.push(run(p.program, pass_frame, repeat, pass)?);
         service.push(run(p.program, service_frame, repeat, service_verdict)?);
         tc_floor.push(run(p.tc_floor, reply_frame, repeat, TC_ACT_OK as u32)?);
-        tc_reply.push(run(p.tc, reply_frame, repeat, 3)?);
+        tc_reply.push(run(p.tc, reply_frame, repeat, reply_verdict)?);
     }
     let ratio = |a: &[f64], b: &[f64]| Summary::of(a.iter().zip(b).map(|(a, b)| a / b).collect());
 
