@@ -1351,6 +1351,13 @@ fn measure_round(
         }
         let (sent, reached) = udp_into_drop(topo, target, times.udp, drop_pinned, false)
             .context("UDP into the drop program at the pods' eth0")?;
+        if reached < 0.99 {
+            progress!(
+                "part 2: {}: only {:.1} % of the packets into the drop program were counted on the pods' eth0",
+                lane.mode.label(),
+                reached * 100.0
+            );
+        }
         lane.node_sent.push(sent);
         lane.node_reached = lane.node_reached.min(reached);
         super::sleep(Duration::from_millis(100))?;

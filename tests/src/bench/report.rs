@@ -125,9 +125,13 @@ pub fn targets(part1: Option<&Part1>, part2: Option<&Part2>, part3: Option<&Part
                         digits: usize| {
             let (value, base, r) = found.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
             targets.push(Target {
-                name: format!("{name}, l3lb vs {}, {}", baseline.label(), services(n)),
+                name: format!(
+                    "{name}, l3lb vs {}, {}",
+                    baseline.short_label(),
+                    services(n)
+                ),
                 value: format!("{} {unit}", fmt_num(value, digits)),
-                baseline: format!("{} ({})", fmt_num(base, digits), baseline.label()),
+                baseline: format!("{} ({})", fmt_num(base, digits), baseline.short_label()),
                 ratio: ratio(r),
                 target: format!("{} {target}×", if at_most { "≤" } else { "≥" }),
                 met: r
@@ -1181,8 +1185,8 @@ mod tests {
         let find = |prefix: &str, baseline: Mode| {
             targets
                 .iter()
-                .find(|t| t.name.starts_with(prefix) && t.name.contains(baseline.label()))
-                .unwrap_or_else(|| panic!("no target {prefix} vs {}", baseline.label()))
+                .find(|t| t.name.starts_with(prefix) && t.name.contains(baseline.short_label()))
+                .unwrap_or_else(|| panic!("no target {prefix} vs {}", baseline.short_label()))
         };
         let node = find("node cost", Mode::Iptables);
         assert_eq!((node.ratio.as_str(), node.met), ("0.35×", Some(false)));
