@@ -131,7 +131,11 @@ pub fn targets(part1: Option<&Part1>, part2: Option<&Part2>, part3: Option<&Part
                     services(n)
                 ),
                 value: format!("{} {unit}", fmt_num(value, digits)),
-                baseline: format!("{} ({})", fmt_num(base, digits), baseline.short_label()),
+                baseline: format!(
+                    "{} {unit} ({})",
+                    fmt_num(base, digits),
+                    baseline.short_label()
+                ),
                 ratio: ratio(r),
                 target: format!("{} {target}×", if at_most { "≤" } else { "≥" }),
                 met: r
