@@ -16,14 +16,18 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
 /// Why the XDP or TC program let a packet go the way it did: the index into
-/// `L3LB_REASONS`. The programs never drop; every reason but `Forwarded` and `ReplyTranslated`
-/// is a pass-through, counted so an operator can see what the fast path skipped and why.
+/// `L3LB_REASONS`. The programs never drop. `Forwarded`, `ReplyTranslated` and the redirect
+/// reasons count packets the fast path handled (each packet once, by the way it took); every
+/// other reason is a pass-through, counted so an operator can see what the fast path skipped
+/// and why.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// A service packet rewritten towards a local pod (XDP).
+    /// A service packet rewritten towards a local pod and handed to the kernel's routing (XDP,
+    /// or TC for a backend that cannot be reached directly, or whose TTL runs out here).
     Forwarded = 0,
-    /// A pod's reply rewritten back to the service address (TC).
+    /// A pod's reply rewritten back to the service address on the uplink's egress, after the
+    /// kernel routed it (the way back for `Forwarded` packets).
     ReplyTranslated = 1,
     /// Not IPv4 or IPv6 (ARP, LLDP, ...).
     NotIp = 2,
@@ -41,11 +45,24 @@ pub enum Reason {
     NoBackend = 8,
     /// An established flow whose backend was removed; rescheduled through the table.
     Rescheduled = 9,
+    /// A service packet rewritten and redirected straight into the pod's namespace
+    /// (`bpf_redirect_peer` to the pod's veth/netkit peer): no host routing, netfilter or queue.
+    RedirectPeer = 10,
+    /// A service packet rewritten and sent out of the pod's host-side interface with the
+    /// kernel's neighbour resolution (`bpf_redirect_neigh`): for pods behind a bridge or an
+    /// interface that is not a veth/netkit pair.
+    RedirectNeigh = 11,
+    /// A pod's reply translated as it left the pod and sent straight out of the uplink the
+    /// kernel's FIB names (`bpf_redirect`, or `bpf_redirect_neigh` before the neighbour is known).
+    ReplyRedirected = 12,
+    /// A pod's reply translated as it left the pod, then handed to the kernel's routing: no
+    /// route, a packet too big for the uplink, or a TTL that runs out here.
+    ReplyToStack = 13,
 }
 
 impl Reason {
     /// Number of reasons; the `max_entries` of `L3LB_REASONS`.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 14;
 
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Forwarded,
@@ -58,6 +75,10 @@ impl Reason {
         Reason::Truncated,
         Reason::NoBackend,
         Reason::Rescheduled,
+        Reason::RedirectPeer,
+        Reason::RedirectNeigh,
+        Reason::ReplyRedirected,
+        Reason::ReplyToStack,
     ];
 
     /// Stable label for `l3lb inspect` and metrics.
@@ -73,6 +94,10 @@ impl Reason {
             Reason::Truncated => "truncated",
             Reason::NoBackend => "no_backend",
             Reason::Rescheduled => "rescheduled",
+            Reason::RedirectPeer => "redirect_peer",
+            Reason::RedirectNeigh => "redirect_neigh",
+            Reason::ReplyRedirected => "reply_redirected",
+            Reason::ReplyToStack => "reply_to_stack",
         }
     }
 }
@@ -113,8 +138,17 @@ pub struct ServiceEntry {
 /// `Backend::flags`: the endpoint is terminating. It keeps its established flows but is in no
 /// Maglev table, so it gets no new ones.
 pub const BACKEND_TERMINATING: u32 = 1;
+/// `Backend::flags`: `ifindex` is the host side of a veth/netkit pair whose peer is the pod's
+/// interface in another namespace: packets go there with `bpf_redirect_peer`.
+pub const BACKEND_REDIRECT_PEER: u32 = 2;
+/// `Backend::flags`: `ifindex` is the host interface the pod is reached through (a bridge, or a
+/// device without a peer): packets go out of it with `bpf_redirect_neigh`.
+pub const BACKEND_REDIRECT_NEIGH: u32 = 4;
+/// The delivery bits of `Backend::flags`; neither set: the kernel routes the rewritten packet.
+pub const BACKEND_DELIVERY: u32 = BACKEND_REDIRECT_PEER | BACKEND_REDIRECT_NEIGH;
 
-/// Value of `L3LB_BACKENDS` (an array indexed by backend id): where a pod listens.
+/// Value of `L3LB_BACKENDS` (an array indexed by backend id): where a pod listens, and how
+/// packets reach it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
@@ -124,6 +158,9 @@ pub struct Backend {
     /// Nonzero while the slot holds a backend, so a cleared slot never matches a flow.
     pub in_use: u8,
     pub flags: u32,
+    /// The host-side interface of the pod (see the `BACKEND_REDIRECT_*` flags); 0 when packets
+    /// are left to the kernel's routing.
+    pub ifindex: u32,
 }
 
 /// A flow's 5-tuple as seen on the wire: key of `L3LB_FLOWS` (client → service) and of
@@ -165,7 +202,7 @@ const _: () = {
     assert!(core::mem::size_of::<PacketCounter>() == 16);
     assert!(core::mem::size_of::<ServiceKey>() == 20);
     assert!(core::mem::size_of::<ServiceEntry>() == 16);
-    assert!(core::mem::size_of::<Backend>() == 24);
+    assert!(core::mem::size_of::<Backend>() == 28);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<Flow>() == 28);
     assert!(core::mem::size_of::<ReplyNat>() == 20);
@@ -219,8 +256,20 @@ pub mod map_names {
 
 /// Names of the programs in the object.
 pub mod program_names {
-    /// XDP on the uplinks: client → service packets rewritten to a local pod.
+    /// TC ingress on the uplinks (the default): client → service packets rewritten to a local
+    /// pod and redirected into it.
+    pub const TC_INGRESS: &str = "l3lb_tc_ingress";
+    /// XDP on the uplinks (`--xdp-mode native|generic`): client → service packets rewritten to
+    /// a local pod, then routed by the kernel.
     pub const XDP_INGRESS: &str = "l3lb_xdp";
-    /// TC egress on the uplinks: pod → client replies rewritten back to the service address.
+    /// TC egress on the uplinks: pod → client replies that the kernel routed (the pod could not
+    /// be reached directly) rewritten back to the service address.
     pub const TC_EGRESS: &str = "l3lb_tc_egress";
+    /// TC ingress on a local pod's host-side interface: its replies rewritten back to the
+    /// service address and sent straight out of the uplink.
+    pub const TC_POD: &str = "l3lb_tc_pod";
 }
+
+/// Conversions between `core::net` addresses and the map types' address fields.
+#[cfg(feature = "user")]
+pub mod addr;

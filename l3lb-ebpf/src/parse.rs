@@ -12,6 +12,9 @@ pub const UDP_LEN: usize = 8;
 
 /// Offset of the checksum within the IPv4 header.
 pub const IPV4_CHECK: usize = 10;
+/// Offsets of the TTL (IPv4) and the hop limit (IPv6).
+pub const IPV4_TTL: usize = 8;
+pub const IPV6_HOP_LIMIT: usize = 7;
 /// Offsets of the addresses within the IPv4 and IPv6 headers.
 pub const IPV4_SRC: usize = 12;
 pub const IPV4_DST: usize = 16;

@@ -1,8 +1,15 @@
-//! The XDP entry point on the uplinks: client → service packets get the destination address and
-//! port of a local pod (DNAT, the client's source address kept), everything else goes on
-//! untouched. The verdict is always `XDP_PASS`: a rewritten packet is routed to the pod by the
-//! kernel like any other (this version does no `XDP_REDIRECT` to the pod's veth), and a packet
-//! the program does not own must reach the stack as it came.
+//! The XDP entry point on the uplinks (`--xdp-mode native|generic`): client → service packets
+//! get the destination address and port of a local pod (DNAT, the client's source address
+//! kept), everything else goes on untouched. The verdict is always `XDP_PASS`: a rewritten
+//! packet is routed to the pod by the kernel like any other, and a packet the program does not
+//! own must reach the stack as it came.
+//!
+//! This is not the default path: XDP cannot hand a packet to another namespace's ingress, so
+//! a packet it rewrites still takes the host's routing, netfilter and conntrack to the pod
+//! (`XDP_REDIRECT` into a veth would need an XDP program inside the pod's namespace). Handing
+//! the choice to TC in the packet's metadata was the plan, but this kernel (6.18) refuses
+//! `bpf_xdp_adjust_meta` to the program at load time. `l3lb_tc_ingress` does the whole path
+//! on the skb instead, and redirects.
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use l3lb_common::{Backend, FAMILY_IPV4, PROTO_UDP, Reason, ServiceKey};
 

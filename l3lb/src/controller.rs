@@ -5,10 +5,7 @@
 //! Nothing is reconciled until both Services and EndpointSlices have been listed once: before
 //! that the desired set is incomplete, and applying it would withdraw addresses a previous l3lb
 //! left for us to adopt.
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, instrument, warn};
@@ -18,10 +15,10 @@ use crate::{
     desired::{DesiredState, Outcome, ingress_to_publish},
     events::{self, ServiceEvent},
     fastpath::FastPath,
-    http::ReportRequest,
     ingress::IngressUpdate,
-    metrics::{ErrorLabels, Metrics},
-    reconcile::{AddressEvents, AddressReconciler, Changes},
+    metrics::{Component, Metrics},
+    reconcile::{AddressEvents, AddressReconciler, ApplyError, Changes},
+    status::{NodeReport, ReportRequest, ServiceReport},
 };
 
 /// Upper bound on changes folded into one recompute, so a relist storm still yields to the loop.
@@ -35,41 +32,7 @@ pub enum Error {
     #[error("the cluster source stopped")]
     SourceClosed,
     #[error("withdrawing addresses on exit: {0}")]
-    Withdraw(String),
-}
-
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::SourceClosed => "source_closed",
-            Error::Withdraw(_) => "withdraw",
-        }
-    }
-}
-
-/// What this node announces and why: `/status` and `l3lb status`.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct NodeReport {
-    pub node: String,
-    pub interface: String,
-    pub prefixes: Vec<String>,
-    /// Both Services and EndpointSlices have been listed: until then nothing is withdrawn.
-    pub synced: bool,
-    pub services_seen: usize,
-    pub announced: Vec<IpAddr>,
-    /// Every Service that asks for a managed IP (or asks wrongly), sorted by namespace/name.
-    pub services: Vec<ServiceReport>,
-}
-
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ServiceReport {
-    pub service: String,
-    pub ips: Vec<IpAddr>,
-    pub announced: bool,
-    pub reason: String,
-    /// Addresses of this node's ready endpoints.
-    pub local_ready: Vec<String>,
-    pub problems: Vec<String>,
+    Withdraw(#[source] ApplyError),
 }
 
 /// Where the controller's results go besides the interface.
@@ -189,7 +152,7 @@ impl Controller {
                 }
                 Ok(())
             }
-            Err(err) => Err(Error::Withdraw(err.to_string())),
+            Err(err) => Err(Error::Withdraw(err)),
         }
     }
 
@@ -235,14 +198,9 @@ impl Controller {
             fastpath.sync_all(&self.state)
         };
         for err in errors {
-            let labels = ErrorLabels {
-                kind: err.metric_label().to_owned(),
-            };
             self.outputs
                 .metrics
-                .reconcile_errors
-                .get_or_create(&labels)
-                .inc();
+                .count_error(Component::Fastpath, err.metric_label());
             warn!("fast path: {err}");
         }
     }
@@ -330,14 +288,9 @@ impl Controller {
             }
             Some(err) => {
                 for failure in &err.failures {
-                    let labels = ErrorLabels {
-                        kind: failure.metric_label().to_owned(),
-                    };
                     self.outputs
                         .metrics
-                        .reconcile_errors
-                        .get_or_create(&labels)
-                        .inc();
+                        .count_error(Component::Netlink, failure.metric_label());
                 }
                 warn!(
                     "reconciling {}: {err}; retrying in {RETRY_AFTER:?}",

@@ -2,17 +2,20 @@
 //! API server) the status writer and event publisher together, serves the HTTP endpoint, and
 //! shuts down cleanly on SIGTERM/SIGINT.
 use anyhow::{Context as _, Result};
+use prometheus_client::collector::Collector;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use crate::{
-    cluster::{self, file::FileSource},
+    cluster::{self, file::FileSource, model::ClusterChange},
     config::{RunConfig, Source},
     controller::{Controller, Outputs},
     desired::DesiredState,
     events,
     fastpath::{self, FastPath},
-    http, ingress, leader,
+    http,
+    ingress::{self, IngressUpdate},
+    leader,
     metrics::Metrics,
     reconcile::{AddressReconciler, L3LB_ADDR_PROTO},
 };
@@ -21,7 +24,52 @@ use crate::{
 const CHANGE_QUEUE: usize = 4096;
 
 pub async fn run(config: RunConfig) -> Result<()> {
+    // First, so a SIGTERM during start-up still ends in a clean exit.
     let shutdown = shutdown_signal()?;
+    log_start(&config);
+    let addresses =
+        AddressReconciler::new(&config.interface, config.policy().prefixes, L3LB_ADDR_PROTO)
+            .await
+            .with_context(|| format!("opening interface {}", config.interface))?;
+    let fastpath = start_fastpath(&config)?;
+    let metrics = Metrics::new(fastpath_collector(&config));
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (reports_tx, reports_rx) = mpsc::channel(8);
+    serve_http(
+        &config,
+        http::Endpoints {
+            metrics: metrics.clone(),
+            ready: ready_rx,
+            reports: reports_tx,
+        },
+    )
+    .await?;
+
+    let (changes_tx, changes_rx) = mpsc::channel(CHANGE_QUEUE);
+    let mut outputs = Outputs {
+        metrics,
+        ready: ready_tx,
+        ingress: None,
+        events: None,
+        fastpath,
+    };
+    start_sources(&config, changes_tx, &mut outputs).await?;
+
+    // Runs until the shutdown signal, then withdraws (or retains) what this node announces.
+    Controller::new(DesiredState::new(config.policy()), addresses, outputs)
+        .run(
+            changes_rx,
+            reports_rx,
+            config.resync_interval,
+            config.retain_on_exit,
+            shutdown,
+        )
+        .await
+        .context("controller")?;
+    Ok(())
+}
+
+fn log_start(config: &RunConfig) {
     info!(
         node = %config.node_name,
         interface = %config.interface,
@@ -33,64 +81,65 @@ pub async fn run(config: RunConfig) -> Result<()> {
         info!("using network {prefix}");
     }
     info!("using interface {}", config.interface);
-    let addresses =
-        AddressReconciler::new(&config.interface, config.policy().prefixes, L3LB_ADDR_PROTO)
-            .await
-            .with_context(|| format!("opening interface {}", config.interface))?;
+}
 
-    let fastpath = if config.xdp {
-        let interfaces = if config.xdp_interfaces.is_empty() {
-            fastpath::loader::default_route_interfaces()
-        } else {
-            config.xdp_interfaces.clone()
-        };
-        anyhow::ensure!(
-            !interfaces.is_empty(),
-            "--xdp: no uplink given (--xdp-iface) and no interface carries a default route"
-        );
-        let load = fastpath::loader::LoadConfig {
-            pin_root: config.pin_root.clone(),
-            interfaces,
-            mode: config.xdp_mode,
-            table_size: config.maglev_table_size,
-            max_services: config.xdp_max_services,
-        };
-        Some(FastPath::start(&load).context("starting the XDP fast path")?)
-    } else {
+/// The `--xdp` fast path, attached to the uplinks; without `--xdp`, removes whatever an earlier
+/// run left pinned.
+fn start_fastpath(config: &RunConfig) -> Result<Option<FastPath>> {
+    if !config.xdp {
         if fastpath::loader::remove(&config.pin_root) {
             info!(
                 "removed the XDP fast path an earlier run left in {}",
                 config.pin_root.display()
             );
         }
-        None
+        return Ok(None);
+    }
+    let interfaces = if config.xdp_interfaces.is_empty() {
+        fastpath::loader::default_route_interfaces()
+    } else {
+        config.xdp_interfaces.clone()
     };
-    let collector = config.xdp.then(|| {
+    anyhow::ensure!(
+        !interfaces.is_empty(),
+        "--xdp: no uplink given (--xdp-iface) and no interface carries a default route"
+    );
+    let load = fastpath::loader::LoadConfig {
+        pin_root: config.pin_root.clone(),
+        interfaces,
+        mode: config.xdp_mode,
+        table_size: config.maglev_table_size,
+        max_services: config.xdp_max_services,
+    };
+    Ok(Some(
+        FastPath::start(&load).context("starting the XDP fast path")?,
+    ))
+}
+
+/// The fast path's counters, read from its pinned maps at scrape time.
+fn fastpath_collector(config: &RunConfig) -> Option<Box<dyn Collector>> {
+    config.xdp.then(|| {
         Box::new(fastpath::inspect::FastPathCollector {
             pin_root: config.pin_root.clone(),
-        }) as Box<dyn prometheus_client::collector::Collector>
-    });
-    let metrics = Metrics::new(collector);
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let (reports_tx, reports_rx) = mpsc::channel(8);
-    let endpoints = http::Endpoints {
-        metrics: metrics.clone(),
-        ready: ready_rx,
-        reports: reports_tx,
-    };
+        }) as Box<dyn Collector>
+    })
+}
+
+async fn serve_http(config: &RunConfig, endpoints: http::Endpoints) -> Result<()> {
     let bound = http::serve(config.metrics_addr, endpoints)
         .await
         .with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
     info!("serving /metrics, /healthz, /readyz and /status on http://{bound}");
+    Ok(())
+}
 
-    let (changes_tx, changes_rx) = mpsc::channel(CHANGE_QUEUE);
-    let mut outputs = Outputs {
-        metrics: metrics.clone(),
-        ready: ready_tx,
-        ingress: None,
-        events: None,
-        fastpath,
-    };
+/// Spawns the cluster source feeding `changes` and, with the API server, the Event publisher
+/// and (with `--write-status`) the status writer, wiring them into `outputs`.
+async fn start_sources(
+    config: &RunConfig,
+    changes: mpsc::Sender<ClusterChange>,
+    outputs: &mut Outputs,
+) -> Result<()> {
     match &config.source {
         Source::Files(dir) => {
             let source = FileSource::new(
@@ -98,15 +147,15 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 config.node_name.clone(),
                 cluster::file::DEFAULT_POLL_INTERVAL,
             );
-            tokio::spawn(source.run(changes_tx));
+            tokio::spawn(source.run(changes));
         }
         Source::Kube => {
-            let client = kube_client(&config).await?;
+            let client = kube_client(config).await?;
             tokio::spawn(cluster::kube::run(
                 client.clone(),
                 config.node_name.clone(),
-                changes_tx,
-                metrics.clone(),
+                changes,
+                outputs.metrics.clone(),
             ));
 
             let (events_tx, events_rx) = mpsc::channel(CHANGE_QUEUE);
@@ -118,41 +167,41 @@ pub async fn run(config: RunConfig) -> Result<()> {
             outputs.events = Some(events_tx);
 
             if config.write_status {
-                let (leader_tx, mut leader_rx) = watch::channel(false);
-                let lease = leader::LeaseConfig {
-                    namespace: config.lease_namespace.clone(),
-                    name: config.lease_name.clone(),
-                    identity: config.node_name.clone(),
-                    duration: config.lease_duration,
-                };
-                tokio::spawn(leader::elect(client.clone(), lease, leader_tx));
-                let gauge = metrics.leader.clone();
-                let mut leading = leader_rx.clone();
-                tokio::spawn(async move {
-                    while leading.changed().await.is_ok() {
-                        gauge.set(i64::from(*leading.borrow()));
-                    }
-                });
-                let (tx, rx) = mpsc::channel(CHANGE_QUEUE);
-                leader_rx.mark_unchanged();
-                tokio::spawn(ingress::write_ingress(client, rx, leader_rx));
-                outputs.ingress = Some(tx);
+                outputs.ingress = Some(start_status_writer(config, client, &outputs.metrics));
             }
         }
     }
-
-    let controller = Controller::new(DesiredState::new(config.policy()), addresses, outputs);
-    controller
-        .run(
-            changes_rx,
-            reports_rx,
-            config.resync_interval,
-            config.retain_on_exit,
-            shutdown,
-        )
-        .await
-        .context("controller")?;
     Ok(())
+}
+
+/// The Lease election and the ingress status writer that only writes while this node leads.
+fn start_status_writer(
+    config: &RunConfig,
+    client: kube::Client,
+    metrics: &Metrics,
+) -> mpsc::Sender<IngressUpdate> {
+    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let lease = leader::LeaseConfig {
+        namespace: config.lease_namespace.clone(),
+        name: config.lease_name.clone(),
+        identity: config.node_name.clone(),
+        duration: config.lease_duration,
+    };
+    tokio::spawn(leader::elect(
+        client.clone(),
+        lease,
+        leader_tx,
+        metrics.clone(),
+    ));
+    let (tx, rx) = mpsc::channel(CHANGE_QUEUE);
+    leader_rx.mark_unchanged();
+    tokio::spawn(ingress::write_ingress(
+        client,
+        rx,
+        leader_rx,
+        metrics.clone(),
+    ));
+    tx
 }
 
 async fn kube_client(config: &RunConfig) -> Result<kube::Client> {

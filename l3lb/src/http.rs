@@ -13,11 +13,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{controller::NodeReport, metrics::Metrics};
-
-/// A request for the controller's current [`NodeReport`], answered from its own loop so the
-/// report is consistent and nothing is shared behind locks.
-pub type ReportRequest = oneshot::Sender<NodeReport>;
+use crate::{metrics::Metrics, status::ReportRequest};
 
 #[derive(Clone)]
 pub struct Endpoints {

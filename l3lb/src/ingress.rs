@@ -17,7 +17,10 @@ use kube::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, instrument, warn};
 
-use crate::cluster::model::ServiceKey;
+use crate::{
+    cluster::model::ServiceKey,
+    metrics::{Component, Metrics},
+};
 
 /// What the controller tells the writer about one Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,8 +42,9 @@ pub struct Error {
 }
 
 impl Error {
+    /// What failed, for the error counter: the status patch is the writer's only API call.
     pub fn metric_label(&self) -> &'static str {
-        "status"
+        "patch_status"
     }
 }
 
@@ -50,6 +54,7 @@ pub async fn write_ingress(
     client: Client,
     mut updates: mpsc::Receiver<IngressUpdate>,
     mut leader: watch::Receiver<bool>,
+    metrics: Metrics,
 ) {
     let mut pending: BTreeMap<ServiceKey, IngressUpdate> = BTreeMap::new();
     loop {
@@ -69,7 +74,10 @@ pub async fn write_ingress(
                         pending.remove(&key);
                     }
                     // Kept pending: the next update or leadership change retries it.
-                    Err(err) => warn!("{err}"),
+                    Err(err) => {
+                        metrics.count_error(Component::Ingress, err.metric_label());
+                        warn!("{err}");
+                    }
                 }
             }
         }

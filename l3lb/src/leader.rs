@@ -12,9 +12,13 @@ use kube::{Api, Client, api::PostParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::metrics::{Component, Metrics};
+
 #[derive(Debug, thiserror::Error)]
-#[error("lease {namespace}/{name}: {source}")]
+#[error("{verb} lease {namespace}/{name}: {source}")]
 pub struct Error {
+    /// The API verb that failed: `get`, `create` or `update`.
+    verb: &'static str,
     namespace: String,
     name: String,
     #[source]
@@ -22,8 +26,9 @@ pub struct Error {
 }
 
 impl Error {
+    /// The failed verb, for the error counter.
     pub fn metric_label(&self) -> &'static str {
-        "lease"
+        self.verb
     }
 }
 
@@ -45,15 +50,22 @@ impl LeaseConfig {
     }
 }
 
-/// Keeps trying to hold the Lease and reports leadership on `leader`. A holder that cannot renew
-/// within the Lease duration steps down before anybody else can take over.
-pub async fn elect(client: Client, config: LeaseConfig, leader: watch::Sender<bool>) {
+/// Keeps trying to hold the Lease and reports leadership on `leader` and the `leader` gauge. A
+/// holder that cannot renew within the Lease duration steps down before anybody else can take
+/// over.
+pub async fn elect(
+    client: Client,
+    config: LeaseConfig,
+    leader: watch::Sender<bool>,
+    metrics: Metrics,
+) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut last_renewal: Option<tokio::time::Instant> = None;
     loop {
         let held = match try_hold(&api, &config).await {
             Ok(held) => held,
             Err(err) => {
+                metrics.count_error(Component::Leader, err.metric_label());
                 warn!("{err}");
                 // Unsure whether we still hold it: keep leading only while the Lease would still
                 // be ours on the server, never longer.
@@ -68,6 +80,7 @@ pub async fn elect(client: Client, config: LeaseConfig, leader: watch::Sender<bo
         leader.send_if_modified(|was| {
             if *was != held {
                 info!(lease = %config.name, "{} the status writer", if held { "became" } else { "is no longer" });
+                metrics.leader.set(i64::from(held));
                 *was = held;
                 true
             } else {
@@ -80,14 +93,21 @@ pub async fn elect(client: Client, config: LeaseConfig, leader: watch::Sender<bo
 
 /// One acquire-or-renew round; `Ok(true)` when we hold the Lease afterwards.
 async fn try_hold(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, Error> {
-    let lease_error = |source| Error {
-        namespace: config.namespace.clone(),
-        name: config.name.clone(),
-        source,
+    let lease_error = |verb| {
+        move |source| Error {
+            verb,
+            namespace: config.namespace.clone(),
+            name: config.name.clone(),
+            source,
+        }
     };
     let now = Timestamp::now();
     let duration_seconds = i32::try_from(config.duration.as_secs()).unwrap_or(i32::MAX);
-    let Some(mut lease) = api.get_opt(&config.name).await.map_err(lease_error)? else {
+    let Some(mut lease) = api
+        .get_opt(&config.name)
+        .await
+        .map_err(lease_error("get"))?
+    else {
         let mut lease = Lease::default();
         lease.metadata.name = Some(config.name.clone());
         lease.metadata.namespace = Some(config.namespace.clone());
@@ -102,7 +122,7 @@ async fn try_hold(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, Error>
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-            Err(err) => Err(lease_error(err)),
+            Err(err) => Err(lease_error("create")(err)),
         };
     };
 
@@ -133,6 +153,6 @@ async fn try_hold(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, Error>
     {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(err) => Err(lease_error(err)),
+        Err(err) => Err(lease_error("update")(err)),
     }
 }

@@ -4,7 +4,8 @@
 //! The modules follow the data: [`cluster`] sources emit changes, [`desired`] turns them into
 //! the addresses this node should announce (pure functions), [`reconcile`] makes the interface
 //! match, [`fastpath`] steers service traffic in XDP, [`controller`] runs that loop, and [`ingress`] publishes ingress IPs from
-//! one [`leader`].
+//! one [`leader`]. [`status`] is the report `/status` ([`http`]) serves and `l3lb status`
+//! ([`status_client`]) prints.
 pub mod cluster;
 pub mod config;
 pub mod controller;
@@ -18,4 +19,5 @@ pub mod ingress;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod status;
 pub mod status_client;

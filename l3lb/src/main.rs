@@ -55,7 +55,7 @@ fn main() -> Result<()> {
             if json {
                 print!("{body}");
             } else {
-                let report: l3lb::controller::NodeReport =
+                let report: l3lb::status::NodeReport =
                     serde_json::from_str(&body).map_err(|err| {
                         anyhow::anyhow!("the daemon at {addr} sent an unreadable report: {err}")
                     })?;

@@ -4,20 +4,51 @@ use std::sync::Arc;
 
 use prometheus_client::{
     collector::Collector,
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{
         counter::Counter,
         family::Family,
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
+
+/// The part of l3lb whose operation failed: the `component` label of `l3lb_errors_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Component {
+    /// Address operations on the interface.
+    Netlink,
+    /// Updates of the XDP fast path's maps.
+    Fastpath,
+    /// Writing `status.loadBalancer.ingress`.
+    Ingress,
+    /// Acquiring or renewing the status-writer Lease.
+    Leader,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Netlink => "netlink",
+            Component::Fastpath => "fastpath",
+            Component::Ingress => "ingress",
+            Component::Leader => "leader",
+        }
+    }
+}
+
+impl EncodeLabelValue for Component {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
+    pub component: Component,
     /// What failed, from the error's `metric_label()`.
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,7 +62,7 @@ pub struct Metrics {
     pub announced_addresses: Gauge,
     pub services_seen: Gauge,
     pub reconcile_duration: Histogram,
-    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     pub watch_errors: Family<WatchLabels, Counter>,
     pub watch_relists: Family<WatchLabels, Counter>,
     pub leader: Gauge,
@@ -50,59 +81,59 @@ impl Metrics {
         if let Some(extra) = extra {
             registry.register_collector(extra);
         }
-        let announced_addresses = Gauge::default();
-        registry.register(
-            "announced_addresses",
-            "Service addresses this node currently announces",
-            announced_addresses.clone(),
-        );
-        let services_seen = Gauge::default();
-        registry.register(
-            "services",
-            "Services known to this node (all of them, managed or not)",
-            services_seen.clone(),
-        );
-        // 50 µs to ~1.6 s: a converged reconcile is one netlink dump.
-        let reconcile_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time to bring the interface in line with the desired addresses",
-            reconcile_duration.clone(),
-        );
-        let reconcile_errors = Family::default();
-        registry.register(
-            "netlink_errors",
-            "Failed address operations on the interface, by kind",
-            reconcile_errors.clone(),
-        );
-        let watch_errors = Family::default();
-        registry.register(
-            "watch_errors",
-            "API watch failures (each followed by a retry with backoff)",
-            watch_errors.clone(),
-        );
-        let watch_relists = Family::default();
-        registry.register(
-            "watch_restarts",
-            "Completed (re)lists of a watched resource, the initial one included",
-            watch_relists.clone(),
-        );
-        let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 while this instance holds the status-writer Lease",
-            leader.clone(),
-        );
         Metrics {
+            announced_addresses: register(
+                &mut registry,
+                "announced_addresses",
+                "Service addresses this node currently announces",
+                Gauge::default(),
+            ),
+            services_seen: register(
+                &mut registry,
+                "services",
+                "Services known to this node (all of them, managed or not)",
+                Gauge::default(),
+            ),
+            // 50 µs to ~1.6 s: a converged reconcile is one netlink dump.
+            reconcile_duration: register(
+                &mut registry,
+                "reconcile_duration_seconds",
+                "Time to bring the interface in line with the desired addresses",
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            ),
+            errors: register(
+                &mut registry,
+                "errors",
+                "Failed operations, by component (netlink, fastpath, ingress, leader) and kind",
+                Family::default(),
+            ),
+            watch_errors: register(
+                &mut registry,
+                "watch_errors",
+                "API watch failures (each followed by a retry with backoff)",
+                Family::default(),
+            ),
+            watch_relists: register(
+                &mut registry,
+                "watch_restarts",
+                "Completed (re)lists of a watched resource, the initial one included",
+                Family::default(),
+            ),
+            leader: register(
+                &mut registry,
+                "leader",
+                "1 while this instance holds the status-writer Lease",
+                Gauge::default(),
+            ),
             registry: Arc::new(registry),
-            announced_addresses,
-            services_seen,
-            reconcile_duration,
-            reconcile_errors,
-            watch_errors,
-            watch_relists,
-            leader,
         }
+    }
+
+    /// Counts one failed operation of `component`; `kind` is the error's `metric_label()`.
+    pub fn count_error(&self, component: Component, kind: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels { component, kind })
+            .inc();
     }
 
     /// The text exposition format, as `/metrics` serves it.
@@ -111,5 +142,35 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Registers `metric` and returns the handle that updates it.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_counted_by_component_and_kind() {
+        let metrics = Metrics::default();
+        metrics.count_error(Component::Netlink, "permission_denied");
+        metrics.count_error(Component::Netlink, "permission_denied");
+        metrics.count_error(Component::Leader, "replace");
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "l3lb_errors_total{component=\"netlink\",kind=\"permission_denied\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("l3lb_errors_total{component=\"leader\",kind=\"replace\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use crate::controller::NodeReport;
+use crate::status::NodeReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -114,7 +114,7 @@ pub fn render(report: &NodeReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::ServiceReport;
+    use crate::status::ServiceReport;
 
     #[test]
     fn renders_each_ip_and_problem() {

@@ -11,25 +11,30 @@ use crate::wait_until;
 /// `target/<profile>/l3lb`, found from the running test (`target/<profile>/deps/…`) or tool
 /// (`target/<profile>/…`).
 pub fn l3lb_binary() -> PathBuf {
-    target_binary("l3lb", "cargo build -p l3lb")
+    built_binary("l3lb", "-p l3lb").unwrap_or_else(|err| panic!("{err}"))
 }
 
 /// `target/<profile>/lab-pod`, the lab pods' HTTP server.
 pub fn pod_binary() -> PathBuf {
-    target_binary("lab-pod", "cargo build -p l3lb-tests --bins")
+    built_binary("lab-pod", "-p l3lb-tests --bins").unwrap_or_else(|err| panic!("{err}"))
 }
 
-fn target_binary(name: &str, build: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the path of the running executable");
+/// `target/<profile>/NAME`, or an error that says how to build it (`cargo build PACKAGE`, with
+/// `--release` when the caller is a release build).
+pub fn built_binary(name: &str, package: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|err| format!("finding the path of the running executable: {err}"))?;
     exe.ancestors()
         .skip(1)
         .take(2)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is not built next to {}: run `{build}`",
-                exe.display()
+        .ok_or_else(|| {
+            let release = exe.ancestors().any(|dir| dir.ends_with("release"));
+            format!(
+                "{name} is not built next to {}: run `cargo build{} {package}`",
+                exe.display(),
+                if release { " --release" } else { "" }
             )
         })
 }

@@ -1,12 +1,15 @@
 //! Fixtures shared by the integration tests: privilege checks that refuse to skip under
-//! `cargo xtask test`, network namespaces that always clean up, and hand-built frames.
+//! `cargo xtask test`, network namespaces that always clean up, hand-built frames, typed
+//! Kubernetes objects (`fixtures`), and the BGP lab (`lab`).
 pub mod bench;
 pub mod daemon;
 pub mod fake_api;
+pub mod fixtures;
 pub mod frames;
 pub mod interrupt;
 pub mod lab;
 pub mod netns;
+pub mod traffic;
 
 /// True when this test may touch the kernel (root). Without root it returns false after saying
 /// why, unless `L3LB_REQUIRE_PRIVILEGED` is set (as `cargo xtask test` and CI do): then a test

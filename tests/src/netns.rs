@@ -182,6 +182,34 @@ pub fn attach_pod(node: &NetNs, pod: &NetNs, host_side: &str, pod_ip: &str) {
     pod.ip(&["route", "add", "default", "via", POD_GATEWAY]);
 }
 
+/// The IPv6 twin of [`POD_GATEWAY`].
+pub const POD_GATEWAY_V6: &str = "fd00:244::1";
+
+/// Gives a pod plugged in by [`attach_pod`] (with `host_side` on the node) the IPv6 address
+/// `pod_ip`/64, a default route via [`POD_GATEWAY_V6`], and the node a /128 route to it.
+/// Addresses skip duplicate address detection, so they are usable at once.
+pub fn attach_pod_v6(node: &NetNs, pod: &NetNs, host_side: &str, pod_ip: &str) {
+    node.ip(&[
+        "addr",
+        "add",
+        &format!("{POD_GATEWAY_V6}/128"),
+        "dev",
+        host_side,
+        "nodad",
+    ]);
+    node.ip(&["route", "add", &format!("{pod_ip}/128"), "dev", host_side]);
+    pod.ip(&[
+        "addr",
+        "add",
+        &format!("{pod_ip}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    pod.ip(&["route", "add", POD_GATEWAY_V6, "dev", "eth0"]);
+    pod.ip(&["route", "add", "default", "via", POD_GATEWAY_V6]);
+}
+
 /// Runs `command`, panicking with its stderr when it fails.
 pub fn sh(command: &mut Command) -> Output {
     let out = command

@@ -9,6 +9,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use l3lb_tests::{
     daemon::{L3lb, l3lb_binary},
     fake_api::FakeApiServer,
+    fixtures::{self, endpoint, port},
     netns::{NetNs, sh},
     privileged, wait_until,
 };
@@ -17,40 +18,32 @@ use serde_json::{Value, json};
 const CONVERGE: Duration = Duration::from_secs(10);
 
 fn service(name: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default",
-                     "annotations": {"l3lb.io/loadBalancerIPs": ip}},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
-    })
+    fixtures::service(name)
+        .namespace("default")
+        .annotated_ips(ip)
+        .load_balancer()
+        .port(port("TCP", 80))
+        .json()
 }
 
 fn slice(service: &str, node: &str, ready: bool) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-1"), "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": ["10.244.0.5"], "nodeName": node,
-                       "conditions": {"ready": ready, "serving": ready, "terminating": false}}],
-        "ports": [{"port": 8080, "protocol": "TCP"}]
-    })
+    fixtures::slice(&format!("{service}-1"), service, "IPv4")
+        .namespace("default")
+        .endpoint(
+            endpoint(["10.244.0.5"])
+                .node(node)
+                .conditions(ready, ready, false),
+        )
+        .port(port("TCP", 8080))
+        .json()
 }
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("l3lb-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A directory for one test's kubeconfig and logs, removed when the test ends.
+fn scratch(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("l3lb-{tag}-"))
+        .tempdir()
+        .expect("creating a scratch directory")
 }
 
 fn start_l3lb(
@@ -142,9 +135,9 @@ fn follows_the_api_and_fails_static() {
 }
 
 async fn scenario(ns: Ip) {
-    let scratch = Scratch::new("ctlkube");
+    let scratch = scratch("ctlkube");
     let server = FakeApiServer::start().await;
-    let kubeconfig = scratch.0.join("kubeconfig");
+    let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
     server.apply(service("web", "10.0.100.7, 2001:db8:100::7"));
     server.apply(slice("web", "node-a", true));
@@ -156,7 +149,7 @@ async fn scenario(ns: Ip) {
         "lo",
         &kubeconfig,
         HTTP,
-        scratch.0.join("l3lb.log"),
+        scratch.path().join("l3lb.log"),
     );
     let converged = |cidr: &str, present: bool| {
         wait_until(CONVERGE, || has_address(&ns, "lo", cidr) == present)
@@ -338,9 +331,9 @@ fn one_status_writer_and_failover() {
 }
 
 async fn failover(ns: Ip) {
-    let scratch = Scratch::new("ctllease");
+    let scratch = scratch("ctllease");
     let server = FakeApiServer::start().await;
-    let kubeconfig = scratch.0.join("kubeconfig");
+    let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
     // Two "nodes" in one namespace, each on its own interface, both reaching the server. (This
     // kernel has no dummy driver; a veth end serves as well.)
@@ -355,14 +348,14 @@ async fn failover(ns: Ip) {
         "node-a0",
         &kubeconfig,
         "127.0.0.1:9474",
-        scratch.0.join("a.log"),
+        scratch.path().join("a.log"),
     );
     let mut b = start_l3lb(
         "node-b",
         "node-b0",
         &kubeconfig,
         "127.0.0.1:9475",
-        scratch.0.join("b.log"),
+        scratch.path().join("b.log"),
     );
     const LEADS: &str = "became the status writer";
     assert!(
@@ -372,11 +365,16 @@ async fn failover(ns: Ip) {
         a.log(),
         b.log()
     );
-    let (leader, follower) = if a.log().contains(LEADS) {
-        (&mut a, &mut b)
+    let ((leader, leader_http), (follower, follower_http)) = if a.log().contains(LEADS) {
+        ((&mut a, "127.0.0.1:9474"), (&mut b, "127.0.0.1:9475"))
     } else {
-        (&mut b, &mut a)
+        ((&mut b, "127.0.0.1:9475"), (&mut a, "127.0.0.1:9474"))
     };
+    assert!(
+        wait_until(CONVERGE, || metric(leader_http, "l3lb_leader") == Some(1.0)
+            && metric(follower_http, "l3lb_leader") == Some(0.0)),
+        "the leader gauge says who leads"
+    );
 
     server.apply(service("web", "10.0.100.7"));
     assert!(
@@ -396,6 +394,11 @@ async fn failover(ns: Ip) {
     // The leader crashes (no clean exit); the follower takes over once the Lease lapses.
     leader.kill();
     follower.wait_for_log(LEADS, CONVERGE);
+    assert!(
+        wait_until(CONVERGE, || metric(follower_http, "l3lb_leader")
+            == Some(1.0)),
+        "the new leader's gauge"
+    );
     server.apply(service("api", "10.0.100.8"));
     assert!(
         wait_until(CONVERGE, || ingress_ips(&server, "api") == ["10.0.100.8"]),

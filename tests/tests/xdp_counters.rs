@@ -203,7 +203,7 @@ fn object_carries_btf_for_the_map_types() {
         ("PacketCounter", 16),
         ("ServiceKey", 20),
         ("ServiceEntry", 16),
-        ("Backend", 24),
+        ("Backend", 28),
         ("FlowKey", 40),
         ("Flow", 28),
         ("ReplyNat", 20),

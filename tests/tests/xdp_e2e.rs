@@ -22,6 +22,7 @@ use std::{
 
 use l3lb_tests::{
     daemon::{L3lb, l3lb_binary},
+    fixtures::{self, endpoint, port, service, slice},
     netns::{self, NetNs, sh},
     privileged, wait_until,
 };
@@ -136,32 +137,31 @@ fn ask(client: &NetNs, source_port: u16) -> (Option<String>, Option<String>) {
 }
 
 fn manifests(dir: &std::path::Path, pods: &[(&str, &str)]) {
-    let endpoints: String = pods
-        .iter()
-        .map(|(ip, node)| {
-            format!("  - {{addresses: [{ip}], nodeName: {node}, conditions: {{ready: true}}}}\n")
-        })
-        .collect();
-    let yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, annotations: {{l3lb.io/loadBalancerIPs: \"{SERVICE}\"}}}}\n\
-         spec:\n  type: LoadBalancer\n  ports:\n  - {{name: http, port: 80, protocol: TCP}}\n  - {{name: echo, port: 80, protocol: UDP}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\n\
-         endpoints:\n{endpoints}ports:\n  - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: echo, port: 8080, protocol: UDP}}\n"
+    let web = service("web")
+        .annotated_ips(SERVICE)
+        .load_balancer()
+        .port(port("TCP", 80).named("http"))
+        .port(port("UDP", 80).named("echo"));
+    let endpoints = pods.iter().fold(
+        slice("web-1", "web", "IPv4")
+            .port(port("TCP", 8080).named("http"))
+            .port(port("UDP", 8080).named("echo")),
+        |endpoints, (ip, node)| endpoints.endpoint(endpoint([ip]).node(node).ready(true)),
     );
+    let yaml = fixtures::documents([web.yaml(), endpoints.yaml()]);
     let tmp = dir.join(".web.yaml.tmp");
     std::fs::write(&tmp, yaml).unwrap();
     std::fs::rename(&tmp, dir.join("web.yaml")).unwrap();
 }
 
+/// The daemon's manifests and logs (a temp dir) and its pins, both removed when dropped.
 struct Scratch {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     pin_root: PathBuf,
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
         // Links first (they hold the programs), then maps; a failed test must not leave pins.
         let _ = Command::new("rm").arg("-rf").arg(&self.pin_root).status();
     }
@@ -177,12 +177,20 @@ fn start(node: &NetNs, scratch: &Scratch, extra: &[&str], log: &str) -> L3lb {
         "10.0.100.0/24",
         "--source",
     ]);
-    command.arg(format!("file:{}", scratch.dir.display()));
+    command.arg(format!("file:{}", scratch.dir.path().display()));
+    // The XDP mode: rewrite in XDP, then the kernel's routing (tests/tests/fastpath_e2e.rs
+    // covers the default TC mode, which redirects into the pods).
     command
-        .args(["--xdp-iface", "uplink", "--pin-root"])
+        .args([
+            "--xdp-iface",
+            "uplink",
+            "--xdp-mode",
+            "native",
+            "--pin-root",
+        ])
         .arg(&scratch.pin_root);
     command.args(extra);
-    L3lb::spawn(command, scratch.dir.join(log))
+    L3lb::spawn(command, scratch.dir.path().join(log))
 }
 
 fn inspect(scratch: &Scratch) -> serde_json::Value {
@@ -206,16 +214,18 @@ fn xdp_steers_to_local_pods_keeping_the_client_address() {
     }
     let net = topology(&["pod-a", "pod-b"]);
     let scratch = Scratch {
-        dir: std::env::temp_dir().join(format!("l3lb-xdp-e2e-{}", std::process::id())),
+        dir: tempfile::Builder::new()
+            .prefix("l3lb-xdp-e2e-")
+            .tempdir()
+            .unwrap(),
         pin_root: PathBuf::from(format!("/sys/fs/bpf/l3lb-test-{}", std::process::id())),
     };
-    std::fs::create_dir_all(&scratch.dir).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     for (pod, name) in &net.pods {
         serve_pod(pod, name.clone(), stop.clone());
     }
     manifests(
-        &scratch.dir,
+        scratch.dir.path(),
         &[("10.244.1.2", "node-a"), ("10.244.1.3", "node-a")],
     );
 
@@ -336,7 +346,7 @@ fn xdp_steers_to_local_pods_keeping_the_client_address() {
     );
 
     // Scale to one pod: new flows all go to it.
-    manifests(&scratch.dir, &[("10.244.1.3", "node-a")]);
+    manifests(scratch.dir.path(), &[("10.244.1.3", "node-a")]);
     assert!(
         wait_until(DEADLINE, || inspect(&scratch)["services"]
             .as_array()

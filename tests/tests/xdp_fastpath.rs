@@ -24,8 +24,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use l3lb_common::{
-    BACKEND_TERMINATING, Backend, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
-    PacketCounter, Reason, ReplyNat, ServiceEntry, ServiceKey, map_names, program_names,
+    BACKEND_TERMINATING, Backend, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PacketCounter, Reason,
+    ReplyNat, ServiceEntry, ServiceKey, addr, map_names, program_names,
 };
 use l3lb_tests::{frames, netns, privileged};
 
@@ -44,46 +44,11 @@ fn v6(text: &str) -> IpAddr {
     IpAddr::V6(text.parse().expect("an IPv6 address"))
 }
 
-fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
-    let mut bytes = [0u8; 16];
-    match addr {
-        IpAddr::V4(a) => {
-            bytes[..4].copy_from_slice(&a.octets());
-            (bytes, FAMILY_IPV4)
-        }
-        IpAddr::V6(a) => (a.octets(), FAMILY_IPV6),
-    }
-}
-
-fn service_key(addr: IpAddr, port: u16, proto: u8) -> ServiceKey {
-    let (addr, family) = addr16(addr);
-    ServiceKey {
-        addr,
-        port_be: port.to_be(),
-        proto,
-        family,
-    }
-}
-
-fn flow_key(src: (IpAddr, u16), dst: (IpAddr, u16), proto: u8) -> FlowKey {
-    let (src_addr, family) = addr16(src.0);
-    let (dst_addr, _) = addr16(dst.0);
-    FlowKey {
-        src: src_addr,
-        dst: dst_addr,
-        sport_be: src.1.to_be(),
-        dport_be: dst.1.to_be(),
-        proto,
-        family,
-        pad: [0; 2],
-    }
-}
-
 /// The 5-tuple of a TCP/UDP frame.
 fn flow_key_of(frame: &[u8]) -> FlowKey {
-    flow_key(
-        frames::source(frame),
-        frames::destination(frame),
+    FlowKey::new(
+        frames::source(frame).into(),
+        frames::destination(frame).into(),
         frames::layout(frame).proto,
     )
 }
@@ -108,6 +73,15 @@ impl Lb {
             .try_into()
             .expect("a classifier");
         tc.load().expect("the verifier accepts the TC program");
+        for name in [program_names::TC_INGRESS, program_names::TC_POD] {
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("TC program present")
+                .try_into()
+                .expect("a classifier");
+            tc.load()
+                .unwrap_or_else(|err| panic!("the verifier accepts {name}: {err:?}"));
+        }
         Lb { ebpf }
     }
 
@@ -116,15 +90,9 @@ impl Lb {
     }
 
     fn set_backend(&mut self, id: u32, addr: IpAddr, port: u16, flags: u32) {
-        let (addr, family) = addr16(addr);
-        let backend = Backend {
-            addr,
-            port_be: port.to_be(),
-            family,
-            in_use: 1,
-            flags,
-        };
-        self.backends().set(id, backend, 0).unwrap();
+        self.backends()
+            .set(id, Backend::new(addr, port, flags), 0)
+            .unwrap();
     }
 
     fn clear_backend(&mut self, id: u32) {
@@ -356,22 +324,22 @@ fn xdp_cases() {
     let (pod6_tcp, pod6_udp) = ((v6("fd00:244::5"), 8443), (v6("fd00:244::6"), 5353));
 
     lb.add_service(
-        service_key(service.into(), 80, PROTO_TCP),
+        ServiceKey::new(service.into(), 80, PROTO_TCP),
         1,
         &[(1, pod_tcp.0, pod_tcp.1)],
     );
     lb.add_service(
-        service_key(service.into(), 53, PROTO_UDP),
+        ServiceKey::new(service.into(), 53, PROTO_UDP),
         2,
         &[(2, pod_udp.0, pod_udp.1)],
     );
     lb.add_service(
-        service_key(service6.into(), 443, PROTO_TCP),
+        ServiceKey::new(service6.into(), 443, PROTO_TCP),
         3,
         &[(3, pod6_tcp.0, pod6_tcp.1)],
     );
     lb.add_service(
-        service_key(service6.into(), 53, PROTO_UDP),
+        ServiceKey::new(service6.into(), 53, PROTO_UDP),
         4,
         &[(4, pod6_udp.0, pod6_udp.1)],
     );
@@ -381,15 +349,15 @@ fn xdp_cases() {
         Ipv4Addr::new(10, 96, 0, 12),
         Ipv4Addr::new(10, 96, 0, 13),
     );
-    lb.add_service(service_key(empty.into(), 80, PROTO_TCP), 5, &[]);
+    lb.add_service(ServiceKey::new(empty.into(), 80, PROTO_TCP), 5, &[]);
     lb.add_service(
-        service_key(cleared.into(), 80, PROTO_TCP),
+        ServiceKey::new(cleared.into(), 80, PROTO_TCP),
         6,
         &[(6, v4(10, 244, 1, 7), 80)],
     );
     lb.clear_backend(6);
     lb.add_service(
-        service_key(crossed.into(), 80, PROTO_TCP),
+        ServiceKey::new(crossed.into(), 80, PROTO_TCP),
         7,
         &[(7, v6("fd00:244::7"), 80)],
     );
@@ -498,7 +466,7 @@ fn xdp_cases() {
                     .unwrap_or_else(|| panic!("{description}: flow recorded"));
                 assert_eq!(
                     flow.backend_addr,
-                    addr16(to.0).0,
+                    addr::to_bytes(to.0).0,
                     "{description}: flow backend"
                 );
                 assert_eq!(
@@ -508,7 +476,8 @@ fn xdp_cases() {
                 );
                 assert_eq!(flow.service_id, service, "{description}: flow service");
                 let (client_addr, client_port) = frames::source(&case.frame);
-                let reply_key = flow_key((to.0, to.1), (client_addr, client_port), key.proto);
+                let reply_key =
+                    FlowKey::new(to.into(), (client_addr, client_port).into(), key.proto);
                 let nat = lb
                     .reply(&reply_key)
                     .unwrap_or_else(|| panic!("{description}: reply translation recorded"));
@@ -557,7 +526,7 @@ fn flows_stick_to_their_backend() {
     let mut lb = Lb::load();
     let client = Ipv4Addr::new(192, 0, 2, 20);
     let service = Ipv4Addr::new(10, 96, 0, 20);
-    let key = service_key(service.into(), 80, PROTO_TCP);
+    let key = ServiceKey::new(service.into(), 80, PROTO_TCP);
     let (x, y, z) = (
         (v4(10, 244, 2, 10), 8080),
         (v4(10, 244, 2, 11), 8080),
@@ -592,7 +561,7 @@ fn flows_stick_to_their_backend() {
 
     // X removed (slot cleared): A is rescheduled through the table, to Y.
     let a_key = flow_key_of(&flow_a);
-    let old_reply = flow_key(x, frames::source(&flow_a), PROTO_TCP);
+    let old_reply = FlowKey::new(x.into(), frames::source(&flow_a).into(), PROTO_TCP);
     assert!(
         lb.reply(&old_reply).is_some(),
         "A's reply translation via X"
@@ -619,7 +588,7 @@ fn flows_stick_to_their_backend() {
         lb.reply(&old_reply).is_none(),
         "the stale reply translation is gone"
     );
-    let new_reply = flow_key(y, frames::source(&flow_a), PROTO_TCP);
+    let new_reply = FlowKey::new(y.into(), frames::source(&flow_a).into(), PROTO_TCP);
     assert!(
         lb.reply(&new_reply).is_some(),
         "A's reply translation via Y"
@@ -674,7 +643,7 @@ fn flow_hash_is_deterministic() {
     }
     let mut lb = Lb::load();
     let service: Ipv6Addr = "fd00:96::30".parse().unwrap();
-    let key = service_key(service.into(), 443, PROTO_TCP);
+    let key = ServiceKey::new(service.into(), 443, PROTO_TCP);
     let (p, q) = ((v6("fd00:244::30"), 8443), (v6("fd00:244::31"), 8443));
     lb.add_service(key, 2, &[(30, p.0, p.1), (31, q.0, q.1)]);
 
@@ -733,22 +702,22 @@ fn replies_are_translated_back() {
     let pod = Ipv4Addr::new(10, 244, 4, 5);
     let pod6: Ipv6Addr = "fd00:244::45".parse().unwrap();
     lb.add_service(
-        service_key(service.into(), 80, PROTO_TCP),
+        ServiceKey::new(service.into(), 80, PROTO_TCP),
         1,
         &[(1, pod.into(), 8080)],
     );
     lb.add_service(
-        service_key(service.into(), 53, PROTO_UDP),
+        ServiceKey::new(service.into(), 53, PROTO_UDP),
         2,
         &[(2, pod.into(), 5353)],
     );
     lb.add_service(
-        service_key(service6.into(), 443, PROTO_TCP),
+        ServiceKey::new(service6.into(), 443, PROTO_TCP),
         3,
         &[(3, pod6.into(), 8443)],
     );
     lb.add_service(
-        service_key(service6.into(), 53, PROTO_UDP),
+        ServiceKey::new(service6.into(), 53, PROTO_UDP),
         4,
         &[(4, pod6.into(), 5353)],
     );
@@ -1178,22 +1147,22 @@ fn end_to_end(tag: &str, complete_checksums: bool) {
     let pod6: IpAddr = POD_V6.parse().unwrap();
     let lb = topology.lb();
     lb.add_service(
-        service_key(SERVICE_V4.into(), 80, PROTO_TCP),
+        ServiceKey::new(SERVICE_V4.into(), 80, PROTO_TCP),
         1,
         &[(1, POD_V4.into(), 8080)],
     );
     lb.add_service(
-        service_key(SERVICE_V4.into(), 53, PROTO_UDP),
+        ServiceKey::new(SERVICE_V4.into(), 53, PROTO_UDP),
         2,
         &[(2, POD_V4.into(), 5353)],
     );
     lb.add_service(
-        service_key(service6.into(), 80, PROTO_TCP),
+        ServiceKey::new(service6.into(), 80, PROTO_TCP),
         3,
         &[(3, pod6, 8080)],
     );
     lb.add_service(
-        service_key(service6.into(), 53, PROTO_UDP),
+        ServiceKey::new(service6.into(), 53, PROTO_UDP),
         4,
         &[(4, pod6, 5353)],
     );

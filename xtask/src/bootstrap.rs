@@ -21,6 +21,10 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     // tests/tests/deploy_manifests.rs verifies deploy/systemd/l3lb.service with it.
     ("systemd", "systemd-analyze"),
+    // tests/tests/fastpath_e2e.rs loads kube-proxy-style rules and reads the node's conntrack
+    // table, which steered flows must never reach.
+    ("iptables", "iptables-restore"),
+    ("conntrack", "conntrack"),
 ];
 
 /// What `cargo xtask lab` runs: FRR (bgpd and zebra, in /usr/lib/frr) on the router and the nodes,

@@ -17,7 +17,10 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter},
 };
 
-use super::tables::{ip_of, vip_of};
+use super::{
+    plan::Delivery,
+    tables::{delivery_of, vip_of},
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("reading pinned map {path}: {source}")]
@@ -31,6 +34,9 @@ pub struct Error {
 pub struct Report {
     pub services: Vec<ServiceRow>,
     pub reasons: BTreeMap<String, Counter>,
+    /// Interface indexes of the pods' host-side interfaces that carry the reply program
+    /// (its pinned links).
+    pub reply_program_on: Vec<u32>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -51,6 +57,9 @@ pub struct BackendRow {
     /// Share of the table (new flows), in percent.
     pub share: f64,
     pub terminating: bool,
+    /// How packets reach it: `peer:IFINDEX` (into the pod's namespace), `neigh:IFINDEX` (out of
+    /// that host interface) or `stack` (the kernel's routing).
+    pub delivery: String,
 }
 
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -162,23 +171,34 @@ pub fn read(pin_root: &Path) -> Result<Report, Error> {
             .unwrap_or_default();
         by_reason.insert(reason.label().to_owned(), counter);
     }
+    let mut reply_program_on: Vec<u32> = std::fs::read_dir(pin_root.join("links").join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    reply_program_on.sort_unstable();
     Ok(Report {
         services: rows,
         reasons: by_reason,
+        reply_program_on,
     })
 }
 
 fn backend_row(backend: &Backend, share: f64) -> BackendRow {
-    let port = u16::from_be(backend.port_be);
-    let address = match ip_of(backend.addr, backend.family) {
-        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
-        Some(ip) => format!("{ip}:{port}"),
-        None => "?".into(),
+    let address = backend
+        .socket_addr()
+        .map_or_else(|| "?".into(), |addr| addr.to_string());
+    let delivery = match delivery_of(backend) {
+        Delivery::Peer { ifindex } => format!("peer:{ifindex}"),
+        Delivery::Neigh { ifindex } => format!("neigh:{ifindex}"),
+        Delivery::Stack => "stack".to_owned(),
     };
     BackendRow {
         address,
         share,
         terminating: backend.flags & BACKEND_TERMINATING != 0,
+        delivery,
     }
 }
 
@@ -198,7 +218,7 @@ pub fn render(report: &Report) -> String {
                 if b.terminating {
                     format!("{} (terminating)", b.address)
                 } else {
-                    format!("{} {:.1}%", b.address, b.share)
+                    format!("{} {:.1}% via {}", b.address, b.share, b.delivery)
                 }
             })
             .collect();
@@ -220,6 +240,18 @@ pub fn render(report: &Report) -> String {
             } else {
                 backends.join(", ")
             }
+        );
+    }
+    if !report.reply_program_on.is_empty() {
+        let interfaces: Vec<String> = report
+            .reply_program_on
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nreply program on pod interfaces (ifindex): {}",
+            interfaces.join(", ")
         );
     }
     let _ = writeln!(out, "\n{:<20} {:>12} {:>14}", "REASON", "PACKETS", "BYTES");

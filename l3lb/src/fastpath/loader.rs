@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::MapInfo,
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -18,12 +18,12 @@ use aya::{
     },
 };
 use l3lb_common::{
-    Backend, Flow, FlowKey, PacketCounter, ReplyNat, ServiceEntry, ServiceKey, map_names,
+    Backend, Flow, FlowKey, PacketCounter, Reason, ReplyNat, ServiceEntry, ServiceKey, map_names,
     program_names,
 };
 use tracing::{info, warn};
 
-use super::tables;
+use super::{pods, tables};
 
 /// bpffs's magic number in `statfs.f_type`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -62,6 +62,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Tables(#[from] tables::Error),
+    #[error(transparent)]
+    Pods(#[from] pods::Error),
 }
 
 impl Error {
@@ -71,18 +73,21 @@ impl Error {
             Error::Load { .. } | Error::Program { .. } => "fastpath_load",
             Error::Attach { .. } => "fastpath_attach",
             Error::Tables(err) => err.metric_label(),
+            Error::Pods(err) => err.metric_label(),
         }
     }
 }
 
-/// How to attach XDP.
+/// Where the forward path runs on an uplink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
-    /// Native, falling back to generic (with a warning naming the interface).
+    /// TC ingress: rewrite, then straight into the pod (`bpf_redirect_peer`), skipping the
+    /// host's routing, netfilter and conntrack. Why not XDP: see the eBPF crate's tc_ingress.rs.
     Auto,
-    /// Native (driver) only.
+    /// Native (driver) XDP: rewrite before a socket buffer exists, then the kernel's routing
+    /// (and netfilter) to the pod.
     Native,
-    /// Generic (skb) only.
+    /// Generic (skb) XDP, as `native` otherwise: for testing.
     Generic,
 }
 
@@ -96,10 +101,11 @@ pub struct LoadConfig {
 }
 
 /// What the loaded fast path holds on to: the object (its programs are attached through pinned
-/// links) and the maps as [`tables::Tables`].
+/// links), the maps as [`tables::Tables`], and the reply program's links on pod interfaces.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub tables: tables::Tables,
+    pub pods: pods::PodLinks,
 }
 
 /// Mounts bpffs at `/sys/fs/bpf` when nothing is mounted there (fresh hosts, test machines).
@@ -161,9 +167,8 @@ fn expected_shape(name: &str, maglev_entries: u32) -> Option<(u32, u32, Option<u
             size(size_of::<ReplyNat>()),
             None,
         ),
-        map_names::SERVICE_STATS | map_names::REASONS => {
-            (4, size(size_of::<PacketCounter>()), None)
-        }
+        map_names::SERVICE_STATS => (4, size(size_of::<PacketCounter>()), None),
+        map_names::REASONS => (4, size(size_of::<PacketCounter>()), Some(Reason::COUNT)),
         _ => return None,
     })
 }
@@ -201,8 +206,7 @@ pub fn load(config: &LoadConfig) -> Result<Loaded, Error> {
     let maglev_entries = tables::maglev_entries(config.table_size, config.max_services);
     discard_incompatible_pins(&config.pin_root, maglev_entries);
 
-    let mut loader = EbpfLoader::new();
-    loader.map_max_entries(map_names::MAGLEV, maglev_entries);
+    let mut loader = crate::ebpf::loader(maglev_entries);
     let pins: Vec<(&'static str, PathBuf)> = map_names::ALL
         .iter()
         .map(|name| (*name, config.pin_root.join(name)))
@@ -220,14 +224,49 @@ pub fn load(config: &LoadConfig) -> Result<Loaded, Error> {
     let links = config.pin_root.join("links");
     let wanted: BTreeSet<String> = config.interfaces.iter().cloned().collect();
     remove_links_except(&links, &wanted);
-    attach_xdp(&mut ebpf, &links, config)?;
-    attach_tc(&mut ebpf, &links, config)?;
+    for name in [
+        program_names::TC_INGRESS,
+        program_names::TC_EGRESS,
+        program_names::TC_POD,
+    ] {
+        let program: &mut SchedClassifier = program(&mut ebpf, name)?;
+        program.load().map_err(|source| Error::Program {
+            program: name,
+            source,
+        })?;
+    }
+    for interface in &config.interfaces {
+        let ingress = links.join(format!("tcin-{interface}"));
+        if config.mode == AttachMode::Auto {
+            unpin_link(&links.join(format!("xdp-{interface}")));
+            attach_tc(
+                &mut ebpf,
+                &links,
+                interface,
+                program_names::TC_INGRESS,
+                TcAttachType::Ingress,
+            )?;
+        } else {
+            // One forward path per interface: XDP's rewritten packets are no service packets
+            // any more, and TC ingress would only count them again.
+            unpin_link(&ingress);
+            attach_xdp(&mut ebpf, &links, interface, config.mode)?;
+        }
+        attach_tc(
+            &mut ebpf,
+            &links,
+            interface,
+            program_names::TC_EGRESS,
+            TcAttachType::Egress,
+        )?;
+    }
 
     let tables = tables::Tables::adopt(&mut ebpf, config.table_size, config.max_services)?;
-    Ok(Loaded { ebpf, tables })
+    let pods = pods::PodLinks::adopt(&mut ebpf, &links);
+    Ok(Loaded { ebpf, tables, pods })
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -241,92 +280,87 @@ where
     })
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, links: &Path, config: &LoadConfig) -> Result<(), Error> {
+/// Attaches XDP to `interface` in `mode` (native or generic), or swaps it into the link an
+/// earlier run pinned there.
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    links: &Path,
+    interface: &str,
+    mode: AttachMode,
+) -> Result<(), Error> {
     let name = program_names::XDP_INGRESS;
     let xdp: &mut Xdp = program(ebpf, name)?;
-    xdp.load().map_err(|source| Error::Program {
-        program: name,
-        source,
-    })?;
-    for interface in &config.interfaces {
-        let pin = links.join(format!("xdp-{interface}"));
-        let attach_error = |detail: String| Error::Attach {
+    if xdp.fd().is_err() {
+        xdp.load().map_err(|source| Error::Program {
             program: name,
-            interface: interface.clone(),
-            detail,
-        };
-        if let Some(link) = pinned::<XdpLink>(&pin) {
-            // Swap the new program into the existing link: no packet goes unprocessed.
-            let id = xdp
-                .attach_to_link(link)
-                .map_err(|e| attach_error(e.to_string()))?;
-            let link = xdp.take_link(id).map_err(|e| attach_error(e.to_string()))?;
-            drop(link); // the pin keeps it
-            info!(interface, "fast path (XDP) updated in place");
-            continue;
-        }
-        let modes: &[XdpMode] = match config.mode {
-            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
-            AttachMode::Native => &[XdpMode::Driver],
-            AttachMode::Generic => &[XdpMode::Skb],
-        };
-        let mut last_error = String::new();
-        let mut attached = None;
-        for (i, mode) in modes.iter().enumerate() {
-            match xdp.attach(interface, *mode) {
-                Ok(id) => {
-                    if i > 0 {
-                        warn!(
-                            interface,
-                            "native XDP is not available here ({last_error}); using generic XDP"
-                        );
-                    }
-                    attached = Some((id, *mode));
-                    break;
-                }
-                Err(err) => last_error = err.to_string(),
-            }
-        }
-        let Some((id, mode)) = attached else {
-            return Err(attach_error(last_error));
-        };
-        let link = xdp.take_link(id).map_err(|e| attach_error(e.to_string()))?;
-        pin_link(FdLink::try_from(link).ok(), &pin, interface);
-        info!(interface, ?mode, "fast path (XDP) attached");
+            source,
+        })?;
     }
+    let pin = links.join(format!("xdp-{interface}"));
+    let attach_error = |detail: String| Error::Attach {
+        program: name,
+        interface: interface.to_owned(),
+        detail,
+    };
+    if let Some(link) = pinned::<XdpLink>(&pin) {
+        // Swap the new program into the existing link: no packet goes unprocessed.
+        let id = xdp
+            .attach_to_link(link)
+            .map_err(|e| attach_error(e.to_string()))?;
+        let link = xdp.take_link(id).map_err(|e| attach_error(e.to_string()))?;
+        drop(link); // the pin keeps it
+        info!(interface, "fast path (XDP) updated in place");
+        return Ok(());
+    }
+    let xdp_mode = if mode == AttachMode::Generic {
+        XdpMode::Skb
+    } else {
+        XdpMode::Driver
+    };
+    let id = xdp
+        .attach(interface, xdp_mode)
+        .map_err(|e| attach_error(e.to_string()))?;
+    let link = xdp.take_link(id).map_err(|e| attach_error(e.to_string()))?;
+    pin_link(FdLink::try_from(link).ok(), &pin, interface);
+    info!(interface, ?xdp_mode, "fast path (XDP) attached");
     Ok(())
 }
 
-fn attach_tc(ebpf: &mut Ebpf, links: &Path, config: &LoadConfig) -> Result<(), Error> {
-    let name = program_names::TC_EGRESS;
+/// Attaches the TC program `name` (loaded) at `direction` of `interface`, or swaps it into the
+/// link an earlier run pinned there.
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    links: &Path,
+    interface: &str,
+    name: &'static str,
+    direction: TcAttachType,
+) -> Result<(), Error> {
     let tc: &mut SchedClassifier = program(ebpf, name)?;
-    tc.load().map_err(|source| Error::Program {
+    let hook = match direction {
+        TcAttachType::Ingress => "tcin",
+        _ => "tc",
+    };
+    let pin = links.join(format!("{hook}-{interface}"));
+    let attach_error = |detail: String| Error::Attach {
         program: name,
-        source,
-    })?;
-    for interface in &config.interfaces {
-        let pin = links.join(format!("tc-{interface}"));
-        let attach_error = |detail: String| Error::Attach {
-            program: name,
-            interface: interface.clone(),
-            detail,
-        };
-        if let Some(link) = pinned::<SchedClassifierLink>(&pin) {
-            let id = tc
-                .attach_to_link(link)
-                .map_err(|e| attach_error(e.to_string()))?;
-            drop(tc.take_link(id).map_err(|e| attach_error(e.to_string()))?);
-            continue;
-        }
-        // Kernels before 6.6 attach through a clsact qdisc, which needs to exist.
-        let _ = aya::programs::tc::qdisc_add_clsact(interface);
+        interface: interface.to_owned(),
+        detail,
+    };
+    if let Some(link) = pinned::<SchedClassifierLink>(&pin) {
         let id = tc
-            .attach(interface, TcAttachType::Egress)
+            .attach_to_link(link)
             .map_err(|e| attach_error(e.to_string()))?;
-        let link = tc.take_link(id).map_err(|e| attach_error(e.to_string()))?;
-        pin_link(FdLink::try_from(link).ok(), &pin, interface);
-        info!(interface, "fast path (TC egress) attached");
+        drop(tc.take_link(id).map_err(|e| attach_error(e.to_string()))?);
+        return Ok(());
     }
+    // Kernels before 6.6 attach through a clsact qdisc, which needs to exist.
+    let _ = aya::programs::tc::qdisc_add_clsact(interface);
+    let id = tc
+        .attach(interface, direction)
+        .map_err(|e| attach_error(e.to_string()))?;
+    let link = tc.take_link(id).map_err(|e| attach_error(e.to_string()))?;
+    pin_link(FdLink::try_from(link).ok(), &pin, interface);
+    info!(interface, program = name, "fast path (TC) attached");
     Ok(())
 }
 
@@ -362,12 +396,16 @@ fn pin_link(link: Option<FdLink>, path: &Path, interface: &str) {
     }
 }
 
-/// Detaches links pinned for interfaces that are no longer configured.
+/// Detaches links pinned for interfaces that are no longer configured (the pod interfaces'
+/// links, in their own directory, are left to [`pods::PodLinks`]).
 fn remove_links_except(links: &Path, wanted: &BTreeSet<String>) {
     let Ok(entries) = std::fs::read_dir(links) else {
         return;
     };
     for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
         let name = entry.file_name().to_string_lossy().into_owned();
         let interface = name
             .split_once('-')
@@ -383,7 +421,7 @@ fn remove_links_except(links: &Path, wanted: &BTreeSet<String>) {
     }
 }
 
-fn unpin_link(path: &Path) {
+pub(super) fn unpin_link(path: &Path) {
     if let Ok(link) = PinnedLink::from_pin(path) {
         // Unpinned and with the last descriptor closed, the kernel detaches the link.
         let _ = link.unpin();
@@ -398,14 +436,17 @@ pub fn remove(pin_root: &Path) -> bool {
     if !pin_root.exists() {
         return false;
     }
-    if let Ok(entries) = std::fs::read_dir(pin_root.join("links")) {
-        for entry in entries.flatten() {
-            unpin_link(&entry.path());
+    for dir in [pin_root.join("links").join("pods"), pin_root.join("links")] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                unpin_link(&entry.path());
+            }
         }
     }
     for name in map_names::ALL {
         let _ = std::fs::remove_file(pin_root.join(name));
     }
+    let _ = std::fs::remove_dir(pin_root.join("links").join("pods"));
     let _ = std::fs::remove_dir(pin_root.join("links"));
     let _ = std::fs::remove_dir(pin_root);
     true

@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod loader;
 pub mod maglev;
 pub mod plan;
+pub mod pods;
 pub mod tables;
 
 use std::{
@@ -30,9 +31,68 @@ pub const DEFAULT_MAX_SERVICES: u32 = 2048;
 pub struct FastPath {
     loaded: loader::Loaded,
     pin_root: PathBuf,
-    /// Which Service put each address/port/protocol in; the first claimant keeps it.
-    owners: BTreeMap<Vip, ServiceKey>,
+    owners: Owners,
+    /// Resolves how each pod is reached directly; `None` in the XDP modes, where the kernel
+    /// routes the forward packets, so their replies must take the kernel's way back too (a
+    /// conntrack that saw one direction only would call the flow invalid).
+    resolver: Option<pods::Resolver>,
+    /// The uplinks: a pod is never reached through one of them.
+    uplinks: BTreeSet<String>,
+}
+
+/// Which Service steers each address/port/protocol. Two Services may claim the same one (an IP
+/// shared by Services with the same port); the first claimant keeps it until it lets go, and
+/// the other is told once.
+#[derive(Debug, Default)]
+pub struct Owners {
+    owner: BTreeMap<Vip, ServiceKey>,
     vips_of: HashMap<ServiceKey, BTreeSet<Vip>>,
+}
+
+/// What one Service's new plan means for the kernel's entries.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// Entries this Service owns and must install (or update).
+    pub install: Vec<Vip>,
+    /// Entries this Service owned and no longer plans: to be removed.
+    pub release: Vec<Vip>,
+    /// Entries it plans that another Service owns, newly seen (to say so once).
+    pub refused: Vec<(Vip, ServiceKey)>,
+}
+
+impl Owners {
+    /// Records `key`'s planned entries and says what to install, remove and refuse.
+    pub fn claim(&mut self, key: &ServiceKey, planned: &BTreeSet<Vip>) -> Claims {
+        let mut claims = Claims::default();
+        let before = self.vips_of.remove(key).unwrap_or_default();
+        for vip in before.iter().filter(|vip| !planned.contains(vip)) {
+            if self.owner.get(vip) == Some(key) {
+                self.owner.remove(vip);
+                claims.release.push(*vip);
+            }
+        }
+        for vip in planned {
+            match self.owner.get(vip) {
+                Some(owner) if owner != key => {
+                    if !before.contains(vip) {
+                        claims.refused.push((*vip, owner.clone()));
+                    }
+                }
+                _ => {
+                    self.owner.insert(*vip, key.clone());
+                    claims.install.push(*vip);
+                }
+            }
+        }
+        if !planned.is_empty() {
+            self.vips_of.insert(key.clone(), planned.clone());
+        }
+        claims
+    }
+
+    pub fn is_owned(&self, vip: &Vip) -> bool {
+        self.owner.contains_key(vip)
+    }
 }
 
 impl FastPath {
@@ -47,29 +107,34 @@ impl FastPath {
         Ok(FastPath {
             loaded,
             pin_root: config.pin_root.clone(),
-            owners: BTreeMap::new(),
-            vips_of: HashMap::new(),
+            owners: Owners::default(),
+            resolver: match config.mode {
+                loader::AttachMode::Auto => Some(pods::Resolver::new()?),
+                loader::AttachMode::Native | loader::AttachMode::Generic => None,
+            },
+            uplinks: config.interfaces.iter().cloned().collect(),
         })
     }
 
     /// The first complete sync: every Service, then whatever an earlier run left that no
     /// Service wants any more is removed.
-    pub fn sync_all(&mut self, state: &DesiredState) -> Vec<tables::Error> {
+    pub fn sync_all(&mut self, state: &DesiredState) -> Vec<loader::Error> {
         let keys: Vec<ServiceKey> = state.services().map(|s| s.key.clone()).collect();
         let mut errors = self.sync_services(state, keys.iter());
         let stale: Vec<Vip> = self
             .loaded
             .tables
             .vips()
-            .filter(|vip| !self.owners.contains_key(vip))
+            .filter(|vip| !self.owners.is_owned(vip))
             .copied()
             .collect();
         for vip in stale {
             if let Err(err) = self.loaded.tables.remove(&vip) {
-                errors.push(err);
+                errors.push(err.into());
             }
         }
         self.loaded.tables.sweep();
+        errors.extend(self.sync_pod_links());
         errors
     }
 
@@ -78,41 +143,56 @@ impl FastPath {
         &mut self,
         state: &DesiredState,
         services: impl IntoIterator<Item = &'a ServiceKey>,
-    ) -> Vec<tables::Error> {
+    ) -> Vec<loader::Error> {
         let mut errors = Vec::new();
+        // One route look-up per pod per sync, however many ports and Services share it.
+        let mut resolved: HashMap<std::net::IpAddr, plan::Delivery> = HashMap::new();
         for key in services {
-            let planned = plan::plan_service(state, key);
-            let before = self.vips_of.remove(key).unwrap_or_default();
-            for vip in before.iter().filter(|vip| !planned.contains_key(vip)) {
-                if self.owners.get(vip) == Some(key) {
-                    self.owners.remove(vip);
-                    if let Err(err) = self.loaded.tables.remove(vip) {
-                        errors.push(err);
-                    }
+            let mut planned = plan::plan_service(state, key);
+            let vips: BTreeSet<Vip> = planned.keys().copied().collect();
+            let claims = self.owners.claim(key, &vips);
+            for vip in &claims.release {
+                if let Err(err) = self.loaded.tables.remove(vip) {
+                    errors.push(err.into());
                 }
             }
-            let mut mine = BTreeSet::new();
-            for (vip, targets) in planned {
-                match self.owners.get(&vip) {
-                    Some(owner) if owner != key => {
-                        if !before.contains(&vip) {
-                            warn!(service = %key, "{vip} is already steered for {owner}; not for this Service too");
-                        }
-                    }
-                    _ => {
-                        self.owners.insert(vip, key.clone());
-                        if let Err(err) = self.loaded.tables.set(vip, &targets) {
-                            errors.push(err);
-                        }
+            for (vip, owner) in &claims.refused {
+                warn!(service = %key, "{vip} is already steered for {owner}; not for this Service too");
+            }
+            for vip in claims.install {
+                let Some(mut targets) = planned.remove(&vip) else {
+                    continue;
+                };
+                if let Some(resolver) = self.resolver.as_mut() {
+                    for target in &mut targets {
+                        target.delivery = *resolved.entry(target.ip).or_insert_with(|| {
+                            resolver
+                                .delivery(target.ip, &self.uplinks)
+                                .unwrap_or_else(|err| {
+                                    warn!(pod = %target.ip, "{err}; its packets take the kernel's routing");
+                                    plan::Delivery::Stack
+                                })
+                        });
                     }
                 }
-                mine.insert(vip);
-            }
-            if !mine.is_empty() {
-                self.vips_of.insert(key.clone(), mine);
+                if let Err(err) = self.loaded.tables.set(vip, &targets) {
+                    errors.push(err.into());
+                }
             }
         }
+        errors.extend(self.sync_pod_links());
         errors
+    }
+
+    /// The reply program follows the interfaces the backends are delivered through.
+    fn sync_pod_links(&mut self) -> Vec<loader::Error> {
+        let wanted = self.loaded.tables.delivery_interfaces();
+        self.loaded
+            .pods
+            .sync(&mut self.loaded.ebpf, &wanted)
+            .into_iter()
+            .map(loader::Error::from)
+            .collect()
     }
 
     /// Detaches the programs and removes the pinned maps (a clean exit without
@@ -121,5 +201,66 @@ impl FastPath {
         let pin_root = self.pin_root.clone();
         drop(self);
         loader::remove(&pin_root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use l3lb_common::PROTO_TCP;
+
+    fn vip(last: u8) -> Vip {
+        Vip {
+            ip: std::net::IpAddr::from([10, 0, 100, last]),
+            port: 80,
+            proto: PROTO_TCP,
+        }
+    }
+
+    fn set(vips: &[Vip]) -> BTreeSet<Vip> {
+        vips.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_first_claimant_keeps_a_shared_entry_until_it_lets_go() {
+        let mut owners = Owners::default();
+        let (a, b) = (ServiceKey::new("ns", "a"), ServiceKey::new("ns", "b"));
+        let first = owners.claim(&a, &set(&[vip(1), vip(2)]));
+        assert_eq!(first.install, [vip(1), vip(2)]);
+        assert!(first.release.is_empty() && first.refused.is_empty());
+
+        let second = owners.claim(&b, &set(&[vip(2), vip(3)]));
+        assert_eq!(second.install, [vip(3)], "b gets only what nobody owns");
+        assert_eq!(second.refused, [(vip(2), a.clone())]);
+
+        let again = owners.claim(&b, &set(&[vip(2), vip(3)]));
+        assert!(
+            again.refused.is_empty(),
+            "a refusal is reported once, not on every sync"
+        );
+        assert_eq!(again.install, [vip(3)]);
+
+        // a lets go of 10.0.100.2: released for a, and b takes it on its next sync.
+        let released = owners.claim(&a, &set(&[vip(1)]));
+        assert_eq!(released.release, [vip(2)]);
+        assert!(!owners.is_owned(&vip(2)));
+        let taken = owners.claim(&b, &set(&[vip(2), vip(3)]));
+        assert_eq!(taken.install, [vip(2), vip(3)]);
+        assert!(owners.is_owned(&vip(2)));
+    }
+
+    #[test]
+    fn a_service_that_plans_nothing_releases_only_what_it_owns() {
+        let mut owners = Owners::default();
+        let (a, b) = (ServiceKey::new("ns", "a"), ServiceKey::new("ns", "b"));
+        owners.claim(&a, &set(&[vip(1)]));
+        owners.claim(&b, &set(&[vip(1), vip(2)]));
+        let gone = owners.claim(&b, &BTreeSet::new());
+        assert_eq!(gone.release, [vip(2)], "10.0.100.1 stays a's");
+        assert!(owners.is_owned(&vip(1)));
+        assert!(!owners.is_owned(&vip(2)));
+        let gone = owners.claim(&a, &BTreeSet::new());
+        assert_eq!(gone.release, [vip(1)]);
+        assert!(!owners.is_owned(&vip(1)));
     }
 }

@@ -31,6 +31,31 @@ impl fmt::Display for Vip {
     }
 }
 
+/// How service packets reach a local pod. The plan leaves every target to the kernel's
+/// routing; the fast path resolves the real way from the host's routes and links
+/// (`pods::Resolver`), which is I/O and so not part of this pure plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Delivery {
+    /// Rewritten and handed to the kernel, which routes it to the pod.
+    #[default]
+    Stack,
+    /// Straight into the pod's namespace through the peer of this host-side veth/netkit.
+    Peer { ifindex: u32 },
+    /// Out of this host interface (a bridge, a device without a peer), the kernel resolving
+    /// the pod's MAC.
+    Neigh { ifindex: u32 },
+}
+
+impl Delivery {
+    /// The host interface the packets leave through, when not the kernel's routing.
+    pub fn ifindex(self) -> Option<u32> {
+        match self {
+            Delivery::Stack => None,
+            Delivery::Peer { ifindex } | Delivery::Neigh { ifindex } => Some(ifindex),
+        }
+    }
+}
+
 /// A local pod endpoint for one service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Target {
@@ -38,6 +63,7 @@ pub struct Target {
     pub port: u16,
     /// Keeps its established flows, gets no new ones.
     pub terminating: bool,
+    pub delivery: Delivery,
 }
 
 impl Target {
@@ -98,6 +124,7 @@ pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec
                                     ip: address,
                                     port: target_port?,
                                     terminating: !endpoint.ready,
+                                    delivery: Delivery::Stack,
                                 })
                             })
                         })
@@ -237,12 +264,14 @@ mod tests {
                 Target {
                     ip: "10.244.1.5".parse().unwrap(),
                     port: 8080,
-                    terminating: true
+                    terminating: true,
+                    delivery: Delivery::Stack,
                 },
                 Target {
                     ip: "10.244.1.6".parse().unwrap(),
                     port: 8080,
-                    terminating: false
+                    terminating: false,
+                    delivery: Delivery::Stack,
                 },
             ]
         );
@@ -256,7 +285,8 @@ mod tests {
             &[Target {
                 ip: "fd00::5".parse().unwrap(),
                 port: 5353,
-                terminating: false
+                terminating: false,
+                delivery: Delivery::Stack,
             }]
         );
     }
@@ -284,7 +314,8 @@ mod tests {
             &[Target {
                 ip: "10.244.1.5".parse().unwrap(),
                 port: 8080,
-                terminating: true
+                terminating: true,
+                delivery: Delivery::Stack,
             }]
         );
     }

@@ -15,14 +15,14 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use l3lb_common::{
-    BACKEND_TERMINATING, Backend, FAMILY_IPV4, FAMILY_IPV6, PacketCounter, ServiceEntry,
-    ServiceKey, capacity, map_names,
+    BACKEND_REDIRECT_NEIGH, BACKEND_REDIRECT_PEER, BACKEND_TERMINATING, Backend, PacketCounter,
+    ServiceEntry, ServiceKey, addr, capacity, map_names,
 };
 use tracing::{debug, warn};
 
 use super::{
     maglev,
-    plan::{Target, Vip},
+    plan::{Delivery, Target, Vip},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,7 @@ struct Slot {
     id: u32,
     refs: u32,
     terminating: bool,
+    delivery: Delivery,
 }
 
 pub struct Tables {
@@ -95,46 +96,36 @@ where
     T::try_from(map).map_err(|source| Error::Map { map: name, source })
 }
 
+/// How a backend slot written by [`Tables::set`] says its pod is reached.
+pub fn delivery_of(backend: &Backend) -> Delivery {
+    if backend.flags & BACKEND_REDIRECT_PEER != 0 {
+        Delivery::Peer {
+            ifindex: backend.ifindex,
+        }
+    } else if backend.flags & BACKEND_REDIRECT_NEIGH != 0 {
+        Delivery::Neigh {
+            ifindex: backend.ifindex,
+        }
+    } else {
+        Delivery::Stack
+    }
+}
+
 /// The number of `L3LB_MAGLEV` entries for this configuration.
 pub fn maglev_entries(table_size: u32, max_services: u32) -> u32 {
     2 * table_size * max_services
 }
 
 pub fn service_key(vip: &Vip) -> ServiceKey {
-    let (addr, family) = address(vip.ip);
-    ServiceKey {
-        addr,
-        port_be: vip.port.to_be(),
-        proto: vip.proto,
-        family,
-    }
+    ServiceKey::new(vip.ip, vip.port, vip.proto)
 }
 
 pub fn vip_of(key: &ServiceKey) -> Option<Vip> {
     Some(Vip {
-        ip: ip_of(key.addr, key.family)?,
-        port: u16::from_be(key.port_be),
+        ip: key.ip()?,
+        port: key.port(),
         proto: key.proto,
     })
-}
-
-pub fn address(ip: IpAddr) -> ([u8; 16], u8) {
-    let mut addr = [0u8; 16];
-    match ip {
-        IpAddr::V4(v4) => {
-            addr[..4].copy_from_slice(&v4.octets());
-            (addr, FAMILY_IPV4)
-        }
-        IpAddr::V6(v6) => (v6.octets(), FAMILY_IPV6),
-    }
-}
-
-pub fn ip_of(addr: [u8; 16], family: u8) -> Option<IpAddr> {
-    match family {
-        FAMILY_IPV4 => Some(IpAddr::from([addr[0], addr[1], addr[2], addr[3]])),
-        FAMILY_IPV6 => Some(IpAddr::from(addr)),
-        _ => None,
-    }
 }
 
 impl Tables {
@@ -159,21 +150,27 @@ impl Tables {
 
     fn read_back(&mut self) -> Result<(), Error> {
         let map_error = |map| move |source| Error::Map { map, source };
-        let mut by_id: HashMap<u32, (IpAddr, u16, bool)> = HashMap::new();
+        let mut by_id: HashMap<u32, Target> = HashMap::new();
         for (id, backend) in self.backends.iter().enumerate() {
             let backend = backend.map_err(map_error(map_names::BACKENDS))?;
             let id = id as u32;
-            match ip_of(backend.addr, backend.family).filter(|_| backend.in_use != 0) {
+            match addr::from_bytes(&backend.addr, backend.family).filter(|_| backend.in_use != 0) {
                 Some(ip) => {
                     let port = u16::from_be(backend.port_be);
-                    let terminating = backend.flags & BACKEND_TERMINATING != 0;
-                    by_id.insert(id, (ip, port, terminating));
+                    let target = Target {
+                        ip,
+                        port,
+                        terminating: backend.flags & BACKEND_TERMINATING != 0,
+                        delivery: delivery_of(&backend),
+                    };
+                    by_id.insert(id, target);
                     self.slots.insert(
                         (ip, port),
                         Slot {
                             id,
                             refs: 0,
-                            terminating,
+                            terminating: target.terminating,
+                            delivery: target.delivery,
                         },
                     );
                 }
@@ -212,15 +209,8 @@ impl Tables {
                     .map_err(map_error(map_names::MAGLEV))?;
                 ids.insert(backend);
             }
-            let mut targets: Vec<Target> = ids
-                .iter()
-                .filter_map(|id| by_id.get(id))
-                .map(|&(ip, port, terminating)| Target {
-                    ip,
-                    port,
-                    terminating,
-                })
-                .collect();
+            let mut targets: Vec<Target> =
+                ids.iter().filter_map(|id| by_id.get(id).copied()).collect();
             targets.sort();
             for target in &targets {
                 if let Some(slot) = self.slots.get_mut(&(target.ip, target.port)) {
@@ -246,6 +236,16 @@ impl Tables {
             "adopted fast-path state"
         );
         Ok(())
+    }
+
+    /// The host interfaces that backends are delivered through directly: where the reply
+    /// program must run.
+    pub fn delivery_interfaces(&self) -> BTreeSet<u32> {
+        self.slots
+            .values()
+            .filter(|slot| slot.refs > 0)
+            .filter_map(|slot| slot.delivery.ifindex())
+            .collect()
     }
 
     /// The service addresses currently installed.
@@ -376,8 +376,9 @@ impl Tables {
         let key = (target.ip, target.port);
         if let Some(slot) = self.slots.get_mut(&key) {
             slot.refs += 1;
-            if slot.terminating != target.terminating {
+            if slot.terminating != target.terminating || slot.delivery != target.delivery {
                 slot.terminating = target.terminating;
+                slot.delivery = target.delivery;
                 let id = slot.id;
                 self.write_slot(vip, id, target)?;
             }
@@ -394,23 +395,26 @@ impl Tables {
                 id,
                 refs: 1,
                 terminating: target.terminating,
+                delivery: target.delivery,
             },
         );
         Ok(id)
     }
 
     fn write_slot(&mut self, vip: Vip, id: u32, target: &Target) -> Result<(), Error> {
-        let (addr, family) = address(target.ip);
+        let (delivery, ifindex) = match target.delivery {
+            Delivery::Stack => (0, 0),
+            Delivery::Peer { ifindex } => (BACKEND_REDIRECT_PEER, ifindex),
+            Delivery::Neigh { ifindex } => (BACKEND_REDIRECT_NEIGH, ifindex),
+        };
+        let terminating = if target.terminating {
+            BACKEND_TERMINATING
+        } else {
+            0
+        };
         let backend = Backend {
-            addr,
-            port_be: target.port.to_be(),
-            family,
-            in_use: 1,
-            flags: if target.terminating {
-                BACKEND_TERMINATING
-            } else {
-                0
-            },
+            ifindex,
+            ..Backend::new(target.ip, target.port, delivery | terminating)
         };
         self.backends
             .set(id, backend, 0)

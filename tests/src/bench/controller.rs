@@ -23,13 +23,16 @@ use std::{
 
 use anyhow::{Result, bail};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{
-    Options, Scratch, check_interrupted, kubeproxy::lb_ip, l3lb_binary, netlink,
-    stats::Percentiles, sys,
+use super::{Options, check_interrupted, kubeproxy::lb_ip, netlink, stats::Percentiles, sys};
+use crate::{
+    daemon::{L3lb, l3lb_binary},
+    fake_api::FakeApiServer,
+    fixtures,
+    netns::NetNs,
+    progress,
 };
-use crate::{daemon::L3lb, fake_api::FakeApiServer, netns::NetNs, progress};
 
 const THIS_NODE: &str = "node-000";
 const ENDPOINTS_PER_SERVICE: usize = 5;
@@ -98,33 +101,33 @@ impl Cluster {
     }
 
     fn service(&self, i: usize) -> Value {
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": format!("svc-{i:05}"), "namespace": "default",
-                         "annotations": {"l3lb.io/loadBalancerIPs": lb_ip(i as u32).to_string()}},
-            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
-                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
-        })
+        fixtures::service(&format!("svc-{i:05}"))
+            .namespace("default")
+            .annotated_ips(&lb_ip(i as u32).to_string())
+            .load_balancer()
+            .external_traffic_policy("Local")
+            .port(fixtures::port("TCP", 80).named("http").target(8080))
+            .json()
     }
 
     fn slice(&self, i: usize) -> Value {
-        let endpoints: Vec<Value> = (0..ENDPOINTS_PER_SERVICE)
-            .map(|j| {
-                let ready = self.ready[i][j];
-                json!({"addresses": [Self::pod_ip(i, j).to_string()],
-                       "nodeName": format!("node-{:03}", self.node_of(i, j)),
-                       "conditions": {"ready": ready, "serving": ready, "terminating": false}})
-            })
-            .collect();
-        json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("svc-{i:05}-x7k2p"), "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": format!("svc-{i:05}"),
-                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
-        })
+        let service = format!("svc-{i:05}");
+        let mut slice = fixtures::slice(&format!("{service}-x7k2p"), &service, "IPv4")
+            .namespace("default")
+            .label(
+                "endpointslice.kubernetes.io/managed-by",
+                "endpointslice-controller.k8s.io",
+            )
+            .port(fixtures::port("TCP", 8080).named("http"));
+        for j in 0..ENDPOINTS_PER_SERVICE {
+            let ready = self.ready[i][j];
+            slice = slice.endpoint(
+                fixtures::endpoint([Self::pod_ip(i, j)])
+                    .node(&format!("node-{:03}", self.node_of(i, j)))
+                    .conditions(ready, ready, false),
+            );
+        }
+        slice.json()
     }
 
     /// (service, endpoint) pairs on this node.
@@ -166,9 +169,11 @@ fn scenario(
     let remote_pacing = Duration::from_millis(1);
     let runtime = tokio::runtime::Runtime::new()?;
     let _context = runtime.enter();
-    let scratch = Scratch::new("ctl")?;
+    let scratch = tempfile::Builder::new()
+        .prefix("l3lb-bench-ctl-")
+        .tempdir()?;
     let server = runtime.block_on(FakeApiServer::start());
-    let kubeconfig = scratch.0.join("kubeconfig");
+    let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig)?;
 
     let mut cluster = Cluster {
@@ -194,7 +199,7 @@ fn scenario(
     );
 
     let monitor = netlink::monitor(netns)?;
-    let mut command = Command::new(l3lb_binary()?);
+    let mut command = Command::new(l3lb_binary());
     command.args([
         "run",
         "--node-name",
@@ -226,7 +231,7 @@ fn scenario(
     }
     command.env("RUST_LOG", "warn");
     let started = Instant::now();
-    let mut daemon = L3lb::spawn(command, scratch.0.join("l3lb.log"));
+    let mut daemon = L3lb::spawn(command, scratch.path().join("l3lb.log"));
     let pid = daemon.pid();
 
     // Convergence: the set on lo, event by event.

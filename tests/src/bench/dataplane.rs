@@ -45,14 +45,14 @@ use l3lb_common::{ServiceEntry, ServiceKey, map_names};
 use serde::Serialize;
 
 use super::{
-    Options, PinDir, Scratch, check_interrupted,
+    Options, PinDir, check_interrupted,
     kubeproxy::{self, BenchService, PODS, SERVICE_PORT, TARGET_PORT},
-    l3lb_binary,
     stats::Summary,
     sys,
 };
 use crate::{
-    daemon::L3lb,
+    daemon::{L3lb, l3lb_binary},
+    fixtures,
     netns::{NetNs, sh},
     progress,
 };
@@ -444,7 +444,7 @@ fn topology(tag: &str) -> Result<Topology> {
 struct Installed {
     daemon: Option<L3lb>,
     _pins: Option<PinDir>,
-    _scratch: Scratch,
+    _scratch: tempfile::TempDir,
 }
 
 impl Drop for Installed {
@@ -479,9 +479,11 @@ fn install(mode: Mode, topo: &Topology, services: &[BenchService]) -> Result<(In
     let mut installed = Installed {
         daemon: None,
         _pins: None,
-        _scratch: Scratch::new(&format!("{}-{n}", mode.tag()))?,
+        _scratch: tempfile::Builder::new()
+            .prefix(&format!("l3lb-bench-{}-{n}-", mode.tag()))
+            .tempdir()?,
     };
-    let scratch = installed._scratch.0.clone();
+    let scratch = installed._scratch.path().to_owned();
     let mut seconds = 0.0;
     if mode == Mode::DirectXdp {
         let pins = PinDir::new(&format!("floor-{n}"));
@@ -525,7 +527,7 @@ fn start_l3lb(
     installed: &mut Installed,
 ) -> Result<f64> {
     let n = services.len();
-    let scratch = installed._scratch.0.clone();
+    let scratch = installed._scratch.path().to_owned();
     let manifests = scratch.join("manifests");
     std::fs::create_dir_all(&manifests)?;
     write_manifests(&manifests, services)?;
@@ -534,7 +536,7 @@ fn start_l3lb(
     let vips: usize = services.iter().map(|s| s.protocols.len()).sum();
     let mut command = topo
         .node
-        .command(l3lb_binary()?.to_str().context("binary path")?);
+        .command(l3lb_binary().to_str().context("binary path")?);
     command.args([
         "run",
         "--node-name",
@@ -595,47 +597,27 @@ fn steered(map: &Path) -> Result<usize> {
 
 /// The Services and their EndpointSlices as `--source file:` manifests (one file).
 fn write_manifests(dir: &Path, services: &[BenchService]) -> Result<()> {
-    let mut yaml = String::new();
+    let mut documents = Vec::new();
     for svc in services {
-        let ports: Vec<String> = svc
-            .protocols
-            .iter()
-            .map(|p| {
-                format!(
-                    "{{name: {p}, port: {SERVICE_PORT}, protocol: {}}}",
-                    p.to_uppercase()
-                )
-            })
-            .collect();
-        let target_ports: Vec<String> = svc
-            .protocols
-            .iter()
-            .map(|p| {
-                format!(
-                    "{{name: {p}, port: {TARGET_PORT}, protocol: {}}}",
-                    p.to_uppercase()
-                )
-            })
-            .collect();
-        let endpoints: Vec<String> = PODS
-            .iter()
-            .map(|pod| {
-                format!("{{addresses: [\"{pod}\"], nodeName: node-a, conditions: {{ready: true}}}}")
-            })
-            .collect();
-        yaml.push_str(&format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default, annotations: {{l3lb.io/loadBalancerIPs: \"{ip}\"}}}}\n\
-             spec: {{type: LoadBalancer, externalTrafficPolicy: Local, ports: [{ports}]}}\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-             addressType: IPv4\nendpoints: [{endpoints}]\nports: [{target_ports}]\n---\n",
-            name = svc.name,
-            ip = svc.lb_ip,
-            ports = ports.join(", "),
-            endpoints = endpoints.join(", "),
-            target_ports = target_ports.join(", "),
-        ));
+        let mut service = fixtures::service(&svc.name)
+            .namespace("default")
+            .annotated_ips(&svc.lb_ip.to_string())
+            .load_balancer()
+            .external_traffic_policy("Local");
+        let mut slice =
+            fixtures::slice(&format!("{}-1", svc.name), &svc.name, "IPv4").namespace("default");
+        for pod in PODS {
+            slice = slice.endpoint(fixtures::endpoint([pod]).node("node-a").ready(true));
+        }
+        for p in &svc.protocols {
+            let protocol = p.to_uppercase();
+            service = service.port(fixtures::port(&protocol, SERVICE_PORT).named(p));
+            slice = slice.port(fixtures::port(&protocol, TARGET_PORT).named(p));
+        }
+        documents.push(service.yaml());
+        documents.push(slice.yaml());
     }
+    let yaml = fixtures::documents(documents);
     let tmp = dir.join(".services.yaml.tmp");
     std::fs::write(&tmp, yaml)?;
     std::fs::rename(&tmp, dir.join("services.yaml"))?;

@@ -70,22 +70,6 @@ pub struct Options {
     pub part3: bool,
 }
 
-/// The `l3lb` binary next to this one (`target/<profile>/l3lb`), as `cargo build -p l3lb`
-/// leaves it.
-pub fn l3lb_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let binary = exe
-        .parent()
-        .map(|dir| dir.join("l3lb"))
-        .ok_or_else(|| anyhow::anyhow!("{} has no parent directory", exe.display()))?;
-    anyhow::ensure!(
-        binary.exists(),
-        "{} is missing: run `cargo build --release -p l3lb` first (cargo xtask bench does)",
-        binary.display()
-    );
-    Ok(binary)
-}
-
 /// A bpffs directory for one run's pins, removed (links first, then maps) when dropped.
 pub struct PinDir(pub PathBuf);
 
@@ -104,23 +88,5 @@ impl Drop for PinDir {
             l3lb::fastpath::loader::remove(&self.0);
             let _ = std::fs::remove_dir_all(&self.0);
         }
-    }
-}
-
-/// A scratch directory under the system temp dir, removed when dropped.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(tag: &str) -> anyhow::Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("l3lb-bench-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

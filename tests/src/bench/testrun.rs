@@ -26,7 +26,7 @@ use aya::programs::SchedClassifier;
 use l3lb::fastpath::{
     loader::{self, AttachMode, LoadConfig},
     maglev,
-    plan::{Target, Vip},
+    plan::{Delivery, Target, Vip},
 };
 use l3lb_common::{PROTO_TCP, PROTO_UDP, Reason, program_names};
 use serde::Serialize;
@@ -166,6 +166,7 @@ fn filler(i: u32) -> (Vip, [Target; 2]) {
         )),
         port: 8080,
         terminating: false,
+        delivery: Delivery::Stack,
     };
     (vip(ip, proto), [pod(0), pod(1)])
 }
@@ -236,6 +237,7 @@ pub fn run_part(options: &Options) -> Result<Part1> {
         ip: IpAddr::V4(SERVICE),
         port: PORT,
         terminating: false,
+        delivery: Delivery::Stack,
     };
     loaded.tables.set(vip(SERVICE, PROTO_UDP), &[own])?;
 

@@ -3,76 +3,75 @@
 //! `benchmarks.md`, `benchmarks.json` and `benchmarks-pps.svg` to DIR (default `docs/`).
 //! Everything it creates (namespaces, processes, bpffs pins) is removed at the end, on failure
 //! and on Ctrl-C.
-use std::{path::PathBuf, process::ExitCode, time::Instant};
-
-use l3lb_tests::{
-    bench::{self, Options, controller, dataplane, report, sys, testrun},
-    progress,
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Instant,
 };
 
-fn parse_args() -> Result<Options, String> {
-    let mut options = Options {
-        quick: false,
-        out: PathBuf::from("docs"),
-        part1: true,
-        part2: true,
-        part3: true,
+use clap::Parser;
+use l3lb_tests::{
+    bench::{self, Options, controller, dataplane, report, sys, testrun},
+    daemon, progress,
+};
+
+/// The benchmark behind `cargo xtask bench`: the fast path against the floor and kube-proxy, the
+/// controller at scale.
+#[derive(Parser)]
+#[command(name = "l3lb-bench")]
+struct Cli {
+    /// The reduced set: fewer rounds, shorter measurements, smaller scales (under two minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Where the report goes.
+    #[arg(long, value_name = "DIR", default_value = "docs")]
+    out: PathBuf,
+    /// Only these parts (1: BPF_PROG_TEST_RUN, 2: the data plane, 3: the controller).
+    #[arg(long, value_name = "1,2,3", value_delimiter = ',',
+          value_parser = clap::value_parser!(u8).range(1..=3))]
+    only: Option<Vec<u8>>,
+    /// Write kube-proxy's rule files for N services to DIR and exit: to look at them, or to time
+    /// `iptables-restore` and `nft -f` by hand.
+    #[arg(long, num_args = 2, value_names = ["N", "DIR"])]
+    emit_rules: Option<Vec<String>>,
+}
+
+/// `--emit-rules N DIR`.
+fn emit_rules(n: &str, dir: &Path) -> Result<(), String> {
+    let n: u32 = n
+        .parse()
+        .map_err(|_| format!("--emit-rules: {n:?} is not a number of services"))?;
+    let (services, _) = bench::kubeproxy::services(n);
+    let write = |name: &str, text: String| {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(dir.join(name), text))
+            .map_err(|e| format!("writing {}: {e}", dir.join(name).display()))
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "--out" => options.out = args.next().ok_or("--out needs a directory")?.into(),
-            "--only" => {
-                let parts = args.next().ok_or("--only needs a list such as 1,3")?;
-                options.part1 = parts.split(',').any(|p| p == "1");
-                options.part2 = parts.split(',').any(|p| p == "2");
-                options.part3 = parts.split(',').any(|p| p == "3");
-            }
-            "--emit-rules" => {
-                // Writes kube-proxy's rule files for N services to DIR and exits: to look at
-                // them, or to time `iptables-restore` and `nft -f` by hand.
-                let n: u32 = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or("--emit-rules needs a number of services and a directory")?;
-                let dir = PathBuf::from(args.next().ok_or("--emit-rules needs a directory")?);
-                let (services, _) = l3lb_tests::bench::kubeproxy::services(n);
-                let write = |name: &str, text: String| {
-                    std::fs::create_dir_all(&dir)
-                        .and_then(|()| std::fs::write(dir.join(name), text))
-                        .map_err(|e| format!("writing {}: {e}", dir.join(name).display()))
-                };
-                write(
-                    "iptables.rules",
-                    l3lb_tests::bench::kubeproxy::iptables_restore(&services),
-                )?;
-                write(
-                    "kube-proxy.nft",
-                    l3lb_tests::bench::kubeproxy::nft_script(&services),
-                )?;
-                std::process::exit(0);
-            }
-            "-h" | "--help" => {
-                println!(
-                    "l3lb-bench [--quick] [--out DIR] [--only 1,2,3]\n\
-                     l3lb-bench --emit-rules N DIR   write kube-proxy's rules for N services"
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unexpected argument {other:?}")),
-        }
-    }
-    Ok(options)
+    write(
+        "iptables.rules",
+        bench::kubeproxy::iptables_restore(&services),
+    )?;
+    write("kube-proxy.nft", bench::kubeproxy::nft_script(&services))
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args() {
-        Ok(options) => options,
-        Err(err) => {
-            eprintln!("l3lb-bench: {err}");
-            return ExitCode::from(2);
-        }
+    let cli = Cli::parse();
+    if let Some([n, dir]) = cli.emit_rules.as_deref() {
+        return match emit_rules(n, Path::new(dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("l3lb-bench: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let part = |n| cli.only.as_ref().is_none_or(|only| only.contains(&n));
+    let options = Options {
+        quick: cli.quick,
+        out: cli.out.clone(),
+        part1: part(1),
+        part2: part(2),
+        part3: part(3),
     };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -81,8 +80,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if let Err(err) = bench::l3lb_binary() {
-        eprintln!("l3lb-bench: {err:#}");
+    if let Err(err) = daemon::built_binary("l3lb", "-p l3lb") {
+        eprintln!("l3lb-bench: {err}");
         return ExitCode::from(2);
     }
     bench::install_signal_handlers();

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::{CommandFactory as _, Parser, Subcommand};
 use l3lb_tests::{
     interrupt::{INTERRUPTED, install_signal_handlers},
     lab::{self, Endpoint, Lab, LabError, LabOptions, Service},
@@ -29,63 +30,46 @@ const SERVICE: &str = "web";
 const SERVICE_V4: &str = "10.0.100.7";
 const SERVICE_V6: &str = "2001:db8:100::7";
 
+/// The anycast demo: a BGP fabric in network namespaces, one service walked through its life.
+#[derive(Parser)]
+#[command(name = "l3lb-lab", disable_help_subcommand = true)]
 struct Args {
-    down: bool,
+    /// Leave the lab up at the end.
+    #[arg(long)]
     keep: bool,
+    /// The lab's name (its namespaces, processes and temp dir carry it).
+    #[arg(long, global = true, default_value = lab::DEFAULT_NAME)]
     name: String,
-    nodes: usize,
+    /// How many nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=26))]
+    nodes: u8,
+    #[command(subcommand)]
+    action: Option<Action>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        down: false,
-        keep: false,
-        name: lab::DEFAULT_NAME.to_owned(),
-        nodes: 3,
-    };
-    let mut rest = std::env::args().skip(1);
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "down" | "--down" => args.down = true,
-            "--keep" => args.keep = true,
-            "--name" => args.name = rest.next().ok_or("--name needs a value")?,
-            "--nodes" => {
-                args.nodes = rest
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| (2..=26).contains(n))
-                    .ok_or("--nodes needs a number from 2 to 26")?;
-            }
-            "-h" | "--help" => {
-                println!(
-                    "l3lb-lab [--keep] [--name NAME] [--nodes N]   run the anycast demo\n\
-                     l3lb-lab down [--name NAME]                    tear down a kept lab"
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unexpected argument {other:?} (try --help)")),
-        }
-    }
-    if args.down && args.keep {
-        return Err("`down` and `--keep` do not go together".into());
-    }
-    Ok(args)
+#[derive(Subcommand)]
+enum Action {
+    /// Tear down a lab left up by --keep.
+    #[command(long_flag = "down")]
+    Down,
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(problem) => {
-            eprintln!("l3lb-lab: {problem}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
+    if args.keep && args.action.is_some() {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "`down` and `--keep` do not go together",
+            )
+            .exit();
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("l3lb-lab: needs root (network namespaces); run `cargo xtask lab` as root");
         return ExitCode::FAILURE;
     }
-    if args.down {
+    if let Some(Action::Down) = args.action {
         return down(&args.name);
     }
     install_signal_handlers();
@@ -163,7 +147,7 @@ struct Step {
 fn demo(args: &Args) -> Result<(), LabError> {
     let v4: IpAddr = SERVICE_V4.parse().expect("an IPv4 address");
     let v6: IpAddr = SERVICE_V6.parse().expect("an IPv6 address");
-    let nodes = args.nodes;
+    let nodes = usize::from(args.nodes);
     let all: Vec<usize> = (0..nodes).collect();
     let pod = |node: usize| format!("{SERVICE}-{}", &lab::node_name(node)[5..]);
     let service = |endpoints: Vec<Endpoint>| Service {

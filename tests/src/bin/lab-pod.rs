@@ -10,28 +10,32 @@ use std::{
     time::Duration,
 };
 
+use clap::Parser;
+
+/// A lab pod's HTTP server: answers every request with its name, node and the client it saw.
+#[derive(Parser)]
+#[command(name = "lab-pod")]
+struct Args {
+    /// The pod's name.
+    #[arg(long)]
+    name: String,
+    /// The node it runs on.
+    #[arg(long)]
+    node: String,
+    #[arg(long, default_value_t = 80)]
+    port: u16,
+    /// Created once it listens.
+    #[arg(long, value_name = "FILE")]
+    ready: Option<String>,
+}
+
 fn main() -> ExitCode {
-    let mut name = None;
-    let mut node = None;
-    let mut port = 80u16;
-    let mut ready = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next();
-        match (flag.as_str(), value) {
-            ("--name", Some(value)) => name = Some(value),
-            ("--node", Some(value)) => node = Some(value),
-            ("--port", Some(value)) => match value.parse() {
-                Ok(value) => port = value,
-                Err(_) => return usage(&format!("bad port {value:?}")),
-            },
-            ("--ready", Some(value)) => ready = Some(value),
-            _ => return usage(&format!("unexpected argument {flag:?}")),
-        }
-    }
-    let (Some(name), Some(node)) = (name, node) else {
-        return usage("--name and --node are required");
-    };
+    let Args {
+        name,
+        node,
+        port,
+        ready,
+    } = Args::parse();
     // [::] with IPV6_V6ONLY off (the Linux default) takes IPv4 connections too.
     let listener = match TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)) {
         Ok(listener) => listener,
@@ -57,13 +61,6 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-fn usage(problem: &str) -> ExitCode {
-    eprintln!(
-        "lab-pod: {problem}\nusage: lab-pod --name POD --node NODE [--port 80] [--ready FILE]"
-    );
-    ExitCode::from(2)
 }
 
 /// Reads the request head (whatever it asks for) and answers `pod=… node=… peer=…`.

@@ -1,0 +1,39 @@
+//! The TC egress classifier on the uplinks: a pod's reply that the kernel routed (its pod was not
+//! reached directly, see `tc_pod.rs` for the direct way) gets the service address and port back
+//! as its source, so the client sees the address it talked to. Every other packet continues
+//! (`TC_ACT_PIPE`) untouched.
+//!
+//! Only `ReplyTranslated` is counted here: the pass-through reasons describe the uplink's
+//! ingress, and the node's own egress traffic would drown them.
+use aya_ebpf::{bindings::TC_ACT_PIPE, macros::classifier, programs::TcContext};
+use l3lb_common::Reason;
+
+use crate::{
+    maps::{L3LB_REPLIES, count},
+    nat::{End, parse_skb, rewrite},
+};
+
+#[classifier]
+pub fn l3lb_tc_egress(ctx: TcContext) -> i32 {
+    if try_l3lb_tc_egress(&ctx).is_ok() {
+        count(Reason::ReplyTranslated, u64::from(ctx.len()));
+    }
+    TC_ACT_PIPE
+}
+
+/// `Ok` when the packet was a reply to a steered flow and has been translated back.
+#[inline(always)]
+fn try_l3lb_tc_egress(ctx: &TcContext) -> Result<(), ()> {
+    // The IP length is not checked on egress: a BIG TCP GSO packet carries 0 there.
+    let packet = parse_skb::<false>(ctx).map_err(drop)?;
+    // SAFETY: copied out at once.
+    let nat = unsafe { L3LB_REPLIES.get(packet.key) }.copied().ok_or(())?;
+    rewrite(
+        ctx,
+        &packet,
+        End::Source,
+        &nat.service_addr,
+        nat.service_port_be,
+    )
+    .map_err(drop)
+}
