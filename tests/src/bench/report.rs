@@ -341,28 +341,37 @@ fn part1_md(md: &mut String, p: &Part1, part2: Option<&Part2>) {
     let _ = writeln!(
         md,
         "The ingress program measured is `{}` ({k}), the one the fast path runs on a veth uplink. \
-         The kernel's own time per repetition of test runs with `repeat = {}`, {} rounds; each round \
+         The kernel's own time per repetition, {} repetitions per lane and round in test runs of \
+         {} (each starting from the original frame: the redirecting programs decrement the TTL, \
+         which a longer run would exhaust), in a network namespace of the benchmark's own where the \
+         client sits behind an `uplink` with a known neighbour; {} rounds. Each round \
          runs, next to the programs, the floor (an empty {k} program, `r0 = verdict; exit`) and the \
          floor plus one lookup (a miss) in `L3LB_SERVICES` (the same empty program with a single \
          `bpf_map_lookup_elem` on the services map), and the ratios are taken per round. The targets \
          are judged against the second: every program that recognises services pays that lookup. \
          60-byte UDP/IPv4 frames. The services sit in the maps as the daemon writes them \
          (`l3lb::fastpath::loader` and `tables::Tables`, Maglev tables of {} entries).\n",
-        p.program, p.repeat, p.rounds, p.table_size
+        p.program,
+        fmt_num(f64::from(p.repeat), 0),
+        p.batch,
+        p.rounds,
+        p.table_size
     );
     let _ = writeln!(
         md,
         "- **service (established flow)**: the measured service's only backend is its own address and \
          port, so the packet the kernel hands to the next repetition is again a service packet; every \
          repetition does the whole forwarding path (service lookup, flow lookup, backend check, \
-         reply-entry check, destination rewrite with both checksums), on a flow that is established \
-         after the first repetition.\n\
+         reply-entry check, destination rewrite with both checksums; on TC also the TTL and \
+         `bpf_redirect_peer()` to the pod's interface, which a test run records but does not carry \
+         out), on a flow that is established after the first repetition.\n\
          - **new flow**: one packet per test run (`repeat = 1`), each from a source address and port not \
          seen before (flow miss, Maglev pick, two LRU inserts), against single runs of the floor. The \
          timer's own overhead is in both, so the difference is what counts.\n\
          - **pass-through**: a UDP packet to an address that is no service (parse, one hash miss, a counter).\n\
          - **TC reply**: `{}` on the pod's reply (reply lookup, source rewrite through the checksum \
-         helpers), against an empty TC program.\n\
+         helpers; for `l3lb_tc_pod` also the TTL, a FIB lookup of the client and the redirect out of \
+         the uplink), against an empty TC program.\n\
          - A test run repeats one packet, so the maps' entries for it stay in the CPU caches: this is the \
          cost with warm caches. How many services are loaded matters for the cold-cache case (hash \
          buckets, Maglev rows), which this cannot show.\n",
@@ -428,7 +437,7 @@ fn part1_md(md: &mut String, p: &Part1, part2: Option<&Part2>) {
         md,
         "\nWhere the time of one packet goes (medians, ns): each step is the difference to the one \
          before it.\n\n\
-         | services | floor | + one lookup | pass-through: + parse, counter | established service: + flow, backend, reply entry, rewrite | new flow: + Maglev pick, LRU inserts | TC reply: over its floor |\n\
+         | services | floor | + one lookup | pass-through: + parse, counter | established service: + flow, backend, reply entry, rewrite (TC: + TTL, redirect) | new flow: + Maglev pick, LRU inserts | TC reply: over its floor |\n\
          | --- | --- | --- | --- | --- | --- | --- |"
     );
     for r in &p.rows {
