@@ -759,7 +759,8 @@ fn part2_md(md: &mut String, p: &Part2) {
             "In numbers, at {}: per UDP packet, over direct routing (the pods' work included), \
              kube-proxy costs {:+.0} ns (iptables) and {:+.0} ns (nftables), l3lb {:+.0} ns. Per new \
              TCP connection, kube-proxy adds {:+.1} µs (iptables) and {:+.1} µs (nftables), l3lb \
-             {:+.1} µs.",
+             {:+.1} µs. (A negative figure is a path cheaper than the node's own routing, which a \
+             packet redirected into the pod skips.)",
             services(n),
             ns(i, d),
             ns(f, d),
