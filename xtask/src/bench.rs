@@ -1,15 +1,16 @@
 //! `cargo xtask bench`: the benchmarks behind `docs/benchmarks.md`. Prepares the machine, builds
 //! the daemon in release mode, then runs the `l3lb-bench` binary of the test crate
-//! (`tests/src/bench/`), which measures the fast path against an empty program and against
-//! kube-proxy's iptables and nftables rules, and the controller against the fake API server,
-//! and writes `docs/benchmarks.{md,json}` and `docs/benchmarks-pps.svg`.
+//! (`tests/src/bench/`), which measures the fast path against an empty program, direct routing
+//! and kube-proxy's iptables and nftables rules (UDP packets/s, the node's cost per packet, new
+//! TCP connections/s, request/response), and the controller against the fake API server, and
+//! writes `docs/benchmarks.{md,json}` and `docs/benchmarks-pps.svg`.
 use anyhow::{Result, bail};
 
 use crate::{bootstrap, cmd};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// The reduced set (fewer rounds, shorter measurements, smaller scales): under two minutes.
+    /// The reduced set (fewer rounds, shorter measurements, smaller scales): about three minutes.
     #[arg(long)]
     quick: bool,
 }

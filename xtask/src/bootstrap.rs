@@ -37,12 +37,14 @@ pub const LAB_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
 ];
 
-/// What `cargo xtask bench` runs: `ip` for the namespaces, kube-proxy's two rule sets
-/// (`iptables-restore`, `nft`) as the baselines, bpftool to look at the fast path's maps.
+/// What `cargo xtask bench` runs: `ip` and `tc` for the namespaces and the drop program,
+/// kube-proxy's two rule sets (`iptables-restore`, `nft`) as the baselines, `conntrack` to count
+/// the node's conntrack entries, bpftool to look at the fast path's maps.
 pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("iptables", "iptables-restore"),
     ("nftables", "nft"),
+    ("conntrack", "conntrack"),
     ("bpftool", "bpftool"),
 ];
 

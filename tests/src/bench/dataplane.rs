@@ -5,18 +5,25 @@
 //!                                                  vp1 ── pod 10.244.1.3
 //! ```
 //!
-//! The same topology three times, one per mode: kube-proxy's iptables rules, kube-proxy's
-//! nftables rules (both from [`super::kubeproxy`]), and `l3lb run --xdp` with a file source
-//! (no netfilter rule at all in its node). Each mode gets N Services (one measured, in the middle
-//! of kube-proxy's list), and the rounds alternate between the modes so that a busy moment of
-//! the machine hits all three alike.
+//! The same topology once per [`Mode`]: two references without any service (the node only
+//! routes), kube-proxy's iptables rules, kube-proxy's nftables rules (both from
+//! [`super::kubeproxy`]), `l3lb run --xdp` with a file source (the fast path, no netfilter rule
+//! at all in its node), and l3lb next to kube-proxy's iptables rules. Each mode gets N Services
+//! (one measured, in the middle of kube-proxy's list), and every round measures each mode once,
+//! in a rotating order, so that a busy moment of the machine hits all of them alike.
 //!
-//! - UDP: one sender thread in the client pushes 64-byte datagrams (16 flows, `sendmmsg` in
+//! - UDP: one sender thread in the client pushes 60-byte frames (16 flows, `sendmmsg` in
 //!   batches of 64) to the measured service for a bounded time and count; delivered = packets
-//!   received on the pods' `eth0` (kernel counters), per second of sending.
-//! - TCP: two client threads connect to the service and reset the connection at once (no
+//!   received on the pods' `eth0` (kernel counters), per second of sending. After the UDP lane
+//!   of each mode, the node's conntrack entries for the client's UDP flows are counted.
+//! - Node cost: the same sender with a drop program at TC ingress of each pod's `eth0`, so the
+//!   pods' IP/UDP stack is out of the figure, against the same drop program at TC ingress of the
+//!   node's uplink: the difference of the per-packet times is what the node does.
+//! - TCP: one client thread connects to the service and resets the connection at once (no
 //!   TIME_WAIT), for a bounded time and count: completed handshakes per second. Every
 //!   connection is a new flow, so this is where kube-proxy's per-connection rule walk shows.
+//! - Request/response: one established TCP connection, 1-byte request, 1-byte answer echoed by
+//!   the pod, as many round trips as fit (netperf's `TCP_RR`): transactions per second.
 //!
 //! The whole path of a packet (sender's syscall, node, pod) runs in softirq on the sending CPU,
 //! so packets per second is the inverse of the per-packet cost of the path, sender included.
@@ -61,17 +68,23 @@ pub enum Mode {
     DirectXdp,
     Iptables,
     Nftables,
-    L3lbXdp,
+    /// `l3lb run --xdp` with the default `--xdp-mode auto`: the fast path as the daemon picks it
+    /// for the uplink, no netfilter rule in the node.
+    L3lb,
+    /// l3lb on a node that still has kube-proxy's iptables rules loaded (a migration, or
+    /// kube-proxy left running): whether the fast path steers clear of netfilter.
+    L3lbIptables,
 }
 
 impl Mode {
     /// The reference first: no service at all, the client talks to a pod's own address.
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Direct,
         Mode::DirectXdp,
         Mode::Iptables,
         Mode::Nftables,
-        Mode::L3lbXdp,
+        Mode::L3lb,
+        Mode::L3lbIptables,
     ];
 
     pub fn label(self) -> &'static str {
@@ -80,7 +93,18 @@ impl Mode {
             Mode::DirectXdp => "no service, empty XDP program",
             Mode::Iptables => "kube-proxy iptables",
             Mode::Nftables => "kube-proxy nftables",
-            Mode::L3lbXdp => "l3lb --xdp",
+            Mode::L3lb => "l3lb",
+            Mode::L3lbIptables => "l3lb, kube-proxy's iptables rules still loaded",
+        }
+    }
+
+    /// The label in the plot's legend, where the long one does not fit.
+    pub fn short_label(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct to a pod",
+            Mode::DirectXdp => "direct, empty XDP",
+            Mode::L3lbIptables => "l3lb + iptables rules",
+            other => other.label(),
         }
     }
 
@@ -90,8 +114,18 @@ impl Mode {
             Mode::DirectXdp => "dxp",
             Mode::Iptables => "ipt",
             Mode::Nftables => "nft",
-            Mode::L3lbXdp => "xdp",
+            Mode::L3lb => "l3l",
+            Mode::L3lbIptables => "l3i",
         }
+    }
+
+    /// The references: the client sends to a pod's own address, no service involved.
+    pub fn is_direct(self) -> bool {
+        matches!(self, Mode::Direct | Mode::DirectXdp)
+    }
+
+    pub fn runs_l3lb(self) -> bool {
+        matches!(self, Mode::L3lb | Mode::L3lbIptables)
     }
 }
 
@@ -108,11 +142,39 @@ pub struct Row {
     pub udp_sent_pps: Summary,
     /// Packets per second the pods' server read from its sockets.
     pub udp_read_pps: Summary,
+    /// Entries in the node's conntrack table for the client's UDP flows after the UDP lane, the
+    /// most seen over the rounds (`None`: `conntrack` could not be run).
+    pub conntrack_udp_entries: Option<u64>,
     /// New TCP connections per second.
     pub tcp_cps: Summary,
     /// Connection attempts that failed (1 s timeout), all rounds.
     pub tcp_failed: u64,
+    /// The node-cost lane (only at the service counts in [`Part2::extended_services`]).
+    pub node: Option<NodeCost>,
+    /// Request/response transactions per second on one TCP connection (same service counts).
+    pub rr_tps: Option<Summary>,
     pub error: Option<String>,
+}
+
+/// The UDP sender with a drop program at TC ingress of the pods' `eth0`.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeCost {
+    /// Packets per second the sender wrote (the drop program keeps the pods' stack out).
+    pub sent_pps: Summary,
+    /// Per round: `1/sent_pps − 1/uplink drop pps` in nanoseconds, the node's own work.
+    pub ns: Summary,
+    /// The smallest share, over the rounds, of the sent packets the pods' `eth0` counted (that
+    /// is, that reached the drop program).
+    pub reached: f64,
+}
+
+/// The reference of the node-cost lane: the drop program at TC ingress of the node's uplink.
+#[derive(Clone, Debug, Serialize)]
+pub struct UplinkDrop {
+    pub services: u32,
+    pub sent_pps: Summary,
+    /// The smallest share, over the rounds, of the sent packets the uplink counted.
+    pub reached: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -120,8 +182,12 @@ pub struct Part2 {
     pub rounds: usize,
     pub udp_seconds: f64,
     pub tcp_seconds: f64,
+    pub rr_seconds: f64,
     pub udp_flows: u16,
     pub tcp_in_flight: usize,
+    /// The service counts at which the node-cost and request/response lanes ran.
+    pub extended_services: Vec<u32>,
+    pub uplink_drop: Vec<UplinkDrop>,
     pub rows: Vec<Row>,
 }
 
@@ -132,6 +198,20 @@ const BATCH: usize = 64;
 /// Connections a client keeps in flight.
 const IN_FLIGHT: usize = 64;
 const PAYLOAD: [u8; 18] = [0x5a; 18];
+/// Client ports of the request/response lane: above the client's ephemeral range
+/// (`ip_local_port_range` ends at 65000), so the pods' servers can tell its connection from the
+/// new-connections lane's by the client port alone.
+const RR_PORTS: std::ops::Range<u16> = 65001..65535;
+/// The CPU both ends of the request/response lane run on (the first this process may use): on
+/// one CPU a transaction is the path's cost and two context switches, where across CPUs it
+/// would hang on wake-up latencies (idle states, inter-processor interrupts, other tenants' time
+/// slices).
+fn rr_cpu() -> usize {
+    static CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| sys::first_allowed_cpu().unwrap_or(0))
+}
+/// `TC_ACT_SHOT`: the node-cost lane's drop program's verdict.
+const TC_ACT_SHOT: i32 = 2;
 
 /// The pods' servers: one thread reads both pods' UDP sockets, one accepts on both pods'
 /// TCP listeners (each socket was opened inside its pod's namespace). Two threads per
@@ -264,8 +344,10 @@ fn read_udp(sockets: &[UdpSocket], stop: &AtomicBool, spin: &AtomicBool, receive
     }
 }
 
-/// Accepts every pending connection on all pods' listeners and closes it at once.
-fn accept_tcp(listeners: &[TcpListener], stop: &AtomicBool) {
+/// Accepts every pending connection on all pods' listeners. A connection from a client port
+/// above the clients' ephemeral range ([`RR_PORTS`]) is the request/response lane's: a thread of
+/// its own echoes it. Every other one is the new-connections lane's and is closed at once.
+fn accept_tcp(listeners: &[TcpListener], stop: &Arc<AtomicBool>) {
     let mut fds: Vec<libc::pollfd> = listeners
         .iter()
         .map(|l| libc::pollfd {
@@ -274,13 +356,52 @@ fn accept_tcp(listeners: &[TcpListener], stop: &AtomicBool) {
             revents: 0,
         })
         .collect();
+    let mut echoes = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: an array of pollfd of the length given.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
         for listener in listeners {
-            while let Ok((stream, _)) = listener.accept() {
-                drop(stream);
+            while let Ok((stream, peer)) = listener.accept() {
+                if peer.port() >= RR_PORTS.start {
+                    let stop = stop.clone();
+                    echoes.push(std::thread::spawn(move || echo(stream, &stop)));
+                } else {
+                    drop(stream);
+                }
             }
+        }
+        echoes.retain(|echo: &JoinHandle<()>| !echo.is_finished());
+    }
+    for echo in echoes {
+        let _ = echo.join();
+    }
+}
+
+/// Sends back whatever arrives on `stream` until the client closes it or the servers stop.
+fn echo(mut stream: std::net::TcpStream, stop: &AtomicBool) {
+    use std::io::{Read as _, Write as _};
+    // Accepted sockets do not inherit the listener's O_NONBLOCK; blocking reads with a timeout
+    // let the thread notice `stop`.
+    let _ = sys::pin_to_cpu(rr_cpu());
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buffer = [0u8; 64];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(n) => {
+                if stream.write_all(&buffer[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return,
         }
     }
 }
@@ -334,142 +455,126 @@ impl Drop for Installed {
     }
 }
 
+/// Runs `command` to completion, failing with the start of its stderr; returns its run time.
+fn timed(command: &mut Command) -> Result<f64> {
+    let started = Instant::now();
+    let out = command
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 fn install(mode: Mode, topo: &Topology, services: &[BenchService]) -> Result<(Installed, f64)> {
     let n = services.len();
-    let scratch = tempfile::Builder::new()
-        .prefix(&format!("l3lb-bench-{}-{n}-", mode.tag()))
-        .tempdir()?;
-    let run = |command: &mut Command| -> Result<f64> {
-        let started = Instant::now();
-        let out = command
-            .output()
-            .with_context(|| format!("starting {command:?}"))?;
-        if !out.status.success() {
-            bail!(
-                "{command:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        Ok(started.elapsed().as_secs_f64())
+    let mut installed = Installed {
+        daemon: None,
+        _pins: None,
+        _scratch: tempfile::Builder::new()
+            .prefix(&format!("l3lb-bench-{}-{n}-", mode.tag()))
+            .tempdir()?,
     };
-    match mode {
-        Mode::Direct => Ok((
-            Installed {
-                daemon: None,
-                _pins: None,
-                _scratch: scratch,
-            },
-            0.0,
-        )),
-        Mode::DirectXdp => {
-            let pins = PinDir::new(&format!("floor-{n}"));
-            std::fs::create_dir_all(&pins.0)?;
-            let program = sys::load_floor(sys::BPF_PROG_TYPE_XDP, 2)
-                .context("loading the empty XDP program")?;
-            let pinned = pins.0.join("floor_xdp");
-            sys::pin(std::os::fd::AsFd::as_fd(&program), &pinned)
-                .context("pinning the empty XDP program")?;
-            let seconds = run(topo
-                .node
+    let scratch = installed._scratch.path().to_owned();
+    let mut seconds = 0.0;
+    if mode == Mode::DirectXdp {
+        let pins = PinDir::new(&format!("floor-{n}"));
+        std::fs::create_dir_all(&pins.0)?;
+        let program =
+            sys::load_floor(sys::BPF_PROG_TYPE_XDP, 2).context("loading the empty XDP program")?;
+        let pinned = pins.0.join("floor_xdp");
+        sys::pin(std::os::fd::AsFd::as_fd(&program), &pinned)
+            .context("pinning the empty XDP program")?;
+        installed._pins = Some(pins);
+        seconds = timed(
+            topo.node
                 .command("ip")
                 .args(["link", "set", "dev", "uplink", "xdpdrv", "pinned"])
-                .arg(&pinned))?;
-            Ok((
-                Installed {
-                    daemon: None,
-                    _pins: Some(pins),
-                    _scratch: scratch,
-                },
-                seconds,
-            ))
+                .arg(&pinned),
+        )?;
+    }
+    if matches!(mode, Mode::Iptables | Mode::L3lbIptables) {
+        let file = scratch.join("iptables.rules");
+        std::fs::write(&file, kubeproxy::iptables_restore(services))?;
+        seconds = timed(topo.node.command("iptables-restore").arg(&file))?;
+    }
+    if mode == Mode::Nftables {
+        let file = scratch.join("kube-proxy.nft");
+        std::fs::write(&file, kubeproxy::nft_script(services))?;
+        seconds = timed(topo.node.command("nft").arg("-f").arg(&file))?;
+    }
+    if mode.runs_l3lb() {
+        // Setup is l3lb's own start, also where kube-proxy's rules were loaded before it.
+        seconds = start_l3lb(mode, topo, services, &mut installed)?;
+    }
+    Ok((installed, seconds))
+}
+
+/// Starts `l3lb run --xdp` on the node's uplink with the default attach mode, and waits until
+/// every service is in the fast path's maps: the seconds that took.
+fn start_l3lb(
+    mode: Mode,
+    topo: &Topology,
+    services: &[BenchService],
+    installed: &mut Installed,
+) -> Result<f64> {
+    let n = services.len();
+    let scratch = installed._scratch.path().to_owned();
+    let manifests = scratch.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    write_manifests(&manifests, services)?;
+    // One pin root per daemon: two on the same maps would steer each other's services.
+    let pins = PinDir::new(&format!("dp-{}-{n}", mode.tag()));
+    let vips: usize = services.iter().map(|s| s.protocols.len()).sum();
+    let mut command = topo
+        .node
+        .command(l3lb_binary().to_str().context("binary path")?);
+    command.args([
+        "run",
+        "--node-name",
+        "node-a",
+        "--prefix",
+        "10.100.0.0/16",
+        "--source",
+    ]);
+    command.arg(format!("file:{}", manifests.display()));
+    command.args(["--xdp", "--xdp-iface", "uplink", "--pin-root"]);
+    command.arg(&pins.0);
+    command.args(["--xdp-max-services", &(vips + 64).max(2048).to_string()]);
+    let started = Instant::now();
+    installed.daemon = Some(L3lb::spawn(command, scratch.join("l3lb.log")));
+    // From here the pins go with `installed`, after the daemon stopped.
+    installed._pins = Some(pins);
+    let map = installed
+        ._pins
+        .as_ref()
+        .expect("set above")
+        .0
+        .join(map_names::SERVICES);
+    loop {
+        check_interrupted()?;
+        if steered(&map).unwrap_or(0) >= vips {
+            return Ok(started.elapsed().as_secs_f64());
         }
-        Mode::Iptables => {
-            let file = scratch.path().join("iptables.rules");
-            std::fs::write(&file, kubeproxy::iptables_restore(services))?;
-            let seconds = run(topo.node.command("iptables-restore").arg(&file))?;
-            Ok((
-                Installed {
-                    daemon: None,
-                    _pins: None,
-                    _scratch: scratch,
-                },
-                seconds,
-            ))
+        let daemon = installed.daemon.as_ref().expect("started above");
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "l3lb did not steer {vips} services within 300 s; log:\n{}",
+                tail(&daemon.log())
+            );
         }
-        Mode::Nftables => {
-            let file = scratch.path().join("kube-proxy.nft");
-            std::fs::write(&file, kubeproxy::nft_script(services))?;
-            let seconds = run(topo.node.command("nft").arg("-f").arg(&file))?;
-            Ok((
-                Installed {
-                    daemon: None,
-                    _pins: None,
-                    _scratch: scratch,
-                },
-                seconds,
-            ))
+        if !Path::new(&format!("/proc/{}", daemon.pid())).exists() {
+            bail!("l3lb exited; log:\n{}", tail(&daemon.log()));
         }
-        Mode::L3lbXdp => {
-            let manifests = scratch.path().join("manifests");
-            std::fs::create_dir_all(&manifests)?;
-            write_manifests(&manifests, services)?;
-            let pins = PinDir::new(&format!("dp-{n}"));
-            let vips: usize = services.iter().map(|s| s.protocols.len()).sum();
-            let mut command = topo
-                .node
-                .command(l3lb_binary().to_str().context("binary path")?);
-            command.args([
-                "run",
-                "--node-name",
-                "node-a",
-                "--prefix",
-                "10.100.0.0/16",
-                "--source",
-            ]);
-            command.arg(format!("file:{}", manifests.display()));
-            command.args([
-                "--xdp",
-                "--xdp-iface",
-                "uplink",
-                "--xdp-mode",
-                "native",
-                "--pin-root",
-            ]);
-            command.arg(&pins.0);
-            command.args(["--xdp-max-services", &(vips + 64).max(2048).to_string()]);
-            let started = Instant::now();
-            let daemon = L3lb::spawn(command, scratch.path().join("l3lb.log"));
-            let mut installed = Installed {
-                daemon: Some(daemon),
-                _pins: None,
-                _scratch: scratch,
-            };
-            let map = pins.0.join(map_names::SERVICES);
-            loop {
-                check_interrupted()?;
-                if steered(&map).unwrap_or(0) >= vips {
-                    break;
-                }
-                let daemon = installed.daemon.as_ref().expect("started above");
-                if started.elapsed() > Duration::from_secs(300) {
-                    bail!(
-                        "l3lb did not steer {vips} services within 300 s; log:\n{}",
-                        tail(&daemon.log())
-                    );
-                }
-                if !Path::new(&format!("/proc/{}", daemon.pid())).exists() {
-                    bail!("l3lb exited; log:\n{}", tail(&daemon.log()));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let seconds = started.elapsed().as_secs_f64();
-            installed._pins = Some(pins);
-            Ok((installed, seconds))
-        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -773,6 +878,219 @@ fn tcp_connects(
     })?
 }
 
+/// `sockaddr_in` of `addr`.
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: zeroed sockaddr_in is valid; fields set below.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as u16;
+    sa.sin_port = addr.port().to_be();
+    sa.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+    sa
+}
+
+static NEXT_RR_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// netperf's `TCP_RR`: one TCP connection to `target` from a client port in [`RR_PORTS`] (so the
+/// pod echoes it), a 1-byte request and the 1-byte answer, again and again for `duration`.
+/// Returns (transactions, elapsed). The connection ends with a reset (no TIME_WAIT on the port).
+fn tcp_rr(client: &NetNs, target: SocketAddrV4, duration: Duration) -> Result<(u64, Duration)> {
+    use std::io::{Read as _, Write as _};
+    let span = RR_PORTS.end - RR_PORTS.start;
+    let port = RR_PORTS.start + NEXT_RR_PORT.fetch_add(1, Ordering::Relaxed) % span;
+    sys::in_netns(client.name(), move || -> Result<(u64, Duration)> {
+        let cpu = rr_cpu();
+        sys::pin_to_cpu(cpu).with_context(|| format!("moving the client to CPU {cpu}"))?;
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: our descriptor, owned from here on.
+        let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+        // A blocking connect gives up after SO_SNDTIMEO.
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        let local = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+        let remote = sockaddr(target);
+        // SAFETY: a valid socket; a timeval and addresses of the sizes given.
+        let (bound, connected) = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                &timeout as *const libc::timeval as *const libc::c_void,
+                size_of::<libc::timeval>() as u32,
+            );
+            let bound = libc::bind(
+                fd,
+                &local as *const libc::sockaddr_in as *const libc::sockaddr,
+                size_of::<libc::sockaddr_in>() as u32,
+            );
+            let connected = (bound == 0).then(|| {
+                libc::connect(
+                    fd,
+                    &remote as *const libc::sockaddr_in as *const libc::sockaddr,
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            });
+            (bound, connected)
+        };
+        if bound != 0 {
+            bail!("binding port {port}: {}", std::io::Error::last_os_error());
+        }
+        if connected != Some(0) {
+            bail!(
+                "connecting to {target} from port {port}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let mut stream = std::net::TcpStream::from(socket);
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut answer = [0u8; 1];
+        let mut transactions = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < duration {
+            stream
+                .write_all(b"q")
+                .and_then(|()| stream.read_exact(&mut answer))
+                .with_context(|| {
+                    format!(
+                        "transaction {} with {target} from port {port}",
+                        transactions + 1
+                    )
+                })?;
+            transactions += 1;
+        }
+        let elapsed = started.elapsed();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: our socket; a linger struct of the size given.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const libc::c_void,
+                size_of::<libc::linger>() as u32,
+            )
+        };
+        Ok((transactions, elapsed))
+    })?
+}
+
+/// Entries in `node`'s conntrack table for UDP flows from the client; `None` when `conntrack`
+/// cannot be run.
+fn conntrack_udp_entries(node: &NetNs) -> Option<u64> {
+    let out = node
+        .command("conntrack")
+        .args(["-L", "-p", "udp", "--orig-src", CLIENT])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .count() as u64,
+    )
+}
+
+/// The drop program at TC ingress of `interface` in `ns` (a clsact qdisc and a `cls_bpf`
+/// filter in direct-action mode), removed with the qdisc when dropped.
+struct TcDrop<'a> {
+    ns: &'a NetNs,
+    interface: &'static str,
+}
+
+impl<'a> TcDrop<'a> {
+    fn attach(ns: &'a NetNs, interface: &'static str, pinned: &Path) -> Result<TcDrop<'a>> {
+        timed(
+            ns.command("tc")
+                .args(["qdisc", "add", "dev", interface, "clsact"]),
+        )?;
+        let guard = TcDrop { ns, interface };
+        timed(
+            ns.command("tc")
+                .args([
+                    "filter",
+                    "add",
+                    "dev",
+                    interface,
+                    "ingress",
+                    "bpf",
+                    "object-pinned",
+                ])
+                .arg(pinned)
+                .arg("direct-action"),
+        )?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TcDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .ns
+            .command("tc")
+            .args(["qdisc", "del", "dev", self.interface, "clsact"])
+            .output();
+    }
+}
+
+/// `rx_packets` of the node's uplink.
+fn uplink_rx(topo: &Topology) -> Result<u64> {
+    Ok(sys::in_netns(topo.node.name(), || {
+        sys::rx_packets("uplink")
+    })??)
+}
+
+/// One UDP measurement with the drop program where `drop_at` says (the pods' `eth0`, or the
+/// node's uplink): (sender's packets per second, share of the sent packets counted on the
+/// interfaces in front of the drop program). Fails when a datagram still reached a socket.
+fn udp_into_drop(
+    topo: &Topology,
+    target: SocketAddrV4,
+    duration: Duration,
+    pinned: &Path,
+    at_uplink: bool,
+) -> Result<(f64, f64)> {
+    let _drops: Vec<TcDrop<'_>> = if at_uplink {
+        vec![TcDrop::attach(&topo.node, "uplink", pinned)?]
+    } else {
+        topo.pods
+            .iter()
+            .map(|pod| TcDrop::attach(pod, "eth0", pinned))
+            .collect::<Result<_>>()?
+    };
+    let counted = |topo: &Topology| {
+        if at_uplink {
+            uplink_rx(topo)
+        } else {
+            pods_rx(topo)
+        }
+    };
+    let before = counted(topo)?;
+    let read_before = topo.servers.received.load(Ordering::Relaxed);
+    let udp = udp_blast(topo, target, duration, 50_000_000)?;
+    super::sleep(Duration::from_millis(100))?;
+    let reached = counted(topo)? - before;
+    let read = topo.servers.received.load(Ordering::Relaxed) - read_before;
+    if read > 0 {
+        bail!("{read} datagrams got past the drop program to the pods' sockets");
+    }
+    let seconds = udp.elapsed.as_secs_f64();
+    Ok((
+        udp.sent as f64 / seconds,
+        reached as f64 / (udp.sent as f64).max(1.0),
+    ))
+}
+
 /// A set-up mode: its topology, what it installed, and the rounds measured so far.
 struct Lane {
     mode: Mode,
@@ -782,37 +1100,64 @@ struct Lane {
     udp: Vec<f64>,
     udp_sent: Vec<f64>,
     udp_read: Vec<f64>,
+    conntrack: Option<u64>,
     tcp: Vec<f64>,
     tcp_failed: u64,
+    node_sent: Vec<f64>,
+    node_reached: f64,
+    /// The Direct lane also measures the node-cost lane's reference, the drop at the uplink.
+    uplink_sent: Vec<f64>,
+    uplink_reached: f64,
+    rr: Vec<f64>,
     error: Option<String>,
 }
 
+/// How long each lane measures, per round.
+struct Times {
+    udp: Duration,
+    tcp: Duration,
+    rr: Duration,
+}
+
 pub fn run_part(options: &Options) -> Result<Part2> {
-    let (counts, rounds, udp_time, tcp_time): (&[u32], usize, f64, f64) = if options.quick {
-        (&[10, 1_000], 3, 0.8, 0.8)
+    let (counts, rounds, seconds): (&[u32], usize, f64) = if options.quick {
+        (&[10, 1_000], 3, 0.6)
     } else {
-        (&[10, 1_000, 10_000], 6, 1.5, 1.5)
+        (&[10, 1_000, 10_000], 6, 1.5)
+    };
+    // The node-cost and request/response lanes run where the targets are judged, at 1 000
+    // services: at every count they would take the full run past twenty minutes.
+    let extended: &[u32] = &[1_000];
+    let times = Times {
+        udp: Duration::from_secs_f64(seconds),
+        tcp: Duration::from_secs_f64(seconds),
+        rr: Duration::from_secs_f64(seconds),
     };
     let mut part = Part2 {
         rounds,
-        udp_seconds: udp_time,
-        tcp_seconds: tcp_time,
+        udp_seconds: seconds,
+        tcp_seconds: seconds,
+        rr_seconds: seconds,
         udp_flows: UDP_FLOWS,
         tcp_in_flight: IN_FLIGHT,
+        extended_services: extended.to_vec(),
+        uplink_drop: Vec::new(),
         rows: Vec::new(),
     };
+    // The node-cost lane's drop program, pinned for `tc filter … bpf pinned`.
+    let drop_pins = PinDir::new("drop");
+    std::fs::create_dir_all(&drop_pins.0)?;
+    let drop_program = sys::load_floor(sys::BPF_PROG_TYPE_SCHED_CLS, TC_ACT_SHOT)
+        .context("loading the TC drop program")?;
+    let drop_pinned = drop_pins.0.join("drop_tc");
+    sys::pin(std::os::fd::AsFd::as_fd(&drop_program), &drop_pinned)
+        .context("pinning the TC drop program")?;
     for &n in counts {
         check_interrupted()?;
         let (services, measured) = kubeproxy::services(n);
         let service = SocketAddrV4::new(services[measured].lb_ip, SERVICE_PORT);
         let direct = SocketAddrV4::new(PODS[0], TARGET_PORT);
-        let target_of = |mode: Mode| {
-            if matches!(mode, Mode::Direct | Mode::DirectXdp) {
-                direct
-            } else {
-                service
-            }
-        };
+        let target_of = |mode: Mode| if mode.is_direct() { direct } else { service };
         let mut lanes = Vec::new();
         for mode in Mode::ALL {
             check_interrupted()?;
@@ -826,8 +1171,14 @@ pub fn run_part(options: &Options) -> Result<Part2> {
                 udp: Vec::new(),
                 udp_sent: Vec::new(),
                 udp_read: Vec::new(),
+                conntrack: None,
                 tcp: Vec::new(),
                 tcp_failed: 0,
+                node_sent: Vec::new(),
+                node_reached: 1.0,
+                uplink_sent: Vec::new(),
+                uplink_reached: 1.0,
+                rr: Vec::new(),
                 error: None,
             };
             match install(mode, &lane.topo, &services).and_then(|(installed, seconds)| {
@@ -848,57 +1199,42 @@ pub fn run_part(options: &Options) -> Result<Part2> {
             }
             lanes.push(lane);
         }
+        let extended = extended.contains(&n);
         for round in 0..rounds {
             // A rotating order, so no mode always runs right after another.
             let lanes_len = lanes.len();
             lanes.rotate_left(round % lanes_len.max(1));
             for lane in lanes.iter_mut().filter(|l| l.error.is_none()) {
-                check_interrupted()?;
-                let servers = &lane.topo.servers;
-                servers.spin.store(true, Ordering::Relaxed);
-                super::sleep(Duration::from_millis(100))?;
-                let before = pods_rx(&lane.topo)?;
-                let read_before = servers.received.load(Ordering::Relaxed);
-                let udp = udp_blast(
-                    &lane.topo,
-                    target_of(lane.mode),
-                    Duration::from_secs_f64(udp_time),
-                    50_000_000,
-                );
-                super::sleep(Duration::from_millis(200))?;
-                servers.spin.store(false, Ordering::Relaxed);
-                let udp = udp?;
-                let delivered = pods_rx(&lane.topo)? - before;
-                let read = servers.received.load(Ordering::Relaxed) - read_before;
-                let seconds = udp.elapsed.as_secs_f64();
-                lane.udp.push(delivered as f64 / seconds);
-                lane.udp_sent.push(udp.sent as f64 / seconds);
-                lane.udp_read.push(read as f64 / seconds);
-            }
-            for lane in lanes.iter_mut().filter(|l| l.error.is_none()) {
-                check_interrupted()?;
-                let (ok, failed, elapsed) = tcp_connects(
-                    &lane.topo.client,
-                    target_of(lane.mode),
-                    Duration::from_secs_f64(tcp_time),
-                    500_000,
-                )?;
-                lane.tcp.push(ok as f64 / elapsed.as_secs_f64());
-                lane.tcp_failed += failed;
-                super::sleep(Duration::from_millis(200))?;
+                let target = target_of(lane.mode);
+                if let Err(err) = measure_round(lane, target, &times, extended, &drop_pinned) {
+                    check_interrupted()?;
+                    progress!("part 2: {} failed: {err:#}", lane.mode.label());
+                    lane.error = Some(format!("round {}: {err:#}", round + 1));
+                }
             }
             lanes.rotate_right(round % lanes_len.max(1));
             let line: Vec<String> = lanes
                 .iter()
                 .filter(|l| l.error.is_none())
                 .map(|l| {
-                    format!(
-                        "{} {:.0} pps / {:.0} conn/s ({} failed so far)",
+                    let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
+                    let mut text = format!(
+                        "{} {:.0} pps / {:.0} conn/s",
                         l.mode.label(),
-                        l.udp.last().copied().unwrap_or(f64::NAN),
-                        l.tcp.last().copied().unwrap_or(f64::NAN),
-                        l.tcp_failed
-                    )
+                        last(&l.udp),
+                        last(&l.tcp),
+                    );
+                    if extended {
+                        text += &format!(
+                            " / {:.0} pps into the drop / {:.0} RR/s",
+                            last(&l.node_sent),
+                            last(&l.rr)
+                        );
+                    }
+                    if let Some(entries) = l.conntrack.filter(|_| !l.mode.is_direct()) {
+                        text += &format!(" / {entries} conntrack entries");
+                    }
+                    text
                 })
                 .collect();
             progress!(
@@ -907,7 +1243,31 @@ pub fn run_part(options: &Options) -> Result<Part2> {
                 line.join(", ")
             );
         }
+        let uplink = lanes
+            .iter()
+            .find(|l| l.mode == Mode::Direct && l.error.is_none() && !l.uplink_sent.is_empty())
+            .map(|l| (l.uplink_sent.clone(), l.uplink_reached));
+        if let Some((sent, reached)) = &uplink {
+            part.uplink_drop.push(UplinkDrop {
+                services: n,
+                sent_pps: Summary::of(sent.clone()),
+                reached: *reached,
+            });
+        }
         for mut lane in lanes {
+            let node = (extended && !lane.node_sent.is_empty()).then(|| NodeCost {
+                ns: Summary::of(match &uplink {
+                    Some((reference, _)) => lane
+                        .node_sent
+                        .iter()
+                        .zip(reference)
+                        .map(|(mode, reference)| 1e9 / mode - 1e9 / reference)
+                        .collect(),
+                    None => Vec::new(),
+                }),
+                sent_pps: Summary::of(std::mem::take(&mut lane.node_sent)),
+                reached: lane.node_reached,
+            });
             part.rows.push(Row {
                 mode: lane.mode,
                 services: n,
@@ -915,8 +1275,12 @@ pub fn run_part(options: &Options) -> Result<Part2> {
                 udp_pps: Summary::of(std::mem::take(&mut lane.udp)),
                 udp_sent_pps: Summary::of(std::mem::take(&mut lane.udp_sent)),
                 udp_read_pps: Summary::of(std::mem::take(&mut lane.udp_read)),
+                conntrack_udp_entries: lane.conntrack,
                 tcp_cps: Summary::of(std::mem::take(&mut lane.tcp)),
                 tcp_failed: lane.tcp_failed,
+                node,
+                rr_tps: (extended && !lane.rr.is_empty())
+                    .then(|| Summary::of(std::mem::take(&mut lane.rr))),
                 error: lane.error.take(),
             });
             // Daemon stopped (pins removed), then the pods' threads, then the namespaces.
@@ -924,14 +1288,90 @@ pub fn run_part(options: &Options) -> Result<Part2> {
             drop(lane);
         }
     }
+    drop(drop_program);
+    drop(drop_pins);
     Ok(part)
 }
 
-/// One TCP connection and a burst of UDP reach the pods through the measured service.
+/// One round of one mode: every lane once, each followed by a pause for the queues to drain.
+fn measure_round(
+    lane: &mut Lane,
+    target: SocketAddrV4,
+    times: &Times,
+    extended: bool,
+    drop_pinned: &Path,
+) -> Result<()> {
+    check_interrupted()?;
+    let topo = &lane.topo;
+    let servers = &topo.servers;
+    servers.spin.store(true, Ordering::Relaxed);
+    super::sleep(Duration::from_millis(100))?;
+    let before = pods_rx(topo)?;
+    let read_before = servers.received.load(Ordering::Relaxed);
+    let udp = udp_blast(topo, target, times.udp, 50_000_000);
+    super::sleep(Duration::from_millis(200))?;
+    servers.spin.store(false, Ordering::Relaxed);
+    let udp = udp?;
+    let delivered = pods_rx(topo)? - before;
+    let read = servers.received.load(Ordering::Relaxed) - read_before;
+    let seconds = udp.elapsed.as_secs_f64();
+    lane.udp.push(delivered as f64 / seconds);
+    lane.udp_sent.push(udp.sent as f64 / seconds);
+    lane.udp_read.push(read as f64 / seconds);
+    if let Some(entries) = conntrack_udp_entries(&topo.node) {
+        lane.conntrack = Some(lane.conntrack.unwrap_or(0).max(entries));
+    }
+
+    if extended {
+        check_interrupted()?;
+        if lane.mode == Mode::Direct {
+            let (sent, reached) = udp_into_drop(topo, target, times.udp, drop_pinned, true)
+                .context("UDP into the drop program at the uplink")?;
+            lane.uplink_sent.push(sent);
+            lane.uplink_reached = lane.uplink_reached.min(reached);
+            super::sleep(Duration::from_millis(100))?;
+        }
+        let (sent, reached) = udp_into_drop(topo, target, times.udp, drop_pinned, false)
+            .context("UDP into the drop program at the pods' eth0")?;
+        if reached < 0.99 {
+            progress!(
+                "part 2: {}: only {:.1} % of the packets into the drop program were counted on the pods' eth0",
+                lane.mode.label(),
+                reached * 100.0
+            );
+        }
+        lane.node_sent.push(sent);
+        lane.node_reached = lane.node_reached.min(reached);
+        super::sleep(Duration::from_millis(100))?;
+    }
+
+    check_interrupted()?;
+    let (ok, failed, elapsed) = tcp_connects(&topo.client, target, times.tcp, 500_000)?;
+    lane.tcp.push(ok as f64 / elapsed.as_secs_f64());
+    lane.tcp_failed += failed;
+    super::sleep(Duration::from_millis(200))?;
+
+    if extended {
+        check_interrupted()?;
+        let (transactions, elapsed) =
+            tcp_rr(&topo.client, target, times.rr).context("request/response")?;
+        lane.rr.push(transactions as f64 / elapsed.as_secs_f64());
+        super::sleep(Duration::from_millis(100))?;
+    }
+    Ok(())
+}
+
+/// One TCP connection, one request/response exchange and a burst of UDP reach the pods through
+/// the measured service.
 fn verify(topo: &Topology, target: SocketAddrV4) -> Result<()> {
     let (ok, failed, _) = tcp_connects(&topo.client, target, Duration::from_millis(300), 10)?;
     if ok == 0 {
         bail!("no TCP connection to {target} got through ({failed} failed)");
+    }
+    let (transactions, _) = tcp_rr(&topo.client, target, Duration::from_millis(50))
+        .context("request/response through the service")?;
+    if transactions == 0 {
+        bail!("no request/response transaction with {target} completed");
     }
     let before = pods_rx(topo)?;
     let sent = udp_blast(topo, target, Duration::from_millis(100), 1_000)?.sent;

@@ -2,12 +2,15 @@
 //! against a baseline taken in the same run, so the ratios hold on a noisy shared machine even
 //! where the absolute numbers drift.
 //!
-//! 1. [`testrun`]: per-packet cost of the XDP and TC programs through `BPF_PROG_TEST_RUN`,
-//!    against an empty program (the floor), with 1, 1 000 and 10 000 services in the maps.
-//! 2. [`dataplane`]: UDP packets/s and new TCP connections/s through a node in network
-//!    namespaces (client → node → pods), three ways in the same run: kube-proxy's iptables
-//!    rules, kube-proxy's nftables rules ([`kubeproxy`] writes both as kube-proxy does), and
-//!    `l3lb run --xdp`.
+//! 1. [`testrun`]: per-packet cost of the fast path's ingress program (TC on veth, else XDP)
+//!    and its TC egress program through `BPF_PROG_TEST_RUN`, against an empty program (the
+//!    floor) and the floor plus one services-map lookup, with 1, 1 000 and 10 000 services in
+//!    the maps.
+//! 2. [`dataplane`]: UDP packets/s, the node's own cost per packet, new TCP connections/s and
+//!    request/response transactions/s through a node in network namespaces (client → node →
+//!    pods), in the same run: direct routing, kube-proxy's iptables rules, kube-proxy's nftables
+//!    rules ([`kubeproxy`] writes both as kube-proxy does), `l3lb run --xdp`, and l3lb next to
+//!    kube-proxy's iptables rules.
 //! 3. [`controller`]: `l3lb run --source kube` against the fake API server with 10 000 Services:
 //!    time to converge, API change → address on `lo` latency ([`netlink`] watches), CPU per
 //!    change on another node, resident memory.
@@ -59,7 +62,7 @@ macro_rules! progress {
 /// Which parts to run and how much of each.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The reduced set: fewer rounds, shorter measurements, smaller scales (under two minutes).
+    /// The reduced set: fewer rounds, shorter measurements, smaller scales (about three minutes).
     pub quick: bool,
     pub out: PathBuf,
     pub part1: bool,

@@ -74,11 +74,11 @@ pub fn load_floor(prog_type: u32, verdict: i32) -> io::Result<OwnedFd> {
 }
 
 /// The floor plus one hash-map lookup of an all-zero 20-byte key (a `ServiceKey`) in the map
-/// `map`: what a single service lookup costs, for scale.
-pub fn load_one_lookup(map: BorrowedFd<'_>, verdict: i32) -> io::Result<OwnedFd> {
+/// `map`, of the given type: what a single service lookup costs.
+pub fn load_one_lookup(prog_type: u32, map: BorrowedFd<'_>, verdict: i32) -> io::Result<OwnedFd> {
     const PSEUDO_MAP_FD: u8 = 1;
     load_raw(
-        BPF_PROG_TYPE_XDP,
+        prog_type,
         &[
             insn(0x18, 1, PSEUDO_MAP_FD, 0, map.as_raw_fd()), // r1 = map (ld_imm64, first half)
             insn(0x00, 0, 0, 0, 0),                           // (second half)
@@ -259,6 +259,32 @@ pub fn in_netns<T: Send + 'static>(
             .unwrap_or_default();
         anyhow::anyhow!("a thread in namespace {name:?} panicked: {text}")
     })
+}
+
+/// The lowest-numbered CPU the calling thread may run on.
+pub fn first_allowed_cpu() -> io::Result<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; the kernel fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; a set of the size given.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads within the set.
+        .find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .ok_or_else(|| io::Error::other("an empty CPU affinity mask"))
+}
+
+/// Moves the calling thread onto CPU `cpu` alone.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; a set of the size given.
+    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `rx_packets` of `interface` in the calling thread's namespace (`/proc/thread-self/net/dev`).
