@@ -16,7 +16,7 @@ use crate::{
     events::{self, ServiceEvent},
     fastpath::FastPath,
     ingress::IngressUpdate,
-    metrics::{Component, Metrics},
+    metrics::{AddressLabels, Component, Metrics},
     reconcile::{AddressEvents, AddressReconciler, ApplyError, Changes},
     status::{NodeReport, ReportRequest, ServiceReport},
 };
@@ -318,6 +318,15 @@ impl Controller {
         }
         for ip in &changes.removed {
             info!("forfeiting address {ip}");
+        }
+        for ip in &changes.unowned_removed {
+            self.outputs
+                .metrics
+                .unowned_removed
+                .get_or_create(&AddressLabels {
+                    address: ip.to_string(),
+                })
+                .inc();
         }
     }
 

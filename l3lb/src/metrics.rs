@@ -52,6 +52,11 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddressLabels {
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabels {
     pub resource: String,
 }
@@ -66,6 +71,9 @@ pub struct Metrics {
     pub watch_errors: Family<WatchLabels, Counter>,
     pub watch_relists: Family<WatchLabels, Counter>,
     pub leader: Gauge,
+    /// Host addresses inside the managed prefixes, without l3lb's mark, that no Service needed,
+    /// removed (by address: a bounded set, the prefixes').
+    pub unowned_removed: Family<AddressLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -124,6 +132,12 @@ impl Metrics {
                 "leader",
                 "1 while this instance holds the status-writer Lease",
                 Gauge::default(),
+            ),
+            unowned_removed: register(
+                &mut registry,
+                "unowned_addresses_removed",
+                "Unmarked host addresses inside the managed prefixes that no Service needed, removed",
+                Family::default(),
             ),
             registry: Arc::new(registry),
         }

@@ -132,7 +132,7 @@ fn adds_only_inside_the_prefixes() {
         changes,
         Changes {
             added: ours.clone(),
-            removed: BTreeSet::new()
+            ..Changes::default()
         }
     );
     assert_eq!(owned, ours);
@@ -175,8 +175,9 @@ fn removes_surplus_and_leaves_foreign_addresses_alone() {
         return;
     }
     let ns = NetNs::new("addr-foreign");
-    // Outside the prefix; inside but unmarked; inside but another protocol's mark; inside but
-    // not a host address (a /25, not a /24: that would make the whole /24 local); and ours.
+    // Outside the prefix; inside but another program's mark; inside but not a host address (a
+    // /25, not a /24: that would make the whole /24 local); unmarked inside (l3lb's by the
+    // prefix rule); and marked ours.
     for cidr in ["10.0.0.20/32", "10.0.100.50/32", "10.0.100.128/25"] {
         ns.ip(&["addr", "add", cidr, "dev", "lo"]);
     }
@@ -188,18 +189,16 @@ fn removes_surplus_and_leaves_foreign_addresses_alone() {
         "127.0.0.1/8",
         "::1/128",
         "10.0.0.20/32",
-        "10.0.100.50/32",
         "10.0.100.51/32",
         "10.0.100.128/25",
-        "2001:db8:100::50/128",
     ]);
 
     let (owned_before, first, second) = in_ns(&ns, |_| async {
         let r = reconciler().await;
         let owned = r.owned().await.expect("owned");
-        // .50 is desired too: it is there already, unmarked, so it counts as present...
+        // .50 is desired too: it is there already, unmarked, so it is adopted as it is...
         let first = r.apply(&ips(&["10.0.100.7", "10.0.100.50"])).await;
-        // ...and is still not ours to remove once it is no longer desired.
+        // ...and withdrawn once no Service needs it: the prefix is l3lb's.
         let second = r.apply(&ips(&["10.0.100.7"])).await;
         (
             owned,
@@ -207,22 +206,92 @@ fn removes_surplus_and_leaves_foreign_addresses_alone() {
             second.expect("second apply"),
         )
     });
-    assert_eq!(owned_before, ips(&["10.0.100.9", "2001:db8:100::9"]));
+    assert_eq!(
+        owned_before,
+        ips(&[
+            "10.0.100.9",
+            "10.0.100.50",
+            "2001:db8:100::9",
+            "2001:db8:100::50"
+        ])
+    );
     assert_eq!(
         first,
         Changes {
             added: ips(&["10.0.100.7"]),
-            removed: ips(&["10.0.100.9", "2001:db8:100::9"]),
+            removed: ips(&["10.0.100.9", "2001:db8:100::9", "2001:db8:100::50"]),
+            unowned_removed: ips(&["2001:db8:100::50"]),
         }
     );
-    assert!(second.is_empty(), "{second:?}");
+    assert_eq!(
+        second,
+        Changes {
+            removed: ips(&["10.0.100.50"]),
+            unowned_removed: ips(&["10.0.100.50"]),
+            ..Changes::default()
+        }
+    );
 
     let mut expected = foreign.clone();
     expected.insert("10.0.100.7/32".into());
     assert_eq!(lo_addresses(ns.name()), expected);
     let protos = lo_protos(&ns);
-    assert_eq!(proto_of(&protos, "10.0.100.50/32"), None);
     assert_eq!(proto_of(&protos, "10.0.100.51/32"), Some(99));
+}
+
+#[test]
+fn migrates_from_an_unmarked_set_of_addresses() {
+    if !privileged("migrates_from_an_unmarked_set_of_addresses") {
+        return;
+    }
+    let ns = NetNs::new("addr-migrate");
+    // What the original l3lb (or an older kernel, or a hand) left: no IFA_PROTO mark at all.
+    for cidr in ["10.0.100.7/32", "10.0.100.8/32", "10.0.100.66/32"] {
+        ns.ip(&["addr", "add", cidr, "dev", "lo"]);
+    }
+    ns.ip(&["addr", "add", "2001:db8:100::7/128", "dev", "lo"]);
+    ns.ip(&["addr", "add", "10.0.0.20/32", "dev", "lo"]);
+
+    let monitor = Monitor::start(&ns);
+    monitor.wait_subscribed(&ns);
+    let changes = in_ns(&ns, |_| async {
+        reconciler()
+            .await
+            .apply(&ips(&["10.0.100.7", "2001:db8:100::7", "10.0.100.9"]))
+            .await
+            .expect("apply")
+    });
+    monitor.barrier(&ns);
+    let lines = monitor.lines();
+    drop(monitor);
+
+    assert_eq!(
+        changes,
+        Changes {
+            added: ips(&["10.0.100.9"]),
+            removed: ips(&["10.0.100.8", "10.0.100.66"]),
+            unowned_removed: ips(&["10.0.100.8", "10.0.100.66"]),
+        },
+        "the needed ones adopted, the rest withdrawn, the one missing added"
+    );
+    for adopted in ["10.0.100.7/32", "2001:db8:100::7/128"] {
+        assert!(
+            !lines.iter().any(|l| l.contains(adopted)),
+            "{adopted} was adopted without a flap: {lines:?}"
+        );
+    }
+    assert_eq!(
+        lo_addresses(ns.name()),
+        set(&[
+            "127.0.0.1/8",
+            "::1/128",
+            "10.0.0.20/32",
+            "10.0.100.7/32",
+            "10.0.100.9/32",
+            "2001:db8:100::7/128"
+        ]),
+        "outside the prefix stays untouched"
+    );
 }
 
 #[test]
@@ -368,7 +437,7 @@ fn adopts_preexisting_owned_addresses_without_flapping() {
         return;
     }
     let ns = NetNs::new("addr-adopt");
-    // Left by a previous run, plus someone else's addresses.
+    // Left by a previous run, an unmarked one inside the prefix, and one outside.
     add_marked(&ns, "10.0.100.7/32", L3LB_ADDR_PROTO);
     ns.ip(&["addr", "add", "10.0.100.50/32", "dev", "lo"]);
     ns.ip(&["addr", "add", "10.0.0.20/32", "dev", "lo"]);
@@ -390,7 +459,8 @@ fn adopts_preexisting_owned_addresses_without_flapping() {
         changes,
         Changes {
             added: ips(&["10.0.100.8"]),
-            removed: BTreeSet::new()
+            removed: ips(&["10.0.100.50"]),
+            unowned_removed: ips(&["10.0.100.50"]),
         }
     );
     assert!(
@@ -408,13 +478,13 @@ fn adopts_preexisting_owned_addresses_without_flapping() {
     assert_eq!(
         withdrawn,
         Changes {
-            added: BTreeSet::new(),
             removed: ips(&["10.0.100.7", "10.0.100.8"]),
+            ..Changes::default()
         }
     );
     assert_eq!(
         lo_addresses(ns.name()),
-        set(&["127.0.0.1/8", "::1/128", "10.0.100.50/32", "10.0.0.20/32"])
+        set(&["127.0.0.1/8", "::1/128", "10.0.0.20/32"])
     );
 }
 

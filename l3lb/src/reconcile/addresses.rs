@@ -2,18 +2,22 @@
 //! service IPs, touching only the addresses l3lb owns.
 //!
 //! # Ownership (the safety rule)
-//! An address is *owned* by l3lb when all of these hold:
+//! The managed prefixes are l3lb's (as `L3LB_PREFIX` meant in the original l3lb): the routing
+//! daemon announces every host address inside them, so one that no Service needs is a black
+//! hole. An address is *owned* by l3lb when all of these hold:
 //! - it is a host address: /32 for IPv4, /128 for IPv6;
 //! - it lies inside one of the managed prefixes;
 //! - it is on the reconciler's interface;
-//! - it carries IFA_PROTO == the reconciler's proto ([`L3LB_ADDR_PROTO`] in production).
+//! - it carries IFA_PROTO == the reconciler's proto ([`L3LB_ADDR_PROTO`] in production), or no
+//!   IFA_PROTO at all: left by the original l3lb, by a kernel that could not mark it, or added
+//!   by hand. Such an *unmarked* address is adopted as it is while a Service needs it (no delete
+//!   and re-add, so no flap), and withdrawn when none does, with a warning and a count in
+//!   [`Changes::unowned_removed`].
 //!
-//! On kernels that cannot mark addresses (no IFA_PROTO) the last condition is dropped: any host
-//! address inside the managed prefixes is owned. Nothing that is not owned is ever removed or
-//! changed: not 127.0.0.1 or ::1, not the node's own loopback /32 outside the prefixes, not a /24
-//! inside them, not an unmarked /32 inside them that someone else added. A desired IP that is
-//! already there unmarked counts as present (so it is not added twice), and stays someone
-//! else's: it is never removed.
+//! An address another program marked with its own IFA_PROTO is that program's claim and stays.
+//! Nothing that is not owned is ever removed or changed: not 127.0.0.1 or ::1, not the node's
+//! own loopback /32 outside the prefixes, not a /24 inside them. On kernels that cannot mark
+//! addresses at all, every host address inside the managed prefixes is owned.
 //!
 //! # Restarts
 //! Owned addresses left by a previous run are adopted: while still desired they are left exactly
@@ -54,6 +58,8 @@ pub const DEFAULT_INTERFACE: &str = "lo";
 pub struct Changes {
     pub added: BTreeSet<IpAddr>,
     pub removed: BTreeSet<IpAddr>,
+    /// The part of `removed` that did not carry l3lb's mark (see the module docs).
+    pub unowned_removed: BTreeSet<IpAddr>,
 }
 
 impl Changes {
@@ -228,6 +234,12 @@ impl AddressReconciler {
             .map(|a| a.ip)
             .collect();
         let owned = self.owned_among(&current);
+        // Owned but without l3lb's mark: adopted while wanted, withdrawn loudly when not.
+        let unmarked: BTreeSet<IpAddr> = current
+            .iter()
+            .filter(|a| a.proto.is_none() && owned.contains(&a.ip))
+            .map(|a| a.ip)
+            .collect();
 
         let mut changes = Changes::default();
         let mut failures = Vec::new();
@@ -246,8 +258,13 @@ impl AddressReconciler {
                 if !owned.contains(&ip) {
                     debug!(
                         interface = %iface,
-                        "address {ip} is already on {iface} without l3lb's mark: counting it as \
-                         present, and it will never be removed"
+                        "address {ip} is already on {iface} with another program's mark: \
+                         counting it as present, and it will never be removed"
+                    );
+                } else if unmarked.contains(&ip) {
+                    debug!(
+                        interface = %iface,
+                        "adopting address {ip} on {iface}: unmarked, and a Service needs it"
                     );
                 }
                 continue;
@@ -273,7 +290,18 @@ impl AddressReconciler {
         for &ip in owned.difference(desired) {
             match del_address(&self.handle, &interface, ip, host_prefix_len(ip)).await {
                 Ok(true) => {
-                    debug!(interface = %iface, "removed {ip}");
+                    if unmarked.contains(&ip) && self.marking_available() {
+                        warn!(
+                            interface = %iface,
+                            "removing unowned address {ip} from {iface}: it is inside the \
+                             managed prefixes ({}), carries no l3lb mark (left by an earlier \
+                             l3lb or another tool, or added by hand), and no Service needs it",
+                            DisplayList(&self.prefixes)
+                        );
+                        changes.unowned_removed.insert(ip);
+                    } else {
+                        debug!(interface = %iface, "removed {ip}");
+                    }
                     changes.removed.insert(ip);
                 }
                 Ok(false) => debug!(interface = %iface, "address {ip} was already gone"),
@@ -449,7 +477,7 @@ fn in_prefixes(prefixes: &[IpNet], ip: IpAddr) -> bool {
 fn is_owned(address: &InterfaceAddress, prefixes: &[IpNet], proto: u8, marking: bool) -> bool {
     address.is_host()
         && in_prefixes(prefixes, address.ip)
-        && (!marking || address.proto == Some(proto))
+        && (!marking || address.proto.is_none_or(|p| p == proto))
 }
 
 struct DisplayList<'a>(&'a [IpNet]);
@@ -484,13 +512,15 @@ mod tests {
     }
 
     #[test]
-    fn owns_only_marked_host_addresses_inside_the_prefixes() {
+    fn owns_host_addresses_inside_the_prefixes_unless_another_program_marked_them() {
         let p = prefixes();
         let owned = |a: &InterfaceAddress| is_owned(a, &p, L3LB_ADDR_PROTO, true);
         assert!(owned(&addr("10.0.100.7/32", Some(76))));
         assert!(owned(&addr("2001:db8:100::7/128", Some(76))));
-        // Someone else's: unmarked, other proto, not a host address, outside the prefixes.
-        assert!(!owned(&addr("10.0.100.50/32", None)));
+        // Unmarked inside the prefixes: left by the original l3lb, an old kernel, or by hand.
+        assert!(owned(&addr("10.0.100.50/32", None)));
+        assert!(owned(&addr("2001:db8:100::50/128", None)));
+        // Someone else's: another program's mark, not a host address, outside the prefixes.
         assert!(!owned(&addr("10.0.100.51/32", Some(4))));
         assert!(!owned(&addr("10.0.100.128/25", Some(76))));
         assert!(!owned(&addr("2001:db8:100::/64", Some(76))));
@@ -518,7 +548,7 @@ mod tests {
         let error = ApplyError {
             changes: Changes {
                 added: BTreeSet::from(["10.0.100.8".parse().unwrap()]),
-                removed: BTreeSet::new(),
+                ..Changes::default()
             },
             failures: vec![Error::NoSuchInterface {
                 op: netlink::Operation {
