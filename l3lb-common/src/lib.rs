@@ -39,7 +39,9 @@ pub enum Reason {
     Fragment = 5,
     /// IPv6 with extension headers, which the program does not walk.
     Ipv6Extension = 6,
-    /// Shorter than the headers it announces, or an IPv4 header with options it cannot parse.
+    /// Malformed: shorter than the headers or the length it announces, an IPv4 header it cannot
+    /// parse or whose checksum is wrong, a UDP length that disagrees with the IP length, a TCP
+    /// data offset below 5. Passed untouched for the kernel to drop, leaving no flow behind.
     Truncated = 7,
     /// A service with no usable local backend (left to the kernel and kube-proxy).
     NoBackend = 8,

@@ -25,6 +25,7 @@ use crate::{
     flow::select,
     maps::{L3LB_SERVICES, count, count_service},
     nat::{End, parse_skb, rewrite, ttl},
+    parse::validate,
 };
 
 #[classifier]
@@ -53,6 +54,7 @@ fn try_l3lb_tc_ingress(ctx: &TcContext, bytes: u64) -> Result<(i32, Reason), Rea
     let service = unsafe { L3LB_SERVICES.get(service_key) }
         .copied()
         .ok_or(Reason::NotService)?;
+    validate(ctx.data(), ctx.data_end(), &packet, ctx.len() as usize)?;
     let backend = select(key, &service, bytes)?;
     // The node forwards the packet itself (and so decrements the TTL) only into a pod it can
     // reach directly; a TTL that would expire here is the kernel's to answer.

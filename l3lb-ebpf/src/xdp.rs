@@ -17,7 +17,7 @@ use crate::{
     csum::CsumDelta,
     flow::select,
     maps::{L3LB_SERVICES, count, count_service},
-    parse::{IPV4_CHECK, IPV4_DST, IPV6_DST, L4_DPORT, Packet, parse, ptr_at_mut},
+    parse::{IPV4_CHECK, IPV4_DST, IPV6_DST, L4_DPORT, Packet, parse, ptr_at_mut, validate},
 };
 
 #[xdp]
@@ -47,6 +47,7 @@ fn try_l3lb_xdp(ctx: &XdpContext, bytes: u64) -> Result<(), Reason> {
     let service = unsafe { L3LB_SERVICES.get(service_key) }
         .copied()
         .ok_or(Reason::NotService)?;
+    validate(ctx.data(), ctx.data_end(), &packet, bytes as usize)?;
     let backend = select(key, &service, bytes)?;
     rewrite_destination(ctx, &packet, &backend)?;
     count_service(service.id, bytes);
@@ -97,9 +98,10 @@ fn rewrite_destination(ctx: &XdpContext, packet: &Packet, backend: &Backend) -> 
         let old = check.read_unaligned();
         if key.proto == PROTO_UDP {
             // IPv4 UDP may go without a checksum (0), and stays so; a computed 0 is sent as
-            // 0xffff, its one's-complement twin, because 0 would mean "none" (RFC 768, and
-            // RFC 8200 §8.1 for IPv6, where 0 is invalid).
-            if !(old == 0 && key.family == FAMILY_IPV4) {
+            // 0xffff, its one's-complement twin, because 0 would mean "none" (RFC 768). An IPv6
+            // checksum of 0 is invalid (RFC 8200 §8.1, except tunnels under RFC 6935) and is
+            // left as it came too, as Linux's own NAT does.
+            if old != 0 {
                 let new = l4_delta.apply(old);
                 check.write_unaligned(if new == 0 { 0xffff } else { new });
             }

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use l3lb::{
     cluster::model::{
-        ClusterChange, EndpointPort, LocalEndpoint, ServiceKey, ServicePort, ServiceSpec,
-        SliceKey, SliceSpec,
+        ClusterChange, EndpointPort, LocalEndpoint, ServiceKey, ServicePort, ServiceSpec, SliceKey,
+        SliceSpec,
     },
     desired::{DesiredState, Mode, Policy},
     fastpath::maglev::build_table,
@@ -38,24 +38,26 @@ fn service() -> impl Strategy<Value = ServiceSpec> {
         1 => Just("192.0.2.1".to_owned()),
         1 => Just("not-an-ip".to_owned()),
     ];
-    (0usize..5, prop::collection::vec(ip, 1..3), any::<bool>()).prop_map(|(name, ips, annotated)| {
-        let mut spec = ServiceSpec {
-            key: ServiceKey::new("default", format!("svc-{name}")),
-            is_load_balancer: true,
-            ports: vec![ServicePort {
-                name: Some("http".into()),
-                protocol: "TCP".into(),
-                port: 80,
-            }],
-            ..ServiceSpec::default()
-        };
-        if annotated {
-            spec.annotation_ips = ips;
-        } else {
-            spec.external_ips = ips;
-        }
-        spec
-    })
+    (0usize..5, prop::collection::vec(ip, 1..3), any::<bool>()).prop_map(
+        |(name, ips, annotated)| {
+            let mut spec = ServiceSpec {
+                key: ServiceKey::new("default", format!("svc-{name}")),
+                is_load_balancer: true,
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    protocol: "TCP".into(),
+                    port: 80,
+                }],
+                ..ServiceSpec::default()
+            };
+            if annotated {
+                spec.annotation_ips = ips;
+            } else {
+                spec.external_ips = ips;
+            }
+            spec
+        },
+    )
 }
 
 /// An EndpointSlice of one of the Services, with local endpoints in random conditions.
@@ -188,15 +190,17 @@ proptest! {
             // Whatever a Service needs is announced, shared or not.
             let announced = incremental.addresses();
             for spec in incremental.services() {
-                if let Some(decision) = incremental.decision(&spec.key) {
-                    if decision.reason.announces() {
-                        for ip in &decision.ips {
-                            prop_assert!(
-                                announced.contains(ip),
-                                "{} needs {ip}, which is not announced", spec.key
-                            );
-                        }
-                    }
+                let Some(decision) = incremental.decision(&spec.key) else {
+                    continue;
+                };
+                if !decision.reason.announces() {
+                    continue;
+                }
+                for ip in &decision.ips {
+                    prop_assert!(
+                        announced.contains(ip),
+                        "{} needs {ip}, which is not announced", spec.key
+                    );
                 }
             }
         }

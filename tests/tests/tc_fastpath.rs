@@ -12,7 +12,7 @@
 //! Which interface a redirect targets is not visible to a test run (the kernel only records it
 //! for the redirect that follows a real receive); `tests/tests/fastpath_e2e.rs` shows the
 //! packets arriving in the right pods.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::{
     Ebpf,
@@ -22,7 +22,9 @@ use l3lb::fastpath::{
     plan::{Delivery, Target, Vip},
     tables::{self, Tables},
 };
-use l3lb_common::{PROTO_TCP, PROTO_UDP, PacketCounter, Reason, program_names};
+use l3lb_common::{
+    Flow, FlowKey, PROTO_TCP, PROTO_UDP, PacketCounter, Reason, map_names, program_names,
+};
 use l3lb_tests::{frames, netns::NetNs, privileged};
 
 const TC_ACT_OK: u32 = 0;
@@ -84,6 +86,19 @@ impl Fastpath {
             .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of {name}: {err}"));
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
+    }
+
+    /// Whether the flow of `frame` (client → service) left an entry in `L3LB_FLOWS`.
+    fn has_flow(&self, frame: &[u8]) -> bool {
+        let flows: aya::maps::HashMap<_, FlowKey, Flow> =
+            aya::maps::HashMap::try_from(self.ebpf.map(map_names::FLOWS).unwrap()).unwrap();
+        let (src, dst) = (frames::source(frame), frames::destination(frame));
+        let key = FlowKey::new(
+            SocketAddr::new(src.0, src.1),
+            SocketAddr::new(dst.0, dst.1),
+            frames::layout(frame).proto,
+        );
+        flows.get(&key, 0).is_ok()
     }
 
     fn reasons(&self) -> [PacketCounter; Reason::COUNT as usize] {
@@ -153,18 +168,30 @@ fn check(case: &Case, verdict: u32, out: &[u8]) {
                     ""
                 }
             );
-            assert!(frames::checksums_ok(out), "{what}: checksums verify");
-            if frames::layout(&case.frame).proto == PROTO_UDP
-                && frames::l4_checksum(&case.frame) == 0
-            {
+            let layout = frames::layout(&case.frame);
+            let no_udp_checksum =
+                layout.proto == PROTO_UDP && frames::l4_checksum(&case.frame) == 0;
+            if no_udp_checksum {
+                // 0 is "none" for IPv4 and invalid for IPv6: left as it came either way.
                 assert_eq!(
                     frames::l4_checksum(out),
                     0,
-                    "{what}: no UDP checksum stays none"
+                    "{what}: a UDP checksum of 0 stays 0"
                 );
+            }
+            if !(no_udp_checksum && layout.family == 6) {
+                assert!(frames::checksums_ok(out), "{what}: checksums verify");
             }
         }
     }
+}
+
+/// A TCP/UDP frame over IPv4 or IPv6, whose 5-tuple can be read back.
+fn frames_have_ports(frame: &[u8]) -> bool {
+    let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
+    (ether_type == 0x0800 || ether_type == 0x86dd)
+        && matches!(frames::layout(frame).proto, PROTO_TCP | PROTO_UDP)
+        && frame.len() >= frames::layout(frame).l4 + 4
 }
 
 #[test]
@@ -194,6 +221,11 @@ fn ingress_cases() {
     );
     lb.service((service.into(), 54, PROTO_UDP), pod_stack, Delivery::Stack);
     lb.service((service6.into(), 443, PROTO_TCP), pod6, peer);
+    let pod6_udp = (
+        IpAddr::from("fd00:244::6".parse::<Ipv6Addr>().unwrap()),
+        5353,
+    );
+    lb.service((service6.into(), 53, PROTO_UDP), pod6_udp, peer);
 
     let v4_udp = frames::Ipv4::new(PROTO_UDP, client, service);
     let cases = vec![
@@ -294,6 +326,63 @@ fn ingress_cases() {
             reason: Reason::Truncated,
         },
         Case {
+            description: "IPv6 UDP with a checksum of 0 (invalid): rewritten, the 0 left alone",
+            frame: {
+                let mut frame = frames::ipv6(PROTO_UDP, client6, service6, 40009, 53, b"q");
+                let at = frames::layout(&frame).l4 + 6;
+                frame[at..at + 2].fill(0);
+                frame
+            },
+            verdict: TC_ACT_REDIRECT,
+            expect: Expect::Rewritten {
+                to: pod6_udp,
+                forwarded: true,
+            },
+            reason: Reason::RedirectPeer,
+        },
+        Case {
+            description: "malformed: 42 bytes whose IPv4 header claims 60",
+            frame: v4_udp.clone().total_length(60).segment(40010, 53, b""),
+            verdict: TC_ACT_OK,
+            expect: Expect::Untouched,
+            reason: Reason::Truncated,
+        },
+        Case {
+            description: "malformed: a bad IPv4 header checksum",
+            frame: {
+                let mut frame = frames::ipv4(PROTO_UDP, client, service, 40011, 53, b"query");
+                frame[frames::ETH_LEN + 10] ^= 0x5a;
+                frame
+            },
+            verdict: TC_ACT_OK,
+            expect: Expect::Untouched,
+            reason: Reason::Truncated,
+        },
+        Case {
+            description: "malformed: a UDP length that disagrees with the IP length",
+            frame: {
+                let mut frame = frames::ipv4(PROTO_UDP, client, service, 40012, 53, b"query");
+                let at = frames::layout(&frame).l4 + 4;
+                frame[at + 1] += 4;
+                frame
+            },
+            verdict: TC_ACT_OK,
+            expect: Expect::Untouched,
+            reason: Reason::Truncated,
+        },
+        Case {
+            description: "malformed: a TCP data offset below 5",
+            frame: {
+                let mut frame = frames::ipv4(PROTO_TCP, client, service, 40013, 80, b"GET");
+                let at = frames::layout(&frame).l4 + 12;
+                frame[at] = 0x40;
+                frame
+            },
+            verdict: TC_ACT_OK,
+            expect: Expect::Untouched,
+            reason: Reason::Truncated,
+        },
+        Case {
             description: "ARP",
             frame: frames::arp_request(client, service),
             verdict: TC_ACT_OK,
@@ -313,6 +402,13 @@ fn ingress_cases() {
             case.description,
             case.reason
         );
+        if matches!(case.expect, Expect::Untouched) && frames_have_ports(&case.frame) {
+            assert!(
+                !lb.has_flow(&case.frame),
+                "{}: no flow state left behind",
+                case.description
+            );
+        }
     }
 }
 
