@@ -17,7 +17,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::model::{ClusterChange, SERVICE_NAME_LABEL, ServiceSpec, SliceKey, SliceSpec};
+use super::model::{
+    ClusterChange, SERVICE_NAME_LABEL, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
+    has_unplaced_endpoints,
+};
 use crate::metrics::{Metrics, WatchLabels};
 
 /// Watches Services and EndpointSlices until the receiver goes away.
@@ -43,6 +46,8 @@ pub async fn run(
         metrics.clone(),
     );
     let slice_node = node.clone();
+    // Services already reported for endpoints without nodeName: once each is enough.
+    let unplaced = std::sync::Mutex::new(std::collections::HashSet::<ServiceKey>::new());
     let slices = watch(
         Api::<EndpointSlice>::all(client),
         // Slices without the label belong to no Service (mirrored or hand-made ones); the API
@@ -51,7 +56,22 @@ pub async fn run(
             .any_semantic()
             .labels(SERVICE_NAME_LABEL),
         "endpointslices",
-        move |slice: &EndpointSlice| SliceSpec::from_endpoint_slice(slice, &slice_node),
+        move |slice: &EndpointSlice| {
+            let spec = SliceSpec::from_endpoint_slice(slice, &slice_node)?;
+            if has_unplaced_endpoints(slice)
+                && let Some(service) = &spec.service
+                && unplaced
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(service.clone())
+            {
+                info!(
+                    service = %service,
+                    "endpoints without nodeName cannot be placed on a node: they never make a node announce"
+                );
+            }
+            Some(spec)
+        },
         |slice: &EndpointSlice| {
             Some(ClusterChange::SliceDeleted(SliceKey {
                 namespace: slice.metadata.namespace.clone()?,

@@ -13,13 +13,18 @@
 //! - BOOKMARK events carrying the cluster-wide resourceVersion;
 //! - the `/status` subresource: writes to the main resource keep the stored status (and create
 //!   drops it), writes to `/status` change nothing but `.status`;
+//! - `metadata.managedFields` for writes through the API (see `managed`), so a controller can
+//!   tell the fields it wrote from another's;
+//! - Event validation as upstream (required fields, lengths) and `regarding.uid` (see
+//!   `validate`);
+//! - injected failures of status writes ([`FakeApiServer::fail_next_status_writes`]);
 //! - the server going down ([`FakeApiServer::stop`]) and connections dropping
 //!   ([`FakeApiServer::drop_watches`]), by aborting the connection tasks so clients see a torn
 //!   connection rather than a clean end of stream.
 //!
-//! What it does not model: authentication, admission, defaulting, validation beyond what the
-//! protocol needs, finalizers (DELETE removes at once), real server-side apply field ownership
-//! (an apply patch is a JSON merge), JSON patch, protobuf, and MVCC snapshots (a paginated list
+//! What it does not model: authentication, admission, defaulting, validation beyond Events and what the
+//! protocol needs, finalizers (DELETE removes at once), real server-side apply (an apply patch is a
+//! JSON merge; managed fields are a simplified model), JSON patch, protobuf, and MVCC snapshots (a paginated list
 //! reads the current state for every page, but reports the first page's resourceVersion, so a
 //! watch started from it replays whatever changed in between).
 //!
@@ -29,11 +34,13 @@
 
 mod error;
 mod list_watch;
+mod managed;
 mod resources;
 mod route;
 mod selector;
 mod server;
 mod store;
+mod validate;
 mod write;
 
 use std::fmt;
@@ -81,6 +88,7 @@ impl FakeApiServer {
             log: Mutex::new(Vec::new()),
             response_delay: Mutex::new(Duration::ZERO),
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
+            failing_status_writes: Mutex::new((0, 500)),
         });
         let accept = tokio::spawn(accept_loop(inner.clone(), listener));
         FakeApiServer {
@@ -254,6 +262,18 @@ impl FakeApiServer {
     /// its next bookmark on.
     pub fn set_bookmark_interval(&self, interval: Duration) {
         *lock(&self.inner.bookmark_interval) = interval;
+    }
+
+    /// Makes the next `count` writes to a `/status` subresource fail with HTTP `code` (500,
+    /// 429, 503, …) before they touch the store, as an API server restarting or shedding load
+    /// would.
+    pub fn fail_next_status_writes(&self, count: u32, code: u16) {
+        *lock(&self.inner.failing_status_writes) = (count, code);
+    }
+
+    /// How many injected status-write failures are still to come.
+    pub fn pending_status_failures(&self) -> u32 {
+        lock(&self.inner.failing_status_writes).0
     }
 
     /// Every stored Event, from both `v1` and `events.k8s.io/v1`, in resourceVersion order.

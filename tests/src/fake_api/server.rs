@@ -58,6 +58,8 @@ pub(super) struct Inner {
     pub(super) log: Mutex<Vec<RequestRecord>>,
     pub(super) response_delay: Mutex<Duration>,
     pub(super) bookmark_interval: Mutex<Duration>,
+    /// How many of the next status-subresource writes fail, and with which HTTP code.
+    pub(super) failing_status_writes: Mutex<(u32, u16)>,
 }
 
 /// Locks ignoring poison: a panicking test thread must not turn every later request into a panic.
@@ -141,6 +143,12 @@ async fn handle_request(
         tokio::time::sleep(delay).await;
     }
 
+    let user_agent = req
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -166,6 +174,7 @@ async fn handle_request(
         path,
         query: Query::parse(&raw_query),
         content_type,
+        user_agent,
         body,
     };
     Ok(match serve(&inner, conn, request) {
@@ -174,11 +183,23 @@ async fn handle_request(
     })
 }
 
+/// The error the apiserver gives for `code` (what a restart, overload or timeout looks like).
+fn injected_failure(code: u16) -> ApiError {
+    let reason = match code {
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "InternalError",
+    };
+    ApiError::new(code, reason, format!("injected failure ({reason})"))
+}
+
 pub(super) struct ApiRequest {
     pub(super) method: Method,
     pub(super) path: String,
     pub(super) query: Query,
     pub(super) content_type: String,
+    pub(super) user_agent: String,
     pub(super) body: Bytes,
 }
 
@@ -224,6 +245,13 @@ fn serve(inner: &Arc<Inner>, conn: u64, req: ApiRequest) -> Result<Response<Resp
         None => {}
         Some("status") if def.status => {}
         Some(_) => return Err(ApiError::no_such_path()),
+    }
+    if route.subresource.is_some() && matches!(req.method, Method::PUT | Method::PATCH) {
+        let mut failing = lock(&inner.failing_status_writes);
+        if failing.0 > 0 {
+            failing.0 -= 1;
+            return Err(injected_failure(failing.1));
+        }
     }
     let ns = route.namespace.as_deref();
     match (&route.name, &req.method) {
