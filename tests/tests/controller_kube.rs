@@ -137,6 +137,7 @@ fn follows_the_api_and_fails_static() {
 async fn scenario(ns: Ip) {
     let scratch = scratch("ctlkube");
     let server = FakeApiServer::start().await;
+    server.enforce_rbac();
     let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
     server.apply(service("web", "10.0.100.7, 2001:db8:100::7"));
@@ -315,6 +316,18 @@ async fn scenario(ns: Ip) {
         "the node's own address untouched"
     );
     assert!(has_address(&ns, "lo", "127.0.0.1/8"));
+
+    // Everything it did, the deploy RBAC allowed, and everything the RBAC grants, it used.
+    assert_eq!(
+        server.denied_requests(),
+        Vec::<String>::new(),
+        "refused by RBAC"
+    );
+    assert_eq!(
+        server.unused_grants(),
+        Vec::new(),
+        "grants in deploy/ that l3lb never used"
+    );
 }
 
 #[test]
@@ -333,6 +346,7 @@ fn one_status_writer_and_failover() {
 async fn failover(ns: Ip) {
     let scratch = scratch("ctllease");
     let server = FakeApiServer::start().await;
+    server.enforce_rbac();
     let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
     two_node_interfaces(&ns);
@@ -398,6 +412,11 @@ async fn failover(ns: Ip) {
     );
     assert!(follower.log().contains("published ingress"));
     assert!(follower.terminate());
+    assert_eq!(
+        server.denied_requests(),
+        Vec::<String>::new(),
+        "refused by RBAC"
+    );
 }
 
 /// Two "nodes" in one namespace, each on its own interface (a veth end: this kernel has no dummy
@@ -464,6 +483,7 @@ fn status_l3lb_wrote_is_no_request() {
 async fn own_status(ns: Ip) {
     let scratch = scratch("ctlstatus");
     let server = FakeApiServer::start().await;
+    server.enforce_rbac();
     let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
     two_node_interfaces(&ns);
@@ -622,4 +642,9 @@ async fn own_status(ns: Ip) {
 
     assert!(a.terminate());
     assert!(b.terminate());
+    assert_eq!(
+        server.denied_requests(),
+        Vec::<String>::new(),
+        "refused by RBAC"
+    );
 }

@@ -790,8 +790,8 @@ async fn events_kubeconfig_cluster_scope_and_slow_responses() {
             "metadata": {"generateName": "web.", "namespace": "default"},
             "reason": "Assigned", "note": "assigned 192.0.2.1", "message": "assigned 192.0.2.1", "type": "Normal",
             "eventTime": "2025-01-01T00:00:00.000000Z", "reportingController": "l3lb", "reportingInstance": "node-1", "action": "Assign",
-            "involvedObject": {"kind": "Service", "name": "web", "namespace": "default"},
-            "regarding": {"kind": "Service", "name": "web", "namespace": "default"}})
+            "involvedObject": {"kind": "Service", "name": "web", "namespace": "default", "uid": "u-web"},
+            "regarding": {"kind": "Service", "name": "web", "namespace": "default", "uid": "u-web"}})
     };
     let new_events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(client.clone(), "default");
@@ -803,6 +803,29 @@ async fn events_kubeconfig_cluster_scope_and_slow_responses() {
         .await
         .unwrap();
     assert!(created.name_any().starts_with("web.") && created.name_any().len() == "web.".len() + 5);
+    // Validated as upstream validates them, and without regarding.uid (invisible to `kubectl
+    // describe`) refused.
+    let mut invalid = ev("events.k8s.io/v1");
+    invalid["regarding"]["uid"] = Value::Null;
+    invalid["note"] = Value::String("x".repeat(1025));
+    let refused = new_events
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(invalid).unwrap(),
+        )
+        .await
+        .expect_err("an invalid Event is refused");
+    match refused {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422);
+            assert!(
+                status.message.contains("regarding.uid") && status.message.contains("note"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected 422 Invalid, got {other}"),
+    }
     let old_events: Api<k8s_openapi::api::core::v1::Event> =
         Api::namespaced(client.clone(), "default");
     old_events
@@ -824,7 +847,7 @@ async fn events_kubeconfig_cluster_scope_and_slow_responses() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     server.set_response_delay(Duration::ZERO);
     let writes = server.request_log().iter().filter(|r| r.is_write()).count();
-    assert_eq!(writes, 2, "only the two event creates wrote");
+    assert_eq!(writes, 3, "only the event creates wrote (one refused)");
 }
 
 #[tokio::test]
@@ -846,4 +869,64 @@ async fn streaming_list_watcher_is_supported() {
     );
     let log = server.request_log();
     assert_eq!(log[0].param("sendInitialEvents").as_deref(), Some("true"));
+}
+
+/// The daemon's kubeconfig carries its ServiceAccount token; with the deploy RBAC enforced, what
+/// the rules grant passes and anything else is 403, as on a real cluster.
+#[tokio::test]
+async fn rbac_from_deploy_is_enforced_on_the_daemons_token() {
+    let server = FakeApiServer::start().await;
+    server.apply(serde_json::to_value(service("web", json!({}))).unwrap());
+    server.enforce_rbac();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&path).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let daemon = kube::Client::try_from(config).unwrap();
+    let services: Api<Service> = Api::all(daemon.clone());
+    assert_eq!(
+        services
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    let one: Api<Service> = Api::namespaced(daemon, "default");
+    match one.get("web").await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+            assert!(
+                status.message.contains("cannot get resource \"services\""),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("get services is not granted, yet: {other:?}"),
+    }
+    assert_eq!(
+        server.denied_requests(),
+        ["GET /api/v1/namespaces/default/services/web"]
+    );
+    // The test's own client has no token: unrestricted.
+    Api::<Service>::namespaced(server.client(), "default")
+        .get("web")
+        .await
+        .unwrap();
+    assert!(
+        server
+            .unused_grants()
+            .iter()
+            .any(|(group, resource, verb, _)| group == "events.k8s.io"
+                && resource == "events"
+                && verb == "create"),
+        "grants not yet used are reported"
+    );
 }

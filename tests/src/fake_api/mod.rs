@@ -22,7 +22,9 @@
 //!   ([`FakeApiServer::drop_watches`]), by aborting the connection tasks so clients see a torn
 //!   connection rather than a clean end of stream.
 //!
-//! What it does not model: authentication, admission, defaulting, validation beyond Events and what the
+//! - RBAC for the daemon's ServiceAccount, from the deploy manifests ([`FakeApiServer::enforce_rbac`]);
+//!
+//! What it does not model: authentication beyond one token, admission, defaulting, validation beyond Events and what the
 //! protocol needs, finalizers (DELETE removes at once), real server-side apply (an apply patch is a
 //! JSON merge; managed fields are a simplified model), JSON patch, protobuf, and MVCC snapshots (a paginated list
 //! reads the current state for every page, but reports the first page's resourceVersion, so a
@@ -35,6 +37,7 @@
 mod error;
 mod list_watch;
 mod managed;
+mod rbac;
 mod resources;
 mod route;
 mod selector;
@@ -89,6 +92,8 @@ impl FakeApiServer {
             response_delay: Mutex::new(Duration::ZERO),
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
             failing_status_writes: Mutex::new((0, 500)),
+            rbac: Mutex::new(None),
+            denied: Mutex::new(Vec::new()),
         });
         let accept = tokio::spawn(accept_loop(inner.clone(), listener));
         FakeApiServer {
@@ -107,12 +112,38 @@ impl FakeApiServer {
         format!("http://{}", self.addr)
     }
 
-    /// A kubeconfig pointing at this server, with a credential-less user.
+    /// A kubeconfig pointing at this server, with the daemon's ServiceAccount token: once
+    /// [`Self::enforce_rbac`] has loaded the RBAC, requests made with it are authorized.
     pub fn kubeconfig_yaml(&self) -> String {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
-            self.url()
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: {}\n",
+            self.url(),
+            rbac::DAEMON_TOKEN
         )
+    }
+
+    /// Enforces the RBAC of the deploy manifests (`deploy/kubernetes/*.yaml`) on requests made
+    /// with the kubeconfig's token: what the ServiceAccount's bindings do not allow gets 403.
+    /// Requests without a token (the test's own [`Self::client`]) stay unrestricted.
+    pub fn enforce_rbac(&self) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+        let rbac = rbac::Rbac::load(&dir)
+            .unwrap_or_else(|e| panic!("fake API server: loading RBAC from deploy/: {e}"));
+        *lock(&self.inner.rbac) = Some(rbac);
+    }
+
+    /// Requests the RBAC refused (403), as `METHOD path`.
+    pub fn denied_requests(&self) -> Vec<String> {
+        lock(&self.inner.denied).clone()
+    }
+
+    /// The grants of the deploy RBAC that no request has used so far, as
+    /// `(apiGroup, resource, verb, namespace)`; empty until [`Self::enforce_rbac`].
+    pub fn unused_grants(&self) -> Vec<rbac::Grant> {
+        lock(&self.inner.rbac)
+            .as_ref()
+            .map(rbac::Rbac::unused)
+            .unwrap_or_default()
     }
 
     /// Writes [`Self::kubeconfig_yaml`] to `path`, for `KUBECONFIG` or

@@ -22,8 +22,9 @@ use tokio::task::JoinHandle;
 use super::RequestRecord;
 use super::error::ApiError;
 use super::list_watch::{list, watch};
+use super::rbac::{Attributes, DAEMON_TOKEN, Rbac};
 use super::resources::RESOURCES;
-use super::route::{Query, parse_route};
+use super::route::{Query, Route, parse_route};
 use super::store::Store;
 use super::write::{create, delete, delete_collection, patch, replace};
 
@@ -60,6 +61,10 @@ pub(super) struct Inner {
     pub(super) bookmark_interval: Mutex<Duration>,
     /// How many of the next status-subresource writes fail, and with which HTTP code.
     pub(super) failing_status_writes: Mutex<(u32, u16)>,
+    /// The daemon's RBAC, once loaded: requests with its token are checked against it.
+    pub(super) rbac: Mutex<Option<Rbac>>,
+    /// Requests refused with 403, as `VERB path`.
+    pub(super) denied: Mutex<Vec<String>>,
 }
 
 /// Locks ignoring poison: a panicking test thread must not turn every later request into a panic.
@@ -143,6 +148,12 @@ async fn handle_request(
         tokio::time::sleep(delay).await;
     }
 
+    let bearer = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
     let user_agent = req
         .headers()
         .get(hyper::header::USER_AGENT)
@@ -175,12 +186,55 @@ async fn handle_request(
         query: Query::parse(&raw_query),
         content_type,
         user_agent,
+        bearer,
         body,
     };
     Ok(match serve(&inner, conn, request) {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     })
+}
+
+/// Checks a request carrying the daemon's token against its RBAC (when loaded).
+fn authorize(inner: &Inner, route: &Route, req: &ApiRequest) -> Result<(), ApiError> {
+    if req.bearer.as_deref() != Some(DAEMON_TOKEN) {
+        return Ok(());
+    }
+    let mut rbac = lock(&inner.rbac);
+    let Some(rbac) = rbac.as_mut() else {
+        return Ok(());
+    };
+    let def = &RESOURCES[route.res];
+    let verb = match (&req.method, route.name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if req.query.flag("watch") => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    };
+    let attributes = Attributes {
+        verb: verb.to_owned(),
+        group: def.group.to_owned(),
+        resource: match &route.subresource {
+            Some(sub) => format!("{}/{sub}", def.plural),
+            None => def.plural.to_owned(),
+        },
+        namespace: route.namespace.clone(),
+        name: route.name.clone(),
+    };
+    if rbac.allows(&attributes) {
+        return Ok(());
+    }
+    lock(&inner.denied).push(format!("{} {}", req.method, req.path));
+    Err(ApiError::new(
+        403,
+        "Forbidden",
+        attributes.forbidden_message(),
+    ))
 }
 
 /// The error the apiserver gives for `code` (what a restart, overload or timeout looks like).
@@ -200,6 +254,7 @@ pub(super) struct ApiRequest {
     pub(super) query: Query,
     pub(super) content_type: String,
     pub(super) user_agent: String,
+    pub(super) bearer: Option<String>,
     pub(super) body: Bytes,
 }
 
@@ -246,6 +301,7 @@ fn serve(inner: &Arc<Inner>, conn: u64, req: ApiRequest) -> Result<Response<Resp
         Some("status") if def.status => {}
         Some(_) => return Err(ApiError::no_such_path()),
     }
+    authorize(inner, &route, &req)?;
     if route.subresource.is_some() && matches!(req.method, Method::PUT | Method::PATCH) {
         let mut failing = lock(&inner.failing_status_writes);
         if failing.0 > 0 {
