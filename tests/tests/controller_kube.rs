@@ -648,3 +648,68 @@ async fn own_status(ns: Ip) {
         "refused by RBAC"
     );
 }
+
+#[test]
+fn first_sync_of_many_services_publishes_every_status() {
+    if !privileged("first_sync_of_many_services_publishes_every_status") {
+        return;
+    }
+    let ns = NetNs::new("ctlmany");
+    ns.run_inside(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(many_services());
+    });
+}
+
+/// More Services than any queue between the controller and the status writer holds (4 096),
+/// all arriving in the first list: every one of them gets its status, none is dropped.
+async fn many_services() {
+    const SERVICES: usize = 4500;
+    let scratch = scratch("ctlmany");
+    let server = FakeApiServer::start().await;
+    server.enforce_rbac();
+    let kubeconfig = scratch.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    for i in 0..SERVICES {
+        // No endpoints anywhere: nothing is announced, but each status is still published.
+        server.apply(service(
+            &format!("bulk-{i}"),
+            &format!("2001:db8:100::{:x}", i + 1),
+        ));
+    }
+    // A few writes fail on the way, as when the API server sheds load.
+    server.fail_next_status_writes(5, 429);
+    let mut daemon = start_l3lb(
+        "node-a",
+        "lo",
+        &kubeconfig,
+        "127.0.0.1:9474",
+        scratch.path().join("l3lb.log"),
+    );
+    let published = || {
+        server
+            .list("services")
+            .iter()
+            .filter(|svc| {
+                svc.pointer("/status/loadBalancer/ingress/0/ip")
+                    .and_then(Value::as_str)
+                    .is_some()
+            })
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || published() == SERVICES),
+        "{} of {SERVICES} statuses published; log tail:\n{}",
+        published(),
+        daemon
+            .log()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(server.pending_status_failures(), 0);
+    assert!(daemon.terminate());
+    assert_eq!(server.denied_requests(), Vec::<String>::new());
+}
