@@ -223,7 +223,7 @@ async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
             .await
             .context("finding the API server (in-cluster, KUBECONFIG or ~/.kube/config)")?,
     };
-    kube::Client::try_from(kube_config).context("building the Kubernetes client")
+    cluster::kube::client(kube_config).context("building the Kubernetes client")
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the

@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use l3lb_tests::{
     daemon::{L3lb, l3lb_binary},
-    fake_api::FakeApiServer,
+    fake_api::{FakeApiServer, WatchCache},
     fixtures::{self, endpoint, port},
     netns::{NetNs, sh},
     privileged, wait_until,
@@ -140,6 +140,11 @@ async fn scenario(ns: Ip) {
     server.enforce_rbac();
     let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
+    // A lagging watch cache: anything read "at any version" may be a few versions old.
+    server.set_watch_cache(WatchCache {
+        stale_by: 3,
+        ..WatchCache::default()
+    });
     server.apply(service("web", "10.0.100.7, 2001:db8:100::7"));
     server.apply(slice("web", "node-a", true));
     ns.ip(&["addr", "add", "10.0.0.20/32", "dev", "lo"]); // the node's own loopback: not ours
@@ -317,15 +322,48 @@ async fn scenario(ns: Ip) {
     );
     assert!(has_address(&ns, "lo", "127.0.0.1/8"));
 
+    // It (re)listed through streaming lists, never from the watch cache's resourceVersion=0.
+    let log = server.request_log();
+    for resource in ["services", "endpointslices.discovery.k8s.io"] {
+        assert!(
+            log.iter().any(|r| r.resource().as_deref() == Some(resource)
+                && r.is_watch()
+                && r.param("sendInitialEvents").as_deref() == Some("true")),
+            "a streaming list of {resource}"
+        );
+    }
+    assert!(
+        !log.iter()
+            .any(|r| r.is_list() || r.param("resourceVersion").as_deref() == Some("0")),
+        "no LIST and no resourceVersion=0 with streaming lists: {:?}",
+        log.iter()
+            .filter(|r| r.is_list() || r.param("resourceVersion").as_deref() == Some("0"))
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    );
+
     // Everything it did, the deploy RBAC allowed, and everything the RBAC grants, it used.
     assert_eq!(
         server.denied_requests(),
         Vec::<String>::new(),
         "refused by RBAC"
     );
+    // With streaming lists nothing is LISTed; the fallback to paginated lists, which
+    // first_sync_of_many_services_publishes_every_status exercises, needs `list`.
+    let list = |group: &str, resource: &str| {
+        (
+            group.to_owned(),
+            resource.to_owned(),
+            "list".to_owned(),
+            None,
+        )
+    };
     assert_eq!(
         server.unused_grants(),
-        Vec::new(),
+        [
+            list("", "services"),
+            list("discovery.k8s.io", "endpointslices")
+        ],
         "grants in deploy/ that l3lb never used"
     );
 }
@@ -679,6 +717,13 @@ async fn many_services() {
     }
     // A few writes fail on the way, as when the API server sheds load.
     server.fail_next_status_writes(5, 429);
+    // A server without streaming lists, whose watch cache lags and ignores `limit`: l3lb must
+    // fall back to consistent lists in pages rather than read the cache.
+    server.set_watch_cache(WatchCache {
+        streaming_lists: false,
+        stale_by: 50,
+        unpaginated_cache_lists: true,
+    });
     let mut daemon = start_l3lb(
         "node-a",
         "lo",
@@ -710,6 +755,24 @@ async fn many_services() {
             .join("\n")
     );
     assert_eq!(server.pending_status_failures(), 0);
+    let log = server.request_log();
+    let lists: Vec<_> = log
+        .iter()
+        .filter(|r| r.is_list() && r.resource().as_deref() == Some("services"))
+        .collect();
+    assert!(
+        lists.len() >= SERVICES / 500,
+        "the Services arrived in pages: {} lists",
+        lists.len()
+    );
+    assert!(
+        lists
+            .iter()
+            .all(|r| r.param("limit").as_deref() == Some("500")
+                && r.param("resourceVersion").is_none()),
+        "consistent lists in pages of 500, never resourceVersion=0: {:?}",
+        lists.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
     assert!(daemon.terminate());
     assert_eq!(server.denied_requests(), Vec::<String>::new());
 }

@@ -930,3 +930,139 @@ async fn rbac_from_deploy_is_enforced_on_the_daemons_token() {
         "grants not yet used are reported"
     );
 }
+
+/// The watch cache as modelled: `resourceVersion=0` lists ignore `limit` and may lag behind;
+/// consistent lists (no resourceVersion) page and are current.
+#[tokio::test]
+async fn watch_cache_lists_ignore_limit_and_may_be_stale() {
+    let server = FakeApiServer::start().await;
+    for name in ["a", "b", "c"] {
+        server.apply(slice("default", name, "10.0.0.1"));
+    }
+    let api: Api<EndpointSlice> = Api::all(server.client());
+    // kube-rs drops resourceVersion=0 when it sends a limit, so ask as another client would.
+    let client = server.client();
+    let raw_list = |query: &'static str| {
+        let client = client.clone();
+        async move {
+            let request =
+                hyper::Request::get(format!("/apis/discovery.k8s.io/v1/endpointslices?{query}"))
+                    .body(Vec::new())
+                    .unwrap();
+            let text = client.request_text(request).await.unwrap();
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let list = raw_list("resourceVersion=0&limit=1").await;
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        3,
+        "the cache ignores limit"
+    );
+    assert!(list["metadata"].get("continue").is_none());
+    let cached = ListParams::default().match_any();
+    let consistent = api.list(&ListParams::default().limit(1)).await.unwrap();
+    assert_eq!(consistent.items.len(), 1, "a consistent list pages");
+
+    server.set_watch_cache(l3lb_tests::fake_api::WatchCache {
+        stale_by: 2,
+        ..Default::default()
+    });
+    server.delete("endpointslices", "default", "a");
+    server.apply(slice("default", "d", "10.0.0.4"));
+    let stale = api.list(&cached).await.unwrap();
+    let names: Vec<String> = stale.items.iter().map(ResourceExt::name_any).collect();
+    assert_eq!(
+        names,
+        ["a", "b", "c"],
+        "two versions behind: before the delete and the add"
+    );
+    let current = api.list(&ListParams::default()).await.unwrap();
+    let names: Vec<String> = current.items.iter().map(ResourceExt::name_any).collect();
+    assert_eq!(names, ["b", "c", "d"]);
+}
+
+/// A streaming list needs `resourceVersionMatch=NotOlderThan` and bookmarks, and a server
+/// without the WatchList feature refuses it.
+#[tokio::test]
+async fn streaming_lists_are_checked_and_can_be_unsupported() {
+    let server = FakeApiServer::start().await;
+    let api: Api<EndpointSlice> = Api::all(server.client());
+    let code = |result: Result<_, kube::Error>| match result {
+        Err(kube::Error::Api(status)) => status.code,
+        Err(other) => panic!("expected an API error, got {other}"),
+        Ok(_) => 200,
+    };
+    let streaming = WatchParams::streaming_lists();
+    assert_eq!(code(api.watch(&streaming, "").await.map(|_| ())), 200);
+    server.set_watch_cache(l3lb_tests::fake_api::WatchCache {
+        streaming_lists: false,
+        ..Default::default()
+    });
+    assert_eq!(code(api.watch(&streaming, "").await.map(|_| ())), 422);
+    server.set_watch_cache(Default::default());
+    let client = server.client();
+    let request = hyper::Request::get(
+        "/apis/discovery.k8s.io/v1/endpointslices?watch=true&sendInitialEvents=true&allowWatchBookmarks=true",
+    )
+    .body(Vec::new())
+    .unwrap();
+    assert!(
+        client.request_text(request).await.is_err(),
+        "sendInitialEvents without resourceVersionMatch=NotOlderThan is refused"
+    );
+}
+
+/// A streaming list at "any" version (`resourceVersion=0`) comes from the lagging cache: the
+/// newest object arrives only after the initial-events-end bookmark. Without a resourceVersion
+/// it is a consistent read: everything before the bookmark.
+#[tokio::test]
+async fn streaming_list_at_any_version_may_be_stale() {
+    let server = FakeApiServer::start().await;
+    server.apply(slice("default", "a", "10.0.0.1"));
+    server.apply(slice("default", "b", "10.0.0.2"));
+    server.set_watch_cache(l3lb_tests::fake_api::WatchCache {
+        stale_by: 1,
+        ..Default::default()
+    });
+    let client = server.client();
+    let names_before_and_after_bookmark = |query: &'static str| {
+        let client = client.clone();
+        async move {
+            let request = hyper::Request::get(format!(
+                "/apis/discovery.k8s.io/v1/endpointslices?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1{query}"
+            ))
+            .body(Vec::new())
+            .unwrap();
+            let text = client.request_text(request).await.unwrap();
+            let (mut before, mut after, mut ended) = (Vec::new(), Vec::new(), false);
+            for line in text.lines() {
+                let event: Value = serde_json::from_str(line).unwrap();
+                let name = event["object"]["metadata"]["name"]
+                    .as_str()
+                    .map(str::to_owned);
+                match (event["type"].as_str(), name) {
+                    (Some("BOOKMARK"), _) => {
+                        ended |= event
+                            .pointer("/object/metadata/annotations/k8s.io~1initial-events-end")
+                            == Some(&json!("true"))
+                    }
+                    (Some("ADDED"), Some(name)) if ended => after.push(name),
+                    (Some("ADDED"), Some(name)) => before.push(name),
+                    _ => {}
+                }
+            }
+            (before, after)
+        }
+    };
+    assert_eq!(
+        names_before_and_after_bookmark("&resourceVersion=0").await,
+        (vec!["a".to_owned()], vec!["b".to_owned()]),
+        "stale by one version"
+    );
+    assert_eq!(
+        names_before_and_after_bookmark("").await,
+        (vec!["a".to_owned(), "b".to_owned()], vec![]),
+        "consistent"
+    );
+}

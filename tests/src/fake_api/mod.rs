@@ -8,6 +8,9 @@
 //! - per-resource watch history since the last [`FakeApiServer::compact`], replayed to watches
 //!   that resume from a resourceVersion; resuming from before the compaction point gets a
 //!   `410 Expired` ERROR event inside a 200 stream, exactly as the apiserver's watch cache does;
+//! - a watch cache ([`WatchCache`]): `resourceVersion=0` lists ignore `limit` and may be stale
+//!   by a configurable number of versions; streaming lists (`sendInitialEvents`) with the
+//!   initial-events-end bookmark, or their refusal by a server without them;
 //! - paginated lists (`limit`/`continue`), label and field selectors on lists and watches
 //!   (objects moving out of a watch's selector show up as DELETED, moving in as ADDED);
 //! - BOOKMARK events carrying the cluster-wide resourceVersion;
@@ -59,6 +62,7 @@ use tokio::time::Instant;
 
 use resources::{RESOURCES, resource_by_name};
 use route::{Query, parse_route};
+pub use server::WatchCache;
 use server::{Conns, Inner, accept_loop, lock};
 use store::{Store, meta_str};
 
@@ -92,6 +96,7 @@ impl FakeApiServer {
             response_delay: Mutex::new(Duration::ZERO),
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
             failing_status_writes: Mutex::new((0, 500)),
+            watch_cache: Mutex::new(WatchCache::default()),
             rbac: Mutex::new(None),
             denied: Mutex::new(Vec::new()),
         });
@@ -289,7 +294,13 @@ impl FakeApiServer {
         *lock(&self.inner.response_delay) = delay;
     }
 
-    /// How often watches that allow bookmarks get one (default 1 s). Applies to each watch from
+    /// Changes how the modelled watch cache serves lists and streaming watches.
+    pub fn set_watch_cache(&self, cache: WatchCache) {
+        *lock(&self.inner.watch_cache) = cache;
+    }
+
+    /// How often watches that allow bookmarks get one (default 1 s; a real server sends one
+    /// about once a minute). Applies to each watch from
     /// its next bookmark on.
     pub fn set_bookmark_interval(&self, interval: Duration) {
         *lock(&self.inner.bookmark_interval) = interval;

@@ -61,10 +61,35 @@ pub(super) struct Inner {
     pub(super) bookmark_interval: Mutex<Duration>,
     /// How many of the next status-subresource writes fail, and with which HTTP code.
     pub(super) failing_status_writes: Mutex<(u32, u16)>,
+    pub(super) watch_cache: Mutex<WatchCache>,
     /// The daemon's RBAC, once loaded: requests with its token are checked against it.
     pub(super) rbac: Mutex<Option<Rbac>>,
     /// Requests refused with 403, as `VERB path`.
     pub(super) denied: Mutex<Vec<String>>,
+}
+
+/// How the modelled watch cache behaves; see [`super::FakeApiServer::set_watch_cache`].
+#[derive(Debug, Clone, Copy)]
+pub struct WatchCache {
+    /// Lists served from the cache (`resourceVersion=0`, `NotOlderThan`) ignore `limit` and
+    /// arrive whole, as on API servers before 1.31 (default true).
+    pub unpaginated_cache_lists: bool,
+    /// How many resourceVersions the cache lags behind the store (default 0): a list from it may
+    /// be older than what a client has already seen.
+    pub stale_by: u64,
+    /// Whether streaming lists (`sendInitialEvents`, the WatchList feature) are served (default
+    /// true); without, such a watch is refused with 422 as by a server with the gate off.
+    pub streaming_lists: bool,
+}
+
+impl Default for WatchCache {
+    fn default() -> Self {
+        WatchCache {
+            unpaginated_cache_lists: true,
+            stale_by: 0,
+            streaming_lists: true,
+        }
+    }
 }
 
 /// Locks ignoring poison: a panicking test thread must not turn every later request into a panic.
