@@ -4,7 +4,8 @@
 //! the spot so nothing else of the API objects stays in memory. A (re)list is buffered until it
 //! is complete and only then sent as one relist: an error half way through a list never looks
 //! like "everything was deleted". While the API server is unreachable the watches retry with
-//! backoff and send nothing, so what is announced stays announced (fail static).
+//! backoff and send nothing, so what is announced stays announced (fail static). How the watches
+//! list: see [`list_config`].
 use std::{fmt::Debug, time::Duration};
 
 use futures::{StreamExt as _, TryStreamExt as _};
