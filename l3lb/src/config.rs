@@ -7,7 +7,7 @@ use clap::{ArgAction, Args, ValueEnum};
 use ipnet::IpNet;
 
 use crate::{
-    desired::{DEFAULT_LOAD_BALANCER_CLASS, Mode, Policy},
+    desired::{DEFAULT_LOAD_BALANCER_CLASS, Mode, Policy, StatusIps},
     fastpath::{self, loader::AttachMode, maglev},
 };
 
@@ -69,6 +69,11 @@ pub struct RunConfig {
     #[arg(long, env = "L3LB_WRITE_STATUS", default_value_t = true, action = ArgAction::Set)]
     pub write_status: bool,
 
+    /// IPs in `status.loadBalancer.ingress`: `external` honours those another controller wrote
+    /// (by the field manager in `managedFields`), never l3lb's own; `ignore` never reads status.
+    #[arg(long, env = "L3LB_STATUS_IPS", value_enum, default_value_t = StatusIps::External)]
+    pub status_ips: StatusIps,
+
     /// Namespace of the leader-election Lease (l3lb's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "l3lb-system")]
     pub lease_namespace: String,
@@ -128,6 +133,7 @@ impl RunConfig {
             prefixes: self.prefixes.iter().map(IpNet::trunc).collect(),
             load_balancer_class: self.load_balancer_class.clone(),
             external_ips: self.external_ips,
+            status_ips: self.status_ips,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     desired::{DesiredState, Outcome, ingress_to_publish},
     events::{self, ServiceEvent},
     fastpath::FastPath,
-    ingress::IngressUpdate,
+    ingress::{IngressQueue, IngressUpdate},
     metrics::{AddressLabels, Component, Metrics},
     reconcile::{AddressEvents, AddressReconciler, ApplyError, Changes},
     status::{NodeReport, ReportRequest, ServiceReport},
@@ -40,7 +40,7 @@ pub struct Outputs {
     pub metrics: Metrics,
     /// Becomes true once the first complete picture has been applied (`/readyz`).
     pub ready: watch::Sender<bool>,
-    pub ingress: Option<mpsc::Sender<IngressUpdate>>,
+    pub ingress: Option<IngressQueue>,
     pub events: Option<mpsc::Sender<ServiceEvent>>,
     /// The `--xdp` fast path, kept in step with the desired state once it is synced.
     pub fastpath: Option<FastPath>,
@@ -174,7 +174,8 @@ impl Controller {
             .services_seen
             .set(self.state.services().count() as i64);
         if let Some(events) = &self.outputs.events {
-            for event in events::from_outcome(&outcome, &self.state.policy().node) {
+            let uid = |key: &_| self.state.service(key).and_then(|spec| spec.uid.clone());
+            for event in events::from_outcome(&outcome, &self.state.policy().node, uid) {
                 // Events are a courtesy; when the publisher lags, dropping one is fine.
                 let _ = events.try_send(event);
             }
@@ -251,9 +252,7 @@ impl Controller {
                     current: Vec::new(),
                 },
             };
-            // The writer only falls behind while it is busy talking to the API server; it
-            // catches up from the next update of the same Service.
-            let _ = ingress.try_send(update);
+            ingress.push(update);
         }
     }
 

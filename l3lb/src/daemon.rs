@@ -14,7 +14,7 @@ use crate::{
     events,
     fastpath::{self, FastPath},
     http,
-    ingress::{self, IngressUpdate},
+    ingress::{self, IngressQueue},
     leader,
     metrics::Metrics,
     reconcile::{AddressReconciler, L3LB_ADDR_PROTO},
@@ -158,28 +158,34 @@ async fn start_sources(
                 outputs.metrics.clone(),
             ));
 
+            let leader = if config.write_status {
+                let (queue, leader) = start_status_writer(config, client.clone(), &outputs.metrics);
+                outputs.ingress = Some(queue);
+                Some(leader)
+            } else {
+                None
+            };
+
             let (events_tx, events_rx) = mpsc::channel(CHANGE_QUEUE);
             tokio::spawn(events::publish(
-                client.clone(),
+                client,
                 config.node_name.clone(),
                 events_rx,
+                leader,
             ));
             outputs.events = Some(events_tx);
-
-            if config.write_status {
-                outputs.ingress = Some(start_status_writer(config, client, &outputs.metrics));
-            }
         }
     }
     Ok(())
 }
 
-/// The Lease election and the ingress status writer that only writes while this node leads.
+/// The Lease election and the ingress status writer that only writes while this node leads;
+/// returns the writer's queue and the leadership flag (cluster-wide Events follow it too).
 fn start_status_writer(
     config: &RunConfig,
     client: kube::Client,
     metrics: &Metrics,
-) -> mpsc::Sender<IngressUpdate> {
+) -> (IngressQueue, watch::Receiver<bool>) {
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let lease = leader::LeaseConfig {
         namespace: config.lease_namespace.clone(),
@@ -193,15 +199,15 @@ fn start_status_writer(
         leader_tx,
         metrics.clone(),
     ));
-    let (tx, rx) = mpsc::channel(CHANGE_QUEUE);
+    let queue = IngressQueue::default();
     leader_rx.mark_unchanged();
     tokio::spawn(ingress::write_ingress(
         client,
-        rx,
-        leader_rx,
+        queue.clone(),
+        leader_rx.clone(),
         metrics.clone(),
     ));
-    tx
+    (queue, leader_rx)
 }
 
 async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
@@ -217,7 +223,7 @@ async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
             .await
             .context("finding the API server (in-cluster, KUBECONFIG or ~/.kube/config)")?,
     };
-    kube::Client::try_from(kube_config).context("building the Kubernetes client")
+    cluster::kube::client(kube_config).context("building the Kubernetes client")
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the

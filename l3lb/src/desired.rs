@@ -12,7 +12,9 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::cluster::model::{ClusterChange, ServiceKey, ServiceSpec, SliceKey, SliceSpec};
+use crate::cluster::model::{
+    ClusterChange, IngressOwner, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
+};
 
 /// The `loadBalancerClass` l3lb answers to unless told otherwise.
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "l3lb.io/l3lb";
@@ -25,6 +27,17 @@ pub enum Mode {
     Gateway,
 }
 
+/// Whether IPs found in `status.loadBalancer.ingress` count as requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusIps {
+    /// Honour the IPs another controller published (its field manager owns the field in
+    /// `managedFields`); never those l3lb published itself, nor any whose writer is unknown.
+    #[default]
+    External,
+    /// Never read status: only annotations and `spec.loadBalancerIP` request IPs.
+    Ignore,
+}
+
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub node: String,
@@ -33,6 +46,7 @@ pub struct Policy {
     pub load_balancer_class: String,
     /// Also manage `spec.externalIPs` of any Service (the kube-gw style).
     pub external_ips: bool,
+    pub status_ips: StatusIps,
 }
 
 /// Something wrong with one IP a Service asks for; the IP is not announced.
@@ -118,20 +132,36 @@ pub fn manages(policy: &Policy, service: &ServiceSpec) -> bool {
         .is_none_or(|class| class == policy.load_balancer_class)
 }
 
-/// The IPs a Service asks l3lb for, raw, in the order they are written.
+/// The IPs a Service asks l3lb for, raw, in the order they are written. Status counts only when
+/// another controller wrote it: an address l3lb published itself would otherwise keep itself
+/// announced after its request is gone.
 fn requested_raw<'a>(policy: &Policy, service: &'a ServiceSpec) -> impl Iterator<Item = &'a str> {
+    let external_status =
+        policy.status_ips == StatusIps::External && service.ingress_owner == IngressOwner::Other;
     let load_balancer = service.is_load_balancer.then(|| {
-        service
-            .annotation_ips
-            .iter()
-            .chain(service.load_balancer_ip.iter())
-            .chain(service.ingress_ips.iter())
+        requested_by_spec(service).chain(
+            service
+                .ingress_ips
+                .iter()
+                .filter(move |_| external_status)
+                .map(String::as_str),
+        )
     });
     let external = policy.external_ips.then(|| service.external_ips.iter());
     load_balancer
         .into_iter()
         .flatten()
-        .chain(external.into_iter().flatten())
+        .chain(external.into_iter().flatten().map(String::as_str))
+}
+
+/// What a LoadBalancer Service's own object asks for: the annotations (the user's and an
+/// allocator's) and the deprecated `spec.loadBalancerIP`.
+fn requested_by_spec(service: &ServiceSpec) -> impl Iterator<Item = &str> {
+    service
+        .annotation_ips
+        .iter()
+        .chain(service.allocated_ips.iter())
+        .chain(service.load_balancer_ip.iter())
         .map(String::as_str)
 }
 
@@ -158,19 +188,21 @@ fn validate<'a>(
     (ips, problems)
 }
 
-/// The IPs that the status writer publishes in `status.loadBalancer.ingress`: those a
-/// LoadBalancer Service requests itself (annotation or `spec.loadBalancerIP`) inside the prefixes.
+/// What the status writer should make `status.loadBalancer.ingress` say: the IPs a managed
+/// LoadBalancer Service requests itself inside the prefixes; nothing (`Some` of an empty set) when
+/// it requests none any more but the status is still the one l3lb wrote; `None` to leave the
+/// status alone (another controller's, or nothing to say).
 pub fn ingress_to_publish(policy: &Policy, service: &ServiceSpec) -> Option<BTreeSet<IpAddr>> {
-    if !service.is_load_balancer || !manages(policy, service) {
-        return None;
+    let ips = if service.is_load_balancer && manages(policy, service) {
+        validate(policy, requested_by_spec(service)).0
+    } else {
+        BTreeSet::new()
+    };
+    if !ips.is_empty() {
+        return Some(ips);
     }
-    let requested = service
-        .annotation_ips
-        .iter()
-        .chain(service.load_balancer_ip.iter())
-        .map(String::as_str);
-    let (ips, _) = validate(policy, requested);
-    (!ips.is_empty()).then_some(ips)
+    (service.ingress_owner == IngressOwner::L3lb && !service.ingress_ips.is_empty())
+        .then(BTreeSet::new)
 }
 
 /// Judges one Service from its spec and the slices that belong to it.
@@ -489,6 +521,7 @@ mod tests {
             ],
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
             external_ips: true,
+            status_ips: StatusIps::External,
         }
     }
 
@@ -575,8 +608,10 @@ mod tests {
             key: ServiceKey::new("default", "all"),
             is_load_balancer: true,
             annotation_ips: vec!["10.0.100.1".into(), "2001:db8:100::1".into()],
+            allocated_ips: vec!["10.0.100.5".into()],
             load_balancer_ip: Some("10.0.100.2".into()),
             ingress_ips: vec!["10.0.100.3".into()],
+            ingress_owner: IngressOwner::Other,
             external_ips: vec!["10.0.100.4".into()],
             ..ServiceSpec::default()
         };
@@ -587,6 +622,7 @@ mod tests {
                 "10.0.100.2",
                 "10.0.100.3",
                 "10.0.100.4",
+                "10.0.100.5",
                 "2001:db8:100::1"
             ])
         );
@@ -797,14 +833,52 @@ mod tests {
         let p = policy(Mode::Pods);
         let mut svc = lb("web", &["10.0.100.7", "192.0.2.9"]);
         svc.ingress_ips = vec!["10.0.100.99".into()];
+        svc.ingress_owner = IngressOwner::Other;
         assert_eq!(ingress_to_publish(&p, &svc), Some(ips(&["10.0.100.7"])));
         svc.annotation_ips.clear();
         assert_eq!(
             ingress_to_publish(&p, &svc),
             None,
-            "nothing requested: leave status alone"
+            "nothing requested: leave another controller's status alone"
         );
         svc.load_balancer_ip = Some("10.0.100.8".into());
         assert_eq!(ingress_to_publish(&p, &svc), Some(ips(&["10.0.100.8"])));
+        svc.load_balancer_ip = None;
+        svc.allocated_ips = vec!["10.0.100.9".into()];
+        assert_eq!(
+            ingress_to_publish(&p, &svc),
+            Some(ips(&["10.0.100.9"])),
+            "an allocator's IPs are published"
+        );
+    }
+
+    #[test]
+    fn own_status_is_no_request_and_is_cleared() {
+        let p = policy(Mode::Gateway);
+        let mut svc = lb("web", &["10.0.100.7"]);
+        svc.ingress_ips = vec!["10.0.100.7".into()];
+        svc.ingress_owner = IngressOwner::L3lb;
+        assert_eq!(decide(&p, &svc, []).ips, ips(&["10.0.100.7"]));
+        // The annotation goes: what l3lb published itself no longer keeps the IP alive.
+        svc.annotation_ips.clear();
+        let d = decide(&p, &svc, []);
+        assert_eq!((d.ips.len(), d.reason), (0, Reason::NoManagedIp));
+        assert_eq!(
+            ingress_to_publish(&p, &svc),
+            Some(BTreeSet::new()),
+            "l3lb's own status is cleared"
+        );
+        // Status whose writer is unknown is ambiguous: neither a request nor cleared.
+        svc.ingress_owner = IngressOwner::Unknown;
+        assert!(decide(&p, &svc, []).ips.is_empty());
+        assert_eq!(ingress_to_publish(&p, &svc), None);
+        // Another controller's status is a request, unless told to ignore status.
+        svc.ingress_owner = IngressOwner::Other;
+        assert_eq!(decide(&p, &svc, []).ips, ips(&["10.0.100.7"]));
+        let ignore = Policy {
+            status_ips: StatusIps::Ignore,
+            ..p.clone()
+        };
+        assert!(decide(&ignore, &svc, []).ips.is_empty());
     }
 }

@@ -3,22 +3,25 @@
 //!
 //! Every node runs l3lb, but exactly one may write: the holder of the Lease (see [`crate::leader`]).
 //! Non-leaders keep the latest wanted state of every Service, so a new leader writes what is
-//! missing at once.
+//! missing at once. The writer signs its patches with [`STATUS_FIELD_MANAGER`], which is how every
+//! node tells the status l3lb wrote (never a request) from one another controller wrote.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
+    runtime::{utils::Backoff as _, watcher::DefaultBackoff},
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, instrument, warn};
 
 use crate::{
-    cluster::model::ServiceKey,
+    cluster::model::{STATUS_FIELD_MANAGER, ServiceKey},
     metrics::{Component, Metrics},
 };
 
@@ -26,11 +29,38 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IngressUpdate {
     pub service: ServiceKey,
-    /// The IPs to publish; `None` when l3lb has nothing to say about this Service (it then
-    /// leaves the status alone: another controller may own it).
+    /// The IPs to publish (empty: clear what l3lb wrote); `None` when l3lb has nothing to say
+    /// about this Service (it then leaves the status alone: another controller may own it).
     pub wanted: Option<BTreeSet<IpAddr>>,
     /// What `status.loadBalancer.ingress` holds now.
     pub current: Vec<String>,
+}
+
+/// The latest update of each Service, waiting for the writer. A map rather than a bounded
+/// channel: the first sync of a large cluster touches every Service at once, and a full queue
+/// must not drop the status of any of them; a newer update of a Service replaces the older one.
+#[derive(Clone, Default)]
+pub struct IngressQueue {
+    inner: Arc<(Mutex<BTreeMap<ServiceKey, IngressUpdate>>, Notify)>,
+}
+
+impl IngressQueue {
+    pub fn push(&self, update: IngressUpdate) {
+        let (updates, notify) = &*self.inner;
+        updates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(update.service.clone(), update);
+        notify.notify_one();
+    }
+
+    fn take(&self) -> BTreeMap<ServiceKey, IngressUpdate> {
+        std::mem::take(&mut *self.inner.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    async fn changed(&self) {
+        self.inner.1.notified().await;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,60 +76,88 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         "patch_status"
     }
+
+    /// Whether writing again can succeed: not when the Service is gone or the server refuses
+    /// the content itself.
+    fn retriable(&self) -> bool {
+        !matches!(&self.source, kube::Error::Api(status) if matches!(status.code, 400 | 404 | 422))
+    }
 }
 
 /// Writes ingress status while `leader` says so. Updates arrive from the controller for every
-/// Service whose spec changed; the writer keeps the latest of each.
+/// Service whose spec changed; the writer keeps the latest of each. Failed writes are retried
+/// with backoff (a restarting API server, 429, 5xx), not left until the Service changes again.
 pub async fn write_ingress(
     client: Client,
-    mut updates: mpsc::Receiver<IngressUpdate>,
+    queue: IngressQueue,
     mut leader: watch::Receiver<bool>,
     metrics: Metrics,
 ) {
     let mut pending: BTreeMap<ServiceKey, IngressUpdate> = BTreeMap::new();
+    let mut backoff = DefaultBackoff::default();
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        if *leader.borrow() {
+        pending.extend(queue.take());
+        let due = retry_at.is_none_or(|at| tokio::time::Instant::now() >= at);
+        if *leader.borrow() && due {
             pending.retain(|_, update| needs_write(update).is_some());
+            let mut failed = false;
             let keys: Vec<ServiceKey> = pending.keys().cloned().collect();
             for key in keys {
-                let Some(update) = pending.get(&key) else {
-                    continue;
-                };
-                let Some(ips) = needs_write(update) else {
+                let Some(ips) = pending.get(&key).and_then(needs_write) else {
                     continue;
                 };
                 match patch_ingress(&client, &key, &ips).await {
                     Ok(()) => {
-                        info!(service = %key, "published ingress {ips:?}");
+                        if ips.is_empty() {
+                            info!(service = %key, "cleared the ingress l3lb published");
+                        } else {
+                            info!(service = %key, "published ingress {ips:?}");
+                        }
                         pending.remove(&key);
                     }
-                    // Kept pending: the next update or leadership change retries it.
                     Err(err) => {
                         metrics.count_error(Component::Ingress, err.metric_label());
                         warn!("{err}");
+                        if err.retriable() {
+                            failed = true;
+                        } else {
+                            pending.remove(&key);
+                        }
                     }
                 }
             }
+            retry_at = if failed {
+                let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(30));
+                debug!("retrying the failed status writes in {delay:?}");
+                Some(tokio::time::Instant::now() + delay)
+            } else {
+                backoff.reset();
+                None
+            };
         }
-        tokio::select! {
-            update = updates.recv() => {
-                let Some(update) = update else { return };
-                pending.insert(update.service.clone(), update);
-                // Take the rest of a burst before talking to the API server.
-                while let Ok(update) = updates.try_recv() {
-                    pending.insert(update.service.clone(), update);
-                }
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            () = queue.changed() => {}
+            () = retry => {}
             changed = leader.changed() => {
                 if changed.is_err() {
                     return;
                 }
+                // A new leader writes at once.
+                retry_at = None;
+                backoff.reset();
             }
         }
     }
 }
 
-/// The IPs to write when the status differs from what is wanted.
+/// The IPs to write when the status differs from what is wanted (empty: clear it).
 fn needs_write(update: &IngressUpdate) -> Option<BTreeSet<IpAddr>> {
     let wanted = update.wanted.as_ref()?;
     let current: BTreeSet<IpAddr> = update
@@ -117,15 +175,22 @@ async fn patch_ingress(
     ips: &BTreeSet<IpAddr>,
 ) -> Result<(), Error> {
     let api: Api<Service> = Api::namespaced(client.clone(), &service.namespace);
-    let ingress: Vec<serde_json::Value> = ips
-        .iter()
-        .map(|ip| serde_json::json!({ "ip": ip.to_string(), "ipMode": "VIP" }))
-        .collect();
+    let ingress = if ips.is_empty() {
+        // Removing the field, rather than writing an empty list, also ends l3lb's ownership.
+        serde_json::Value::Null
+    } else {
+        ips.iter()
+            .map(|ip| serde_json::json!({ "ip": ip.to_string(), "ipMode": "VIP" }))
+            .collect()
+    };
     let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": ingress } } });
     debug!(service = %service, "patching status");
     api.patch_status(
         &service.name,
-        &PatchParams::default(),
+        &PatchParams {
+            field_manager: Some(STATUS_FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        },
         &Patch::Merge(&patch),
     )
     .await
@@ -165,5 +230,11 @@ mod tests {
             needs_write(&update(None, &["192.0.2.1"])).is_none(),
             "not ours: left alone"
         );
+        assert_eq!(
+            needs_write(&update(Some(&[]), &["10.0.100.7"])),
+            Some(BTreeSet::new()),
+            "ours and no longer requested: cleared"
+        );
+        assert!(needs_write(&update(Some(&[]), &[])).is_none());
     }
 }

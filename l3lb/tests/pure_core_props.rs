@@ -13,7 +13,7 @@ use l3lb::{
         ClusterChange, EndpointPort, LocalEndpoint, ServiceKey, ServicePort, ServiceSpec, SliceKey,
         SliceSpec,
     },
-    desired::{DesiredState, Mode, Policy},
+    desired::{DesiredState, Mode, Policy, StatusIps},
     fastpath::maglev::build_table,
 };
 use proptest::prelude::*;
@@ -27,6 +27,7 @@ fn policy(mode: Mode) -> Policy {
         prefixes: vec!["10.0.100.0/24".parse().unwrap()],
         load_balancer_class: "l3lb.io/l3lb".into(),
         external_ips: true,
+        status_ips: StatusIps::default(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use l3lb_tests::{
     daemon::{L3lb, l3lb_binary},
-    fake_api::FakeApiServer,
+    fake_api::{FakeApiServer, WatchCache},
     fixtures::{self, endpoint, port},
     netns::{NetNs, sh},
     privileged, wait_until,
@@ -137,8 +137,14 @@ fn follows_the_api_and_fails_static() {
 async fn scenario(ns: Ip) {
     let scratch = scratch("ctlkube");
     let server = FakeApiServer::start().await;
+    server.enforce_rbac();
     let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
+    // A lagging watch cache: anything read "at any version" may be a few versions old.
+    server.set_watch_cache(WatchCache {
+        stale_by: 3,
+        ..WatchCache::default()
+    });
     server.apply(service("web", "10.0.100.7, 2001:db8:100::7"));
     server.apply(slice("web", "node-a", true));
     ns.ip(&["addr", "add", "10.0.0.20/32", "dev", "lo"]); // the node's own loopback: not ours
@@ -315,6 +321,51 @@ async fn scenario(ns: Ip) {
         "the node's own address untouched"
     );
     assert!(has_address(&ns, "lo", "127.0.0.1/8"));
+
+    // It (re)listed through streaming lists, never from the watch cache's resourceVersion=0.
+    let log = server.request_log();
+    for resource in ["services", "endpointslices.discovery.k8s.io"] {
+        assert!(
+            log.iter().any(|r| r.resource().as_deref() == Some(resource)
+                && r.is_watch()
+                && r.param("sendInitialEvents").as_deref() == Some("true")),
+            "a streaming list of {resource}"
+        );
+    }
+    assert!(
+        !log.iter()
+            .any(|r| r.is_list() || r.param("resourceVersion").as_deref() == Some("0")),
+        "no LIST and no resourceVersion=0 with streaming lists: {:?}",
+        log.iter()
+            .filter(|r| r.is_list() || r.param("resourceVersion").as_deref() == Some("0"))
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    );
+
+    // Everything it did, the deploy RBAC allowed, and everything the RBAC grants, it used.
+    assert_eq!(
+        server.denied_requests(),
+        Vec::<String>::new(),
+        "refused by RBAC"
+    );
+    // With streaming lists nothing is LISTed; the fallback to paginated lists, which
+    // first_sync_of_many_services_publishes_every_status exercises, needs `list`.
+    let list = |group: &str, resource: &str| {
+        (
+            group.to_owned(),
+            resource.to_owned(),
+            "list".to_owned(),
+            None,
+        )
+    };
+    assert_eq!(
+        server.unused_grants(),
+        [
+            list("", "services"),
+            list("discovery.k8s.io", "endpointslices")
+        ],
+        "grants in deploy/ that l3lb never used"
+    );
 }
 
 #[test]
@@ -333,16 +384,10 @@ fn one_status_writer_and_failover() {
 async fn failover(ns: Ip) {
     let scratch = scratch("ctllease");
     let server = FakeApiServer::start().await;
+    server.enforce_rbac();
     let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
-    // Two "nodes" in one namespace, each on its own interface, both reaching the server. (This
-    // kernel has no dummy driver; a veth end serves as well.)
-    for (interface, peer) in [("node-a0", "node-a1"), ("node-b0", "node-b1")] {
-        ns.ip(&[
-            "link", "add", interface, "type", "veth", "peer", "name", peer,
-        ]);
-        ns.ip(&["link", "set", interface, "up"]);
-    }
+    two_node_interfaces(&ns);
     let mut a = start_l3lb(
         "node-a",
         "node-a0",
@@ -381,10 +426,8 @@ async fn failover(ns: Ip) {
         wait_until(CONVERGE, || ingress_ips(&server, "web") == ["10.0.100.7"]),
         "status written"
     );
-    assert!(
-        leader.log().contains("published ingress"),
-        "the leader wrote it"
-    );
+    // The line follows the write, so it may reach the log a moment after the server has it.
+    leader.wait_for_log("published ingress", CONVERGE);
     assert!(!follower.log().contains(LEADS), "only one leader");
     assert!(
         !follower.log().contains("published ingress"),
@@ -407,4 +450,329 @@ async fn failover(ns: Ip) {
     );
     assert!(follower.log().contains("published ingress"));
     assert!(follower.terminate());
+    assert_eq!(
+        server.denied_requests(),
+        Vec::<String>::new(),
+        "refused by RBAC"
+    );
+}
+
+/// Two "nodes" in one namespace, each on its own interface (a veth end: this kernel has no dummy
+/// driver), both reaching the server.
+fn two_node_interfaces(ns: &Ip) {
+    for (interface, peer) in [("node-a0", "node-a1"), ("node-b0", "node-b1")] {
+        ns.ip(&[
+            "link", "add", interface, "type", "veth", "peer", "name", peer,
+        ]);
+        ns.ip(&["link", "set", interface, "up"]);
+    }
+}
+
+/// A slice with one ready endpoint on each node.
+fn slice_on_both(service: &str) -> Value {
+    fixtures::slice(&format!("{service}-1"), service, "IPv4")
+        .namespace("default")
+        .endpoint(
+            endpoint(["10.244.0.5"])
+                .node("node-a")
+                .conditions(true, true, false),
+        )
+        .endpoint(
+            endpoint(["10.244.1.5"])
+                .node("node-b")
+                .conditions(true, true, false),
+        )
+        .port(port("TCP", 8080))
+        .json()
+}
+
+/// What `kubectl describe service` shows: the Events whose `regarding` is the Service's uid.
+fn described_events(server: &FakeApiServer, name: &str) -> Vec<Value> {
+    let Some(uid) = server
+        .get("services", "default", name)
+        .and_then(|svc| svc.pointer("/metadata/uid")?.as_str().map(str::to_owned))
+    else {
+        return Vec::new();
+    };
+    server
+        .events()
+        .into_iter()
+        .filter(|event| event.pointer("/regarding/uid").and_then(Value::as_str) == Some(&uid))
+        .collect()
+}
+
+fn field<'a>(event: &'a Value, name: &str) -> &'a str {
+    event.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
+#[test]
+fn status_l3lb_wrote_is_no_request() {
+    if !privileged("status_l3lb_wrote_is_no_request") {
+        return;
+    }
+    let ns = NetNs::new("ctlstatus");
+    let oracle = Ip::of(&ns);
+    ns.run_inside(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(own_status(oracle));
+    });
+}
+
+async fn own_status(ns: Ip) {
+    let scratch = scratch("ctlstatus");
+    let server = FakeApiServer::start().await;
+    server.enforce_rbac();
+    let kubeconfig = scratch.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    two_node_interfaces(&ns);
+    server.apply(service("web", "10.0.100.7"));
+    server.apply(slice_on_both("web"));
+    let mut a = start_l3lb(
+        "node-a",
+        "node-a0",
+        &kubeconfig,
+        "127.0.0.1:9474",
+        scratch.path().join("a.log"),
+    );
+    let mut b = start_l3lb(
+        "node-b",
+        "node-b0",
+        &kubeconfig,
+        "127.0.0.1:9475",
+        scratch.path().join("b.log"),
+    );
+    let on_both = |cidr: &str, present: bool| {
+        wait_until(CONVERGE, || {
+            has_address(&ns, "node-a0", cidr) == present
+                && has_address(&ns, "node-b0", cidr) == present
+        })
+    };
+    assert!(
+        on_both("10.0.100.7/32", true),
+        "announced on both nodes; logs:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(
+        wait_until(CONVERGE, || ingress_ips(&server, "web") == ["10.0.100.7"]),
+        "status written"
+    );
+    let svc = server.get("services", "default", "web").unwrap();
+    assert!(
+        svc.pointer("/metadata/managedFields")
+            .and_then(Value::as_array)
+            .is_some_and(|entries| entries.iter().any(|e| e["manager"] == "l3lb"
+                && e["subresource"] == "status"
+                && e.pointer("/fieldsV1/f:status/f:loadBalancer/f:ingress")
+                    .is_some())),
+        "the status is written under l3lb's field manager: {svc}"
+    );
+
+    // `kubectl describe` finds each node's Announced Event by the Service's uid.
+    assert!(
+        wait_until(CONVERGE, || {
+            let events = described_events(&server, "web");
+            ["node-a", "node-b"].iter().all(|node| {
+                events.iter().any(|e| {
+                    field(e, "reason") == "Announced" && field(e, "reportingInstance") == *node
+                })
+            })
+        }),
+        "Announced Events by uid from both nodes: {:?}",
+        server.events()
+    );
+
+    // The annotation goes, the way `kubectl annotate web l3lb.io/loadBalancerIPs-` removes it:
+    // a patch through the API that leaves the status as it is.
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(server.client(), "default");
+    services
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"l3lb.io/loadBalancerIPs": null}}}),
+            ),
+        )
+        .await
+        .expect("removing the annotation");
+    assert!(
+        on_both("10.0.100.7/32", false),
+        "withdrawn on every node although the status still named it; logs:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(
+        wait_until(CONVERGE, || ingress_ips(&server, "web").is_empty()),
+        "the leader clears the status it wrote: {:?}",
+        server.get("services", "default", "web")
+    );
+
+    // An IP that another controller published (its field manager owns the field) is honoured.
+    let mut other = fixtures::service("other")
+        .namespace("default")
+        .load_balancer()
+        .port(port("TCP", 80))
+        .ingress(&["10.0.100.9"])
+        .json();
+    other["metadata"]["managedFields"] = json!([{
+        "manager": "other-lb", "operation": "Update", "apiVersion": "v1",
+        "subresource": "status", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:status": {"f:loadBalancer": {"f:ingress": {}}}}
+    }]);
+    server.apply(other);
+    server.apply(slice_on_both("other"));
+    assert!(
+        on_both("10.0.100.9/32", true),
+        "another controller's status is a request"
+    );
+    assert_eq!(
+        ingress_ips(&server, "other"),
+        ["10.0.100.9"],
+        "and l3lb leaves it alone"
+    );
+
+    // A cluster-wide Warning comes from the leader only. Events are published in order, so once
+    // both nodes' Announced Events of a later Service exist, both have handled the Warning.
+    server.apply(service("bad", "192.0.2.1"));
+    server.apply(service("late", "10.0.100.10"));
+    server.apply(slice_on_both("late"));
+    assert!(
+        wait_until(CONVERGE, || {
+            let events = described_events(&server, "late");
+            ["node-a", "node-b"].iter().all(|node| {
+                events.iter().any(|e| {
+                    field(e, "reason") == "Announced" && field(e, "reportingInstance") == *node
+                })
+            })
+        }),
+        "Announced Events of the later Service: {:?}",
+        server.events()
+    );
+    let warnings: Vec<Value> = described_events(&server, "bad")
+        .into_iter()
+        .filter(|e| field(e, "reason") == "IPOutsidePrefixes")
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one Warning, not one per node: {warnings:?}"
+    );
+    assert_eq!(field(&warnings[0], "type"), "Warning");
+    assert!(
+        !a.log().contains("publishing event") && !b.log().contains("publishing event"),
+        "no Event was rejected; logs:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+
+    // Status writes that fail (an API server restarting) are retried until they land.
+    server.fail_next_status_writes(3, 503);
+    server.apply(service("api", "10.0.100.8"));
+    assert!(
+        wait_until(Duration::from_secs(30), || ingress_ips(&server, "api")
+            == ["10.0.100.8"]),
+        "the status write is retried; logs:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    assert_eq!(server.pending_status_failures(), 0, "every failure was met");
+
+    assert!(a.terminate());
+    assert!(b.terminate());
+    assert_eq!(
+        server.denied_requests(),
+        Vec::<String>::new(),
+        "refused by RBAC"
+    );
+}
+
+#[test]
+fn first_sync_of_many_services_publishes_every_status() {
+    if !privileged("first_sync_of_many_services_publishes_every_status") {
+        return;
+    }
+    let ns = NetNs::new("ctlmany");
+    ns.run_inside(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(many_services());
+    });
+}
+
+/// More Services than any queue between the controller and the status writer holds (4 096),
+/// all arriving in the first list: every one of them gets its status, none is dropped.
+async fn many_services() {
+    const SERVICES: usize = 4500;
+    let scratch = scratch("ctlmany");
+    let server = FakeApiServer::start().await;
+    server.enforce_rbac();
+    let kubeconfig = scratch.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    for i in 0..SERVICES {
+        // No endpoints anywhere: nothing is announced, but each status is still published.
+        server.apply(service(
+            &format!("bulk-{i}"),
+            &format!("2001:db8:100::{:x}", i + 1),
+        ));
+    }
+    // A few writes fail on the way, as when the API server sheds load.
+    server.fail_next_status_writes(5, 429);
+    // A server without streaming lists, whose watch cache lags and ignores `limit`: l3lb must
+    // fall back to consistent lists in pages rather than read the cache.
+    server.set_watch_cache(WatchCache {
+        streaming_lists: false,
+        stale_by: 50,
+        unpaginated_cache_lists: true,
+    });
+    let mut daemon = start_l3lb(
+        "node-a",
+        "lo",
+        &kubeconfig,
+        "127.0.0.1:9474",
+        scratch.path().join("l3lb.log"),
+    );
+    let published = || {
+        server
+            .list("services")
+            .iter()
+            .filter(|svc| {
+                svc.pointer("/status/loadBalancer/ingress/0/ip")
+                    .and_then(Value::as_str)
+                    .is_some()
+            })
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || published() == SERVICES),
+        "{} of {SERVICES} statuses published; log tail:\n{}",
+        published(),
+        daemon
+            .log()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(server.pending_status_failures(), 0);
+    let log = server.request_log();
+    let lists: Vec<_> = log
+        .iter()
+        .filter(|r| r.is_list() && r.resource().as_deref() == Some("services"))
+        .collect();
+    assert!(
+        lists.len() >= SERVICES / 500,
+        "the Services arrived in pages: {} lists",
+        lists.len()
+    );
+    assert!(
+        lists
+            .iter()
+            .all(|r| r.param("limit").as_deref() == Some("500")
+                && r.param("resourceVersion").is_none()),
+        "consistent lists in pages of 500, never resourceVersion=0: {:?}",
+        lists.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
+    assert!(daemon.terminate());
+    assert_eq!(server.denied_requests(), Vec::<String>::new());
 }

@@ -25,14 +25,11 @@ const NAME: &str = "l3lb";
 
 /// Everything the ClusterRole may grant, and must grant: (apiGroup, resource, verb).
 const CLUSTER_ROLE_GRANTS: &[(&str, &str, &str)] = &[
-    ("", "services", "get"),
     ("", "services", "list"),
     ("", "services", "watch"),
     ("", "services/status", "patch"),
     ("discovery.k8s.io", "endpointslices", "list"),
     ("discovery.k8s.io", "endpointslices", "watch"),
-    ("", "events", "create"),
-    ("", "events", "patch"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
 ];

@@ -790,8 +790,8 @@ async fn events_kubeconfig_cluster_scope_and_slow_responses() {
             "metadata": {"generateName": "web.", "namespace": "default"},
             "reason": "Assigned", "note": "assigned 192.0.2.1", "message": "assigned 192.0.2.1", "type": "Normal",
             "eventTime": "2025-01-01T00:00:00.000000Z", "reportingController": "l3lb", "reportingInstance": "node-1", "action": "Assign",
-            "involvedObject": {"kind": "Service", "name": "web", "namespace": "default"},
-            "regarding": {"kind": "Service", "name": "web", "namespace": "default"}})
+            "involvedObject": {"kind": "Service", "name": "web", "namespace": "default", "uid": "u-web"},
+            "regarding": {"kind": "Service", "name": "web", "namespace": "default", "uid": "u-web"}})
     };
     let new_events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(client.clone(), "default");
@@ -803,6 +803,29 @@ async fn events_kubeconfig_cluster_scope_and_slow_responses() {
         .await
         .unwrap();
     assert!(created.name_any().starts_with("web.") && created.name_any().len() == "web.".len() + 5);
+    // Validated as upstream validates them, and without regarding.uid (invisible to `kubectl
+    // describe`) refused.
+    let mut invalid = ev("events.k8s.io/v1");
+    invalid["regarding"]["uid"] = Value::Null;
+    invalid["note"] = Value::String("x".repeat(1025));
+    let refused = new_events
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(invalid).unwrap(),
+        )
+        .await
+        .expect_err("an invalid Event is refused");
+    match refused {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422);
+            assert!(
+                status.message.contains("regarding.uid") && status.message.contains("note"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected 422 Invalid, got {other}"),
+    }
     let old_events: Api<k8s_openapi::api::core::v1::Event> =
         Api::namespaced(client.clone(), "default");
     old_events
@@ -824,7 +847,7 @@ async fn events_kubeconfig_cluster_scope_and_slow_responses() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     server.set_response_delay(Duration::ZERO);
     let writes = server.request_log().iter().filter(|r| r.is_write()).count();
-    assert_eq!(writes, 2, "only the two event creates wrote");
+    assert_eq!(writes, 3, "only the event creates wrote (one refused)");
 }
 
 #[tokio::test]
@@ -846,4 +869,200 @@ async fn streaming_list_watcher_is_supported() {
     );
     let log = server.request_log();
     assert_eq!(log[0].param("sendInitialEvents").as_deref(), Some("true"));
+}
+
+/// The daemon's kubeconfig carries its ServiceAccount token; with the deploy RBAC enforced, what
+/// the rules grant passes and anything else is 403, as on a real cluster.
+#[tokio::test]
+async fn rbac_from_deploy_is_enforced_on_the_daemons_token() {
+    let server = FakeApiServer::start().await;
+    server.apply(serde_json::to_value(service("web", json!({}))).unwrap());
+    server.enforce_rbac();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&path).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let daemon = kube::Client::try_from(config).unwrap();
+    let services: Api<Service> = Api::all(daemon.clone());
+    assert_eq!(
+        services
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    let one: Api<Service> = Api::namespaced(daemon, "default");
+    match one.get("web").await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+            assert!(
+                status.message.contains("cannot get resource \"services\""),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("get services is not granted, yet: {other:?}"),
+    }
+    assert_eq!(
+        server.denied_requests(),
+        ["GET /api/v1/namespaces/default/services/web"]
+    );
+    // The test's own client has no token: unrestricted.
+    Api::<Service>::namespaced(server.client(), "default")
+        .get("web")
+        .await
+        .unwrap();
+    assert!(
+        server
+            .unused_grants()
+            .iter()
+            .any(|(group, resource, verb, _)| group == "events.k8s.io"
+                && resource == "events"
+                && verb == "create"),
+        "grants not yet used are reported"
+    );
+}
+
+/// The watch cache as modelled: `resourceVersion=0` lists ignore `limit` and may lag behind;
+/// consistent lists (no resourceVersion) page and are current.
+#[tokio::test]
+async fn watch_cache_lists_ignore_limit_and_may_be_stale() {
+    let server = FakeApiServer::start().await;
+    for name in ["a", "b", "c"] {
+        server.apply(slice("default", name, "10.0.0.1"));
+    }
+    let api: Api<EndpointSlice> = Api::all(server.client());
+    // kube-rs drops resourceVersion=0 when it sends a limit, so ask as another client would.
+    let client = server.client();
+    let raw_list = |query: &'static str| {
+        let client = client.clone();
+        async move {
+            let request =
+                hyper::Request::get(format!("/apis/discovery.k8s.io/v1/endpointslices?{query}"))
+                    .body(Vec::new())
+                    .unwrap();
+            let text = client.request_text(request).await.unwrap();
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let list = raw_list("resourceVersion=0&limit=1").await;
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        3,
+        "the cache ignores limit"
+    );
+    assert!(list["metadata"].get("continue").is_none());
+    let cached = ListParams::default().match_any();
+    let consistent = api.list(&ListParams::default().limit(1)).await.unwrap();
+    assert_eq!(consistent.items.len(), 1, "a consistent list pages");
+
+    server.set_watch_cache(l3lb_tests::fake_api::WatchCache {
+        stale_by: 2,
+        ..Default::default()
+    });
+    server.delete("endpointslices", "default", "a");
+    server.apply(slice("default", "d", "10.0.0.4"));
+    let stale = api.list(&cached).await.unwrap();
+    let names: Vec<String> = stale.items.iter().map(ResourceExt::name_any).collect();
+    assert_eq!(
+        names,
+        ["a", "b", "c"],
+        "two versions behind: before the delete and the add"
+    );
+    let current = api.list(&ListParams::default()).await.unwrap();
+    let names: Vec<String> = current.items.iter().map(ResourceExt::name_any).collect();
+    assert_eq!(names, ["b", "c", "d"]);
+}
+
+/// A streaming list needs `resourceVersionMatch=NotOlderThan` and bookmarks, and a server
+/// without the WatchList feature refuses it.
+#[tokio::test]
+async fn streaming_lists_are_checked_and_can_be_unsupported() {
+    let server = FakeApiServer::start().await;
+    let api: Api<EndpointSlice> = Api::all(server.client());
+    let code = |result: Result<_, kube::Error>| match result {
+        Err(kube::Error::Api(status)) => status.code,
+        Err(other) => panic!("expected an API error, got {other}"),
+        Ok(_) => 200,
+    };
+    let streaming = WatchParams::streaming_lists();
+    assert_eq!(code(api.watch(&streaming, "").await.map(|_| ())), 200);
+    server.set_watch_cache(l3lb_tests::fake_api::WatchCache {
+        streaming_lists: false,
+        ..Default::default()
+    });
+    assert_eq!(code(api.watch(&streaming, "").await.map(|_| ())), 422);
+    server.set_watch_cache(Default::default());
+    let client = server.client();
+    let request = hyper::Request::get(
+        "/apis/discovery.k8s.io/v1/endpointslices?watch=true&sendInitialEvents=true&allowWatchBookmarks=true",
+    )
+    .body(Vec::new())
+    .unwrap();
+    assert!(
+        client.request_text(request).await.is_err(),
+        "sendInitialEvents without resourceVersionMatch=NotOlderThan is refused"
+    );
+}
+
+/// A streaming list at "any" version (`resourceVersion=0`) comes from the lagging cache: the
+/// newest object arrives only after the initial-events-end bookmark. Without a resourceVersion
+/// it is a consistent read: everything before the bookmark.
+#[tokio::test]
+async fn streaming_list_at_any_version_may_be_stale() {
+    let server = FakeApiServer::start().await;
+    server.apply(slice("default", "a", "10.0.0.1"));
+    server.apply(slice("default", "b", "10.0.0.2"));
+    server.set_watch_cache(l3lb_tests::fake_api::WatchCache {
+        stale_by: 1,
+        ..Default::default()
+    });
+    let client = server.client();
+    let names_before_and_after_bookmark = |query: &'static str| {
+        let client = client.clone();
+        async move {
+            let request = hyper::Request::get(format!(
+                "/apis/discovery.k8s.io/v1/endpointslices?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1{query}"
+            ))
+            .body(Vec::new())
+            .unwrap();
+            let text = client.request_text(request).await.unwrap();
+            let (mut before, mut after, mut ended) = (Vec::new(), Vec::new(), false);
+            for line in text.lines() {
+                let event: Value = serde_json::from_str(line).unwrap();
+                let name = event["object"]["metadata"]["name"]
+                    .as_str()
+                    .map(str::to_owned);
+                match (event["type"].as_str(), name) {
+                    (Some("BOOKMARK"), _) => {
+                        ended |= event
+                            .pointer("/object/metadata/annotations/k8s.io~1initial-events-end")
+                            == Some(&json!("true"))
+                    }
+                    (Some("ADDED"), Some(name)) if ended => after.push(name),
+                    (Some("ADDED"), Some(name)) => before.push(name),
+                    _ => {}
+                }
+            }
+            (before, after)
+        }
+    };
+    assert_eq!(
+        names_before_and_after_bookmark("&resourceVersion=0").await,
+        (vec!["a".to_owned()], vec!["b".to_owned()]),
+        "stale by one version"
+    );
+    assert_eq!(
+        names_before_and_after_bookmark("").await,
+        (vec!["a".to_owned(), "b".to_owned()], vec![]),
+        "consistent"
+    );
 }

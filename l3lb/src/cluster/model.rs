@@ -12,6 +12,14 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 /// dual-stack (the replacement for the deprecated `spec.loadBalancerIP`).
 pub const LOAD_BALANCER_IPS_ANNOTATION: &str = "l3lb.io/loadBalancerIPs";
 
+/// The annotation through which an IP-pool allocator hands a Service its addresses, in the same
+/// form as [`LOAD_BALANCER_IPS_ANNOTATION`]. It is how allocations reach the nodes; status is not.
+pub const ALLOCATED_IPS_ANNOTATION: &str = "l3lb.io/allocated-ips";
+
+/// The field manager l3lb's status writer uses: `managedFields` then tells l3lb's own
+/// `status.loadBalancer.ingress` apart from one another controller wrote.
+pub const STATUS_FIELD_MANAGER: &str = "l3lb";
+
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -55,16 +63,56 @@ impl fmt::Display for SliceKey {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceSpec {
     pub key: ServiceKey,
+    /// `metadata.uid`: Events name the object by it (`kubectl describe` filters on it).
+    pub uid: Option<String>,
     pub is_load_balancer: bool,
     pub load_balancer_class: Option<String>,
     /// The `l3lb.io/loadBalancerIPs` annotation, split on commas.
     pub annotation_ips: Vec<String>,
+    /// The `l3lb.io/allocated-ips` annotation (an IP-pool allocator's answer), split on commas.
+    pub allocated_ips: Vec<String>,
     /// The deprecated `spec.loadBalancerIP`.
     pub load_balancer_ip: Option<String>,
     /// `status.loadBalancer.ingress[].ip`.
     pub ingress_ips: Vec<String>,
+    /// Who wrote `status.loadBalancer.ingress`, according to `managedFields`.
+    pub ingress_owner: IngressOwner,
     pub external_ips: Vec<String>,
     pub ports: Vec<ServicePort>,
+}
+
+/// Who owns `status.loadBalancer.ingress` in the Service's `managedFields`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IngressOwner {
+    /// No manager owns it (empty, or a server that records no managed fields): ambiguous.
+    #[default]
+    Unknown,
+    /// l3lb's status writer ([`STATUS_FIELD_MANAGER`]) wrote it.
+    L3lb,
+    /// Only other managers own it: another controller's allocation.
+    Other,
+}
+
+impl IngressOwner {
+    fn of(service: &Service) -> IngressOwner {
+        let mut owner = IngressOwner::Unknown;
+        for entry in service.metadata.managed_fields.iter().flatten() {
+            let owns = entry.fields_v1.as_ref().is_some_and(|fields| {
+                fields
+                    .0
+                    .pointer("/f:status/f:loadBalancer/f:ingress")
+                    .is_some()
+            });
+            if !owns {
+                continue;
+            }
+            if entry.manager.as_deref() == Some(STATUS_FIELD_MANAGER) {
+                return IngressOwner::L3lb;
+            }
+            owner = IngressOwner::Other;
+        }
+        owner
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,12 +157,14 @@ impl ServiceSpec {
         let metadata = &service.metadata;
         let key = ServiceKey::new(metadata.namespace.clone()?, metadata.name.clone()?);
         let spec = service.spec.as_ref();
-        let annotation_ips = metadata
-            .annotations
-            .as_ref()
-            .and_then(|annotations| annotations.get(LOAD_BALANCER_IPS_ANNOTATION))
-            .map(|value| split_list(value))
-            .unwrap_or_default();
+        let annotation = |name: &str| {
+            metadata
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(name))
+                .map(|value| split_list(value))
+                .unwrap_or_default()
+        };
         let ingress_ips = service
             .status
             .as_ref()
@@ -139,19 +189,32 @@ impl ServiceSpec {
             .unwrap_or_default();
         Some(ServiceSpec {
             key,
+            uid: metadata.uid.clone(),
             is_load_balancer: spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"),
             load_balancer_class: spec.and_then(|s| s.load_balancer_class.clone()),
-            annotation_ips,
+            annotation_ips: annotation(LOAD_BALANCER_IPS_ANNOTATION),
+            allocated_ips: annotation(ALLOCATED_IPS_ANNOTATION),
             load_balancer_ip: spec
                 .and_then(|s| s.load_balancer_ip.clone())
                 .filter(|ip| !ip.trim().is_empty()),
             ingress_ips,
+            ingress_owner: IngressOwner::of(service),
             external_ips: spec
                 .and_then(|s| s.external_ips.clone())
                 .unwrap_or_default(),
             ports,
         })
     }
+}
+
+/// Whether some endpoint of `slice` has no `nodeName` (a hand-made slice of a selectorless
+/// Service, mirrored Endpoints): it cannot make any node announce.
+pub fn has_unplaced_endpoints(slice: &EndpointSlice) -> bool {
+    slice
+        .endpoints
+        .iter()
+        .flatten()
+        .any(|e| e.node_name.is_none())
 }
 
 impl SliceSpec {

@@ -50,7 +50,35 @@ pub(super) fn list(
             }
         },
     };
+    // `resourceVersion=0` (and `NotOlderThan` any version) is served from the watch cache: the
+    // whole list in one response whatever the limit (as many server versions do), possibly
+    // behind etcd by some versions.
+    let cache = *lock(&inner.watch_cache);
+    let from_cache = query.get("continue").is_none_or(str::is_empty)
+        && (query.get("resourceVersion") == Some("0")
+            || query.get("resourceVersionMatch") == Some("NotOlderThan"));
+    let limit = if from_cache && cache.unpaginated_cache_lists {
+        None
+    } else {
+        limit
+    };
     let store = lock(&inner.store);
+    if from_cache && cache.stale_by > 0 {
+        let (rv, objects) = store.stale_view(res, cache.stale_by);
+        drop(store);
+        let items: Vec<Value> = objects
+            .into_iter()
+            .filter(|((ons, _), obj)| filter.matches(ons, obj))
+            .map(|(_, obj)| obj)
+            .collect();
+        let list = json!({
+            "kind": format!("{}List", def.kind),
+            "apiVersion": def.api_version(),
+            "metadata": {"resourceVersion": rv.to_string()},
+            "items": items,
+        });
+        return Ok(json_response(StatusCode::OK, &list));
+    }
     let (list_rv, after) = match query.get("continue").filter(|c| !c.is_empty()) {
         None => (store.rv, None),
         Some(token) => {
@@ -280,6 +308,25 @@ pub(super) fn watch(
     };
     let send_initial_events = query.flag("sendInitialEvents");
     let bookmarks = query.flag("allowWatchBookmarks");
+    if query.get("sendInitialEvents").is_some() {
+        if !lock(&inner.watch_cache).streaming_lists {
+            // A server without the WatchList feature.
+            return Err(ApiError::invalid(
+                def,
+                "",
+                "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+            ));
+        }
+        if send_initial_events
+            && (query.get("resourceVersionMatch") != Some("NotOlderThan") || !bookmarks)
+        {
+            return Err(ApiError::invalid(
+                def,
+                "",
+                "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan and allowWatchBookmarks",
+            ));
+        }
+    }
     let interval = *lock(&inner.bookmark_interval);
 
     inner.set_watching(conn, true);
@@ -311,6 +358,27 @@ pub(super) fn watch(
             ));
         }
         Some(_) if !send_initial_events => {
+            for change in &store.history[res] {
+                stream.push_change(change);
+            }
+        }
+        // A streaming list "at any version" (`resourceVersion=0`) comes from the watch cache,
+        // which may lag: its initial events and bookmark are that old, and the changes since
+        // follow as the watch goes on.
+        _ if send_initial_events
+            && query.get("resourceVersion") == Some("0")
+            && lock(&inner.watch_cache).stale_by > 0 =>
+        {
+            let (at, objects) = store.stale_view(res, lock(&inner.watch_cache).stale_by);
+            for ((ns, _), obj) in &objects {
+                if stream.filter.matches(ns, obj) {
+                    stream.pending.extend_from_slice(&watch_line("ADDED", obj));
+                }
+            }
+            stream
+                .pending
+                .extend_from_slice(&watch_line("BOOKMARK", &bookmark_object(def, at, true)));
+            stream.seen = at;
             for change in &store.history[res] {
                 stream.push_change(change);
             }

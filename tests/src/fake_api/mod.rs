@@ -8,18 +8,28 @@
 //! - per-resource watch history since the last [`FakeApiServer::compact`], replayed to watches
 //!   that resume from a resourceVersion; resuming from before the compaction point gets a
 //!   `410 Expired` ERROR event inside a 200 stream, exactly as the apiserver's watch cache does;
+//! - a watch cache ([`WatchCache`]): `resourceVersion=0` lists ignore `limit` and may be stale
+//!   by a configurable number of versions; streaming lists (`sendInitialEvents`) with the
+//!   initial-events-end bookmark, or their refusal by a server without them;
 //! - paginated lists (`limit`/`continue`), label and field selectors on lists and watches
 //!   (objects moving out of a watch's selector show up as DELETED, moving in as ADDED);
 //! - BOOKMARK events carrying the cluster-wide resourceVersion;
 //! - the `/status` subresource: writes to the main resource keep the stored status (and create
 //!   drops it), writes to `/status` change nothing but `.status`;
+//! - `metadata.managedFields` for writes through the API (see `managed`), so a controller can
+//!   tell the fields it wrote from another's;
+//! - Event validation as upstream (required fields, lengths) and `regarding.uid` (see
+//!   `validate`);
+//! - injected failures of status writes ([`FakeApiServer::fail_next_status_writes`]);
 //! - the server going down ([`FakeApiServer::stop`]) and connections dropping
 //!   ([`FakeApiServer::drop_watches`]), by aborting the connection tasks so clients see a torn
 //!   connection rather than a clean end of stream.
 //!
-//! What it does not model: authentication, admission, defaulting, validation beyond what the
-//! protocol needs, finalizers (DELETE removes at once), real server-side apply field ownership
-//! (an apply patch is a JSON merge), JSON patch, protobuf, and MVCC snapshots (a paginated list
+//! - RBAC for the daemon's ServiceAccount, from the deploy manifests ([`FakeApiServer::enforce_rbac`]);
+//!
+//! What it does not model: authentication beyond one token, admission, defaulting, validation beyond Events and what the
+//! protocol needs, finalizers (DELETE removes at once), real server-side apply (an apply patch is a
+//! JSON merge; managed fields are a simplified model), JSON patch, protobuf, and MVCC snapshots (a paginated list
 //! reads the current state for every page, but reports the first page's resourceVersion, so a
 //! watch started from it replays whatever changed in between).
 //!
@@ -29,11 +39,14 @@
 
 mod error;
 mod list_watch;
+mod managed;
+mod rbac;
 mod resources;
 mod route;
 mod selector;
 mod server;
 mod store;
+mod validate;
 mod write;
 
 use std::fmt;
@@ -49,6 +62,7 @@ use tokio::time::Instant;
 
 use resources::{RESOURCES, resource_by_name};
 use route::{Query, parse_route};
+pub use server::WatchCache;
 use server::{Conns, Inner, accept_loop, lock};
 use store::{Store, meta_str};
 
@@ -81,6 +95,10 @@ impl FakeApiServer {
             log: Mutex::new(Vec::new()),
             response_delay: Mutex::new(Duration::ZERO),
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
+            failing_status_writes: Mutex::new((0, 500)),
+            watch_cache: Mutex::new(WatchCache::default()),
+            rbac: Mutex::new(None),
+            denied: Mutex::new(Vec::new()),
         });
         let accept = tokio::spawn(accept_loop(inner.clone(), listener));
         FakeApiServer {
@@ -99,12 +117,38 @@ impl FakeApiServer {
         format!("http://{}", self.addr)
     }
 
-    /// A kubeconfig pointing at this server, with a credential-less user.
+    /// A kubeconfig pointing at this server, with the daemon's ServiceAccount token: once
+    /// [`Self::enforce_rbac`] has loaded the RBAC, requests made with it are authorized.
     pub fn kubeconfig_yaml(&self) -> String {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
-            self.url()
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: {}\n",
+            self.url(),
+            rbac::DAEMON_TOKEN
         )
+    }
+
+    /// Enforces the RBAC of the deploy manifests (`deploy/kubernetes/*.yaml`) on requests made
+    /// with the kubeconfig's token: what the ServiceAccount's bindings do not allow gets 403.
+    /// Requests without a token (the test's own [`Self::client`]) stay unrestricted.
+    pub fn enforce_rbac(&self) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+        let rbac = rbac::Rbac::load(&dir)
+            .unwrap_or_else(|e| panic!("fake API server: loading RBAC from deploy/: {e}"));
+        *lock(&self.inner.rbac) = Some(rbac);
+    }
+
+    /// Requests the RBAC refused (403), as `METHOD path`.
+    pub fn denied_requests(&self) -> Vec<String> {
+        lock(&self.inner.denied).clone()
+    }
+
+    /// The grants of the deploy RBAC that no request has used so far, as
+    /// `(apiGroup, resource, verb, namespace)`; empty until [`Self::enforce_rbac`].
+    pub fn unused_grants(&self) -> Vec<rbac::Grant> {
+        lock(&self.inner.rbac)
+            .as_ref()
+            .map(rbac::Rbac::unused)
+            .unwrap_or_default()
     }
 
     /// Writes [`Self::kubeconfig_yaml`] to `path`, for `KUBECONFIG` or
@@ -250,10 +294,28 @@ impl FakeApiServer {
         *lock(&self.inner.response_delay) = delay;
     }
 
-    /// How often watches that allow bookmarks get one (default 1 s). Applies to each watch from
+    /// Changes how the modelled watch cache serves lists and streaming watches.
+    pub fn set_watch_cache(&self, cache: WatchCache) {
+        *lock(&self.inner.watch_cache) = cache;
+    }
+
+    /// How often watches that allow bookmarks get one (default 1 s; a real server sends one
+    /// about once a minute). Applies to each watch from
     /// its next bookmark on.
     pub fn set_bookmark_interval(&self, interval: Duration) {
         *lock(&self.inner.bookmark_interval) = interval;
+    }
+
+    /// Makes the next `count` writes to a `/status` subresource fail with HTTP `code` (500,
+    /// 429, 503, …) before they touch the store, as an API server restarting or shedding load
+    /// would.
+    pub fn fail_next_status_writes(&self, count: u32, code: u16) {
+        *lock(&self.inner.failing_status_writes) = (count, code);
+    }
+
+    /// How many injected status-write failures are still to come.
+    pub fn pending_status_failures(&self) -> u32 {
+        lock(&self.inner.failing_status_writes).0
     }
 
     /// Every stored Event, from both `v1` and `events.k8s.io/v1`, in resourceVersion order.

@@ -22,8 +22,9 @@ use tokio::task::JoinHandle;
 use super::RequestRecord;
 use super::error::ApiError;
 use super::list_watch::{list, watch};
+use super::rbac::{Attributes, DAEMON_TOKEN, Rbac};
 use super::resources::RESOURCES;
-use super::route::{Query, parse_route};
+use super::route::{Query, Route, parse_route};
 use super::store::Store;
 use super::write::{create, delete, delete_collection, patch, replace};
 
@@ -58,6 +59,37 @@ pub(super) struct Inner {
     pub(super) log: Mutex<Vec<RequestRecord>>,
     pub(super) response_delay: Mutex<Duration>,
     pub(super) bookmark_interval: Mutex<Duration>,
+    /// How many of the next status-subresource writes fail, and with which HTTP code.
+    pub(super) failing_status_writes: Mutex<(u32, u16)>,
+    pub(super) watch_cache: Mutex<WatchCache>,
+    /// The daemon's RBAC, once loaded: requests with its token are checked against it.
+    pub(super) rbac: Mutex<Option<Rbac>>,
+    /// Requests refused with 403, as `VERB path`.
+    pub(super) denied: Mutex<Vec<String>>,
+}
+
+/// How the modelled watch cache behaves; see [`super::FakeApiServer::set_watch_cache`].
+#[derive(Debug, Clone, Copy)]
+pub struct WatchCache {
+    /// Lists served from the cache (`resourceVersion=0`, `NotOlderThan`) ignore `limit` and
+    /// arrive whole, as on API servers before 1.31 (default true).
+    pub unpaginated_cache_lists: bool,
+    /// How many resourceVersions the cache lags behind the store (default 0): a list from it may
+    /// be older than what a client has already seen.
+    pub stale_by: u64,
+    /// Whether streaming lists (`sendInitialEvents`, the WatchList feature) are served (default
+    /// true); without, such a watch is refused with 422 as by a server with the gate off.
+    pub streaming_lists: bool,
+}
+
+impl Default for WatchCache {
+    fn default() -> Self {
+        WatchCache {
+            unpaginated_cache_lists: true,
+            stale_by: 0,
+            streaming_lists: true,
+        }
+    }
 }
 
 /// Locks ignoring poison: a panicking test thread must not turn every later request into a panic.
@@ -141,6 +173,18 @@ async fn handle_request(
         tokio::time::sleep(delay).await;
     }
 
+    let bearer = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let user_agent = req
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -166,6 +210,8 @@ async fn handle_request(
         path,
         query: Query::parse(&raw_query),
         content_type,
+        user_agent,
+        bearer,
         body,
     };
     Ok(match serve(&inner, conn, request) {
@@ -174,11 +220,66 @@ async fn handle_request(
     })
 }
 
+/// Checks a request carrying the daemon's token against its RBAC (when loaded).
+fn authorize(inner: &Inner, route: &Route, req: &ApiRequest) -> Result<(), ApiError> {
+    if req.bearer.as_deref() != Some(DAEMON_TOKEN) {
+        return Ok(());
+    }
+    let mut rbac = lock(&inner.rbac);
+    let Some(rbac) = rbac.as_mut() else {
+        return Ok(());
+    };
+    let def = &RESOURCES[route.res];
+    let verb = match (&req.method, route.name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if req.query.flag("watch") => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    };
+    let attributes = Attributes {
+        verb: verb.to_owned(),
+        group: def.group.to_owned(),
+        resource: match &route.subresource {
+            Some(sub) => format!("{}/{sub}", def.plural),
+            None => def.plural.to_owned(),
+        },
+        namespace: route.namespace.clone(),
+        name: route.name.clone(),
+    };
+    if rbac.allows(&attributes) {
+        return Ok(());
+    }
+    lock(&inner.denied).push(format!("{} {}", req.method, req.path));
+    Err(ApiError::new(
+        403,
+        "Forbidden",
+        attributes.forbidden_message(),
+    ))
+}
+
+/// The error the apiserver gives for `code` (what a restart, overload or timeout looks like).
+fn injected_failure(code: u16) -> ApiError {
+    let reason = match code {
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "InternalError",
+    };
+    ApiError::new(code, reason, format!("injected failure ({reason})"))
+}
+
 pub(super) struct ApiRequest {
     pub(super) method: Method,
     pub(super) path: String,
     pub(super) query: Query,
     pub(super) content_type: String,
+    pub(super) user_agent: String,
+    pub(super) bearer: Option<String>,
     pub(super) body: Bytes,
 }
 
@@ -224,6 +325,14 @@ fn serve(inner: &Arc<Inner>, conn: u64, req: ApiRequest) -> Result<Response<Resp
         None => {}
         Some("status") if def.status => {}
         Some(_) => return Err(ApiError::no_such_path()),
+    }
+    authorize(inner, &route, &req)?;
+    if route.subresource.is_some() && matches!(req.method, Method::PUT | Method::PATCH) {
+        let mut failing = lock(&inner.failing_status_writes);
+        if failing.0 > 0 {
+            failing.0 -= 1;
+            return Err(injected_failure(failing.1));
+        }
     }
     let ns = route.namespace.as_deref();
     match (&route.name, &req.method) {

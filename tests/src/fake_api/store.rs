@@ -292,6 +292,43 @@ impl Store {
         }
     }
 
+    /// The objects of `res` as they were `behind` versions ago (not before the compaction
+    /// point), ordered by namespace and name, with that resourceVersion: what a lagging watch
+    /// cache serves.
+    pub(super) fn stale_view(
+        &self,
+        res: ResIdx,
+        behind: u64,
+    ) -> (u64, BTreeMap<(String, String), Value>) {
+        let at = self.rv.saturating_sub(behind).max(self.compacted);
+        let mut objects: BTreeMap<(String, String), Value> = self
+            .objects_of(res)
+            .map(|((_, ns, name), obj)| ((ns.clone(), name.clone()), obj.clone()))
+            .collect();
+        for change in self.history[res].iter().rev().take_while(|c| c.rv > at) {
+            let key = (
+                change.namespace.clone(),
+                meta_str(&change.object, "name")
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            match change.kind {
+                ChangeKind::Added => {
+                    objects.remove(&key);
+                }
+                ChangeKind::Modified => {
+                    if let Some(prev) = &change.prev {
+                        objects.insert(key, prev.clone());
+                    }
+                }
+                ChangeKind::Deleted => {
+                    objects.insert(key, change.object.clone());
+                }
+            }
+        }
+        (at, objects)
+    }
+
     pub(super) fn objects_of(&self, res: ResIdx) -> impl Iterator<Item = (&ObjKey, &Value)> {
         self.objects
             .range((res, String::new(), String::new())..)

@@ -6,11 +6,36 @@ use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::managed::{self, Writer};
 use super::resources::{RESOURCES, ResIdx, ResourceDef};
 use super::route::Route;
 use super::selector::Filter;
 use super::server::{ApiRequest, Inner, RespBody, json_response, lock};
 use super::store::{meta_mut, meta_str, random_suffix};
+use super::validate;
+
+/// The field manager of a write: `fieldManager` if given, else (as upstream) the client's
+/// User-Agent up to its first `/`.
+fn writer<'a>(req: &'a ApiRequest, subresource: Option<&'a str>) -> Writer<'a> {
+    let manager = req
+        .query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| req.user_agent.split('/').next().unwrap_or_default());
+    Writer {
+        manager: if manager.is_empty() {
+            "unknown"
+        } else {
+            manager
+        },
+        operation: if req.content_type == "application/apply-patch+yaml" {
+            "Apply"
+        } else {
+            "Update"
+        },
+        subresource,
+    }
+}
 
 /// Checks and completes apiVersion, kind and namespace of a body against the URL.
 fn conform(def: &ResourceDef, ns: Option<&str>, body: &mut Value) -> Result<(), ApiError> {
@@ -50,7 +75,7 @@ pub(super) fn create(
 ) -> Result<Response<RespBody>, ApiError> {
     let def = &RESOURCES[res];
     let mut body = req.json_body()?;
-    create_object(inner, def, res, ns, None, &mut body, req.dry_run())
+    create_object(inner, def, res, ns, None, &mut body, req)
         .map(|obj| json_response(StatusCode::CREATED, &obj))
 }
 
@@ -62,7 +87,7 @@ fn create_object(
     ns: Option<&str>,
     url_name: Option<&str>,
     body: &mut Value,
-    dry_run: bool,
+    req: &ApiRequest,
 ) -> Result<Value, ApiError> {
     conform(def, ns, body)?;
     let name = match (meta_str(body, "name").filter(|n| !n.is_empty()), url_name) {
@@ -98,7 +123,15 @@ fn create_object(
             m.remove("status");
         }
     }
-    lock(&inner.store).create(res, ns.unwrap_or_default(), &name, body.take(), dry_run)
+    managed::record(None, body, &writer(req, None));
+    validate::check(def, body)?;
+    lock(&inner.store).create(
+        res,
+        ns.unwrap_or_default(),
+        &name,
+        body.take(),
+        req.dry_run(),
+    )
 }
 
 /// The resourceVersion precondition carried in a PUT or PATCH body.
@@ -172,21 +205,19 @@ pub(super) fn replace(
                     meta.remove("resourceVersion");
                 }
             }
-            let obj = create_object(
-                inner,
-                def,
-                route.res,
-                ns,
-                Some(name),
-                &mut body,
-                req.dry_run(),
-            )?;
+            let obj = create_object(inner, def, route.res, ns, Some(name), &mut body, req)?;
             return Ok(json_response(StatusCode::CREATED, &obj));
         }
         return Err(ApiError::not_found(def, name));
     };
     check_precondition(def, name, &body, &old)?;
-    let new = scoped_update(def, route, &old, body);
+    let mut new = scoped_update(def, route, &old, body);
+    managed::record(
+        Some(&old),
+        &mut new,
+        &writer(req, route.subresource.as_deref()),
+    );
+    validate::check(def, &new)?;
     let obj = store.replace(route.res, &key.1, name, &old, new, req.dry_run());
     Ok(json_response(StatusCode::OK, &obj))
 }
@@ -220,15 +251,7 @@ pub(super) fn patch(
     let Some(old) = store.objects.get(&key).cloned() else {
         drop(store);
         if is_apply && route.subresource.is_none() {
-            let obj = create_object(
-                inner,
-                def,
-                route.res,
-                ns,
-                Some(name),
-                &mut body,
-                req.dry_run(),
-            )?;
+            let obj = create_object(inner, def, route.res, ns, Some(name), &mut body, req)?;
             return Ok(json_response(StatusCode::CREATED, &obj));
         }
         return Err(ApiError::not_found(def, name));
@@ -248,7 +271,13 @@ pub(super) fn patch(
             None => meta.remove(field),
         };
     }
-    let new = scoped_update(def, route, &old, merged);
+    let mut new = scoped_update(def, route, &old, merged);
+    managed::record(
+        Some(&old),
+        &mut new,
+        &writer(req, route.subresource.as_deref()),
+    );
+    validate::check(def, &new)?;
     let obj = store.replace(route.res, &key.1, name, &old, new, req.dry_run());
     Ok(json_response(StatusCode::OK, &obj))
 }
