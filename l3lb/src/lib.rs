@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod crd;
 pub mod daemon;
 pub mod desired;
 pub mod ebpf;

@@ -28,6 +28,7 @@ const CLUSTER_ROLE_GRANTS: &[(&str, &str, &str)] = &[
     ("", "services", "get"),
     ("", "services", "list"),
     ("", "services", "watch"),
+    ("", "services", "patch"),
     ("", "services/status", "patch"),
     ("discovery.k8s.io", "endpointslices", "list"),
     ("discovery.k8s.io", "endpointslices", "watch"),
@@ -35,6 +36,10 @@ const CLUSTER_ROLE_GRANTS: &[(&str, &str, &str)] = &[
     ("", "events", "patch"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
+    ("l3lb.io", "l3lbippools", "get"),
+    ("l3lb.io", "l3lbippools", "list"),
+    ("l3lb.io", "l3lbippools", "watch"),
+    ("l3lb.io", "l3lbippools/status", "patch"),
 ];
 
 /// Everything the Role in l3lb-system may grant, and must grant.
