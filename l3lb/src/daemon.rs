@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use crate::{
+    allocator,
     cluster::{self, file::FileSource, model::ClusterChange},
     config::{RunConfig, Source},
     controller::{Controller, Outputs},
@@ -167,18 +168,25 @@ async fn start_sources(
             outputs.events = Some(events_tx);
 
             if config.write_status {
-                outputs.ingress = Some(start_status_writer(config, client, &outputs.metrics));
+                outputs.ingress = Some(start_status_writer(
+                    config,
+                    client,
+                    &outputs.metrics,
+                    outputs.events.clone(),
+                ));
             }
         }
     }
     Ok(())
 }
 
-/// The Lease election and the ingress status writer that only writes while this node leads.
+/// The Lease election, and the ingress status writer and the IP allocator that only work while
+/// this node leads.
 fn start_status_writer(
     config: &RunConfig,
     client: kube::Client,
     metrics: &Metrics,
+    events: Option<mpsc::Sender<events::ServiceEvent>>,
 ) -> mpsc::Sender<IngressUpdate> {
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let lease = leader::LeaseConfig {
@@ -191,6 +199,13 @@ fn start_status_writer(
         client.clone(),
         lease,
         leader_tx,
+        metrics.clone(),
+    ));
+    tokio::spawn(allocator::run(
+        client.clone(),
+        config.load_balancer_class.clone(),
+        leader_rx.clone(),
+        events,
         metrics.clone(),
     ));
     let (tx, rx) = mpsc::channel(CHANGE_QUEUE);

@@ -6,6 +6,7 @@
 //! match, [`fastpath`] steers service traffic in XDP, [`controller`] runs that loop, and [`ingress`] publishes ingress IPs from
 //! one [`leader`], which also runs the [`pools`] allocator. [`status`] is the report `/status` ([`http`]) serves and `l3lb status`
 //! ([`status_client`]) prints.
+pub mod allocator;
 pub mod cluster;
 pub mod config;
 pub mod controller;
