@@ -28,10 +28,11 @@ use tracing::{info, warn};
 
 use crate::{
     cluster::model::{LOAD_BALANCER_IPS_ANNOTATION, ServiceKey},
-    crd::{L3lbIPPool, L3lbIPPoolStatus, PoolError, pool_status},
+    crd::{L3lbIPPool, PoolError, pool_status},
     events::ServiceEvent,
     metrics::{Component, Metrics, PoolLabels},
     pools::{self, Allocations, Family, Pool, ServiceRequest, StackPolicy, Verdict},
+    status::PoolReport,
 };
 
 /// Names the pool a Service wants its address from.
@@ -237,6 +238,7 @@ struct Lead {
     class: String,
     events: Option<mpsc::Sender<ServiceEvent>>,
     metrics: Metrics,
+    reports: watch::Sender<Vec<PoolReport>>,
     services: BTreeMap<ServiceKey, SeenService>,
     pools: BTreeMap<String, L3lbIPPool>,
     services_listed: bool,
@@ -255,6 +257,7 @@ pub async fn run(
     mut leader: watch::Receiver<bool>,
     events: Option<mpsc::Sender<ServiceEvent>>,
     metrics: Metrics,
+    reports: watch::Sender<Vec<PoolReport>>,
 ) {
     loop {
         if leader.wait_for(|leading| *leading).await.is_err() {
@@ -266,6 +269,7 @@ pub async fn run(
             class: class.clone(),
             events: events.clone(),
             metrics: metrics.clone(),
+            reports: reports.clone(),
             services: BTreeMap::new(),
             pools: BTreeMap::new(),
             services_listed: false,
@@ -278,6 +282,10 @@ pub async fn run(
                     return;
                 }
                 info!("no longer leading: the IP allocator stops");
+                // Stale numbers would mislead: the new leader exports its own.
+                metrics.pool_in_use.clear();
+                metrics.pool_available.clear();
+                reports.send_replace(Vec::new());
             }
         }
     }
@@ -427,6 +435,8 @@ impl Lead {
             .collect();
         let allocations = pools::allocate(&pools, &requests);
         self.update_metrics(&allocations);
+        self.reports
+            .send_replace(pool_reports(&pools, &broken, &allocations));
         let keys: Vec<ServiceKey> = allocations.services.keys().cloned().collect();
         for key in keys {
             let verdict = &allocations.services[&key];
@@ -665,21 +675,68 @@ impl Lead {
     }
 }
 
-/// A pool's status as `l3lb status` shows it.
-pub fn describe_status(status: &L3lbIPPoolStatus) -> String {
-    let family = |name: &str, counts: &Option<crate::crd::FamilyCounts>| {
-        counts.as_ref().map(|c| {
-            format!(
-                "{name} {} used, {} free of {}",
-                c.used, c.available, c.total
-            )
-        })
-    };
-    [family("IPv4", &status.ipv4), family("IPv6", &status.ipv6)]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join("; ")
+/// The pools as `l3lb status` shows them.
+pub fn pool_reports(
+    pools: &[Pool],
+    broken: &BTreeMap<String, PoolError>,
+    allocations: &Allocations,
+) -> Vec<PoolReport> {
+    let mut reports: BTreeMap<String, PoolReport> = BTreeMap::new();
+    for (name, usage) in &allocations.pools {
+        let counts: Vec<String> = usage
+            .families
+            .iter()
+            .map(|(family, f)| {
+                format!(
+                    "{family} {} used, {} free of {}",
+                    f.used,
+                    f.available(),
+                    f.total
+                )
+            })
+            .collect();
+        let problems = usage
+            .overlaps
+            .iter()
+            .map(|other| format!("blocks overlap pool {other}"))
+            .collect();
+        reports.insert(
+            name.clone(),
+            PoolReport {
+                pool: name.clone(),
+                usage: counts.join("; "),
+                problems,
+                allocations: Vec::new(),
+            },
+        );
+    }
+    for (name, err) in broken {
+        reports.insert(
+            name.clone(),
+            PoolReport {
+                pool: name.clone(),
+                usage: "-".into(),
+                problems: vec![err.to_string()],
+                allocations: Vec::new(),
+            },
+        );
+    }
+    for (service, verdict) in allocations.services.iter().filter(|(_, v)| !v.explicit) {
+        let mut by_pool: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for ip in &verdict.ips {
+            if let Some(pool) = pool_of(pools, ip) {
+                by_pool.entry(pool).or_default().push(ip.to_string());
+            }
+        }
+        for (pool, ips) in by_pool {
+            if let Some(report) = reports.get_mut(pool) {
+                report
+                    .allocations
+                    .push(format!("{service} {}", ips.join(",")));
+            }
+        }
+    }
+    reports.into_values().collect()
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         ingress: None,
         events: None,
         fastpath,
+        pools: None,
     };
     start_sources(&config, changes_tx, &mut outputs).await?;
 
@@ -143,11 +144,14 @@ async fn start_sources(
 ) -> Result<()> {
     match &config.source {
         Source::Files(dir) => {
+            let (pools_tx, pools_rx) = watch::channel(Vec::new());
+            outputs.pools = Some(pools_rx);
             let source = FileSource::new(
                 dir.clone(),
                 config.node_name.clone(),
                 cluster::file::DEFAULT_POLL_INTERVAL,
-            );
+            )
+            .allocating(config.load_balancer_class.clone(), pools_tx);
             tokio::spawn(source.run(changes));
         }
         Source::Kube => {
@@ -168,11 +172,14 @@ async fn start_sources(
             outputs.events = Some(events_tx);
 
             if config.write_status {
+                let (pools_tx, pools_rx) = watch::channel(Vec::new());
+                outputs.pools = Some(pools_rx);
                 outputs.ingress = Some(start_status_writer(
                     config,
                     client,
                     &outputs.metrics,
                     outputs.events.clone(),
+                    pools_tx,
                 ));
             }
         }
@@ -187,6 +194,7 @@ fn start_status_writer(
     client: kube::Client,
     metrics: &Metrics,
     events: Option<mpsc::Sender<events::ServiceEvent>>,
+    pools: watch::Sender<Vec<crate::status::PoolReport>>,
 ) -> mpsc::Sender<IngressUpdate> {
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let lease = leader::LeaseConfig {
@@ -207,6 +215,7 @@ fn start_status_writer(
         leader_rx.clone(),
         events,
         metrics.clone(),
+        pools,
     ));
     let (tx, rx) = mpsc::channel(CHANGE_QUEUE);
     leader_rx.mark_unchanged();
