@@ -26,19 +26,11 @@ pub const CONFLICT: &str = "Conflict";
     shortname = "l3pool",
     status = "L3lbIPPoolStatus",
     doc = "A pool of addresses that LoadBalancer Services without a hand-picked IP get theirs from",
-    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
-    printcolumn(name = "Auto", type_ = "boolean", json_path = ".spec.autoAssign"),
-    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
-    printcolumn(
-        name = "IPv4 free",
-        type_ = "integer",
-        json_path = ".status.ipv4.available"
-    ),
-    printcolumn(
-        name = "IPv6 free",
-        type_ = "integer",
-        json_path = ".status.ipv6.available"
-    )
+    printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Auto","type":"boolean","jsonPath":".spec.autoAssign"}"#,
+    printcolumn = r#"{"name":"Disabled","type":"boolean","jsonPath":".spec.disabled"}"#,
+    printcolumn = r#"{"name":"IPv4 free","type":"integer","jsonPath":".status.ipv4.available"}"#,
+    printcolumn = r#"{"name":"IPv6 free","type":"integer","jsonPath":".status.ipv6.available"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct L3lbIPPoolSpec {

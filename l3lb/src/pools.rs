@@ -196,7 +196,7 @@ impl Block {
         // per Service and buggy ones at most two in 256, so this ends quickly.
         loop {
             let ip = from_u128(family, candidate);
-            if !taken.contains_key(&ip) && !(avoid_buggy && is_buggy(&ip)) {
+            if !(taken.contains_key(&ip) || avoid_buggy && is_buggy(&ip)) {
                 return Some(ip);
             }
             if candidate >= last {
