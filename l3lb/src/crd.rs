@@ -298,6 +298,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_pool_in_deploy_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/examples/l3lbippool.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let pool: L3lbIPPool = serde_yaml::from_str(&text).unwrap();
+        let parsed = pool.to_pool().unwrap();
+        assert_eq!(parsed.blocks.len(), 3);
+        assert!(parsed.avoid_buggy_ips && parsed.auto_assign);
+    }
+
+    #[test]
     fn status_counts_and_conditions() {
         let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let later: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
