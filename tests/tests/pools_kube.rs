@@ -3,7 +3,7 @@
 //! writes it once (annotation, ingress, condition, Event) and the node with the ready pod puts it
 //! on its interface; a new leader keeps every allocation, even after a status wipe; an exhausted
 //! pool is visible as an Event, a condition, a metric and the pool's status; a deleted Service's
-//! address goes to the next.
+//! address goes to the next; a new, preferred pool moves nothing.
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use l3lb_tests::{
@@ -336,5 +336,18 @@ async fn scenario(ns: Ip) {
     assert!(wait_until(CONVERGE, || condition(&server, "extra")
         .is_some_and(|c| c.0 == "True")));
     assert_eq!(ingress(&server, "web"), ["10.0.100.32"], "web never moved");
+
+    // A preferred pool appears: new Services draw from it, existing ones stay where they are.
+    let mut better = pool("better", &["10.0.100.40/30"]);
+    better["spec"]["priority"] = json!(-1);
+    server.apply(better);
+    server.apply(service("late"));
+    assert!(
+        wait_until(CONVERGE, || ingress(&server, "late") == ["10.0.100.40"]),
+        "late draws from the preferred pool; log:\n{}",
+        follower.log()
+    );
+    assert_eq!(ingress(&server, "web"), ["10.0.100.32"]);
+    assert_eq!(ingress(&server, "extra"), ["10.0.100.33"]);
     assert!(follower.terminate(), "clean exit; log:\n{}", follower.log());
 }
