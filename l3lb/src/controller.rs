@@ -18,7 +18,7 @@ use crate::{
     ingress::{IngressQueue, IngressUpdate},
     metrics::{AddressLabels, Component, Metrics},
     reconcile::{AddressEvents, AddressReconciler, ApplyError, Changes},
-    status::{NodeReport, ReportRequest, ServiceReport},
+    status::{NodeReport, PoolReport, ReportRequest, ServiceReport},
 };
 
 /// Upper bound on changes folded into one recompute, so a relist storm still yields to the loop.
@@ -44,6 +44,8 @@ pub struct Outputs {
     pub events: Option<mpsc::Sender<ServiceEvent>>,
     /// The `--xdp` fast path, kept in step with the desired state once it is synced.
     pub fastpath: Option<FastPath>,
+    /// The IP pools as the allocator (the leader's, or the file source's) last computed them.
+    pub pools: Option<watch::Receiver<Vec<PoolReport>>>,
 }
 
 pub struct Controller {
@@ -364,6 +366,12 @@ impl Controller {
             services_seen: self.state.services().count(),
             announced: self.state.addresses().into_iter().collect(),
             services,
+            pools: self
+                .outputs
+                .pools
+                .as_ref()
+                .map(|pools| pools.borrow().clone())
+                .unwrap_or_default(),
         }
     }
 }

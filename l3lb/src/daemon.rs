@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use crate::{
+    allocator,
     cluster::{self, file::FileSource, model::ClusterChange},
     config::{RunConfig, Source},
     controller::{Controller, Outputs},
@@ -52,6 +53,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         ingress: None,
         events: None,
         fastpath,
+        pools: None,
     };
     start_sources(&config, changes_tx, &mut outputs).await?;
 
@@ -142,11 +144,14 @@ async fn start_sources(
 ) -> Result<()> {
     match &config.source {
         Source::Files(dir) => {
+            let (pools_tx, pools_rx) = watch::channel(Vec::new());
+            outputs.pools = Some(pools_rx);
             let source = FileSource::new(
                 dir.clone(),
                 config.node_name.clone(),
                 cluster::file::DEFAULT_POLL_INTERVAL,
-            );
+            )
+            .allocating(config.load_balancer_class.clone(), pools_tx);
             tokio::spawn(source.run(changes));
         }
         Source::Kube => {
@@ -158,33 +163,43 @@ async fn start_sources(
                 outputs.metrics.clone(),
             ));
 
+            let (events_tx, events_rx) = mpsc::channel(CHANGE_QUEUE);
+            outputs.events = Some(events_tx);
             let leader = if config.write_status {
-                let (queue, leader) = start_status_writer(config, client.clone(), &outputs.metrics);
+                let (pools_tx, pools_rx) = watch::channel(Vec::new());
+                outputs.pools = Some(pools_rx);
+                let (queue, leader) = start_status_writer(
+                    config,
+                    client.clone(),
+                    &outputs.metrics,
+                    outputs.events.clone(),
+                    pools_tx,
+                );
                 outputs.ingress = Some(queue);
                 Some(leader)
             } else {
                 None
             };
-
-            let (events_tx, events_rx) = mpsc::channel(CHANGE_QUEUE);
             tokio::spawn(events::publish(
                 client,
                 config.node_name.clone(),
                 events_rx,
                 leader,
             ));
-            outputs.events = Some(events_tx);
         }
     }
     Ok(())
 }
 
-/// The Lease election and the ingress status writer that only writes while this node leads;
-/// returns the writer's queue and the leadership flag (cluster-wide Events follow it too).
+/// The Lease election, and the ingress status writer and the IP allocator that only work while
+/// this node leads; returns the writer's queue and the leadership flag (cluster-wide Events
+/// follow it too).
 fn start_status_writer(
     config: &RunConfig,
     client: kube::Client,
     metrics: &Metrics,
+    events: Option<mpsc::Sender<events::ServiceEvent>>,
+    pools: watch::Sender<Vec<crate::status::PoolReport>>,
 ) -> (IngressQueue, watch::Receiver<bool>) {
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let lease = leader::LeaseConfig {
@@ -198,6 +213,14 @@ fn start_status_writer(
         lease,
         leader_tx,
         metrics.clone(),
+    ));
+    tokio::spawn(allocator::run(
+        client.clone(),
+        config.load_balancer_class.clone(),
+        leader_rx.clone(),
+        events,
+        metrics.clone(),
+        pools,
     ));
     let queue = IngressQueue::default();
     leader_rx.mark_unchanged();

@@ -4,11 +4,13 @@
 //! The modules follow the data: [`cluster`] sources emit changes, [`desired`] turns them into
 //! the addresses this node should announce (pure functions), [`reconcile`] makes the interface
 //! match, [`fastpath`] steers service traffic in XDP, [`controller`] runs that loop, and [`ingress`] publishes ingress IPs from
-//! one [`leader`]. [`status`] is the report `/status` ([`http`]) serves and `l3lb status`
+//! one [`leader`], which also runs the [`pools`] allocator. [`status`] is the report `/status` ([`http`]) serves and `l3lb status`
 //! ([`status_client`]) prints.
+pub mod allocator;
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod crd;
 pub mod daemon;
 pub mod desired;
 pub mod ebpf;
@@ -18,6 +20,7 @@ pub mod http;
 pub mod ingress;
 pub mod leader;
 pub mod metrics;
+pub mod pools;
 pub mod reconcile;
 pub mod status;
 pub mod status_client;

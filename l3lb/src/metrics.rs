@@ -25,6 +25,8 @@ pub enum Component {
     Ingress,
     /// Acquiring or renewing the status-writer Lease.
     Leader,
+    /// The leader's IP allocator writing Services and pools.
+    Allocator,
 }
 
 impl Component {
@@ -34,6 +36,7 @@ impl Component {
             Component::Fastpath => "fastpath",
             Component::Ingress => "ingress",
             Component::Leader => "leader",
+            Component::Allocator => "allocator",
         }
     }
 }
@@ -61,6 +64,13 @@ pub struct WatchLabels {
     pub resource: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+    /// `IPv4` or `IPv6`.
+    pub family: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -74,6 +84,9 @@ pub struct Metrics {
     /// Host addresses inside the managed prefixes, without l3lb's mark, that no Service needed,
     /// removed (by address: a bounded set, the prefixes').
     pub unowned_removed: Family<AddressLabels, Counter>,
+    /// Set by the leader's allocator only.
+    pub pool_in_use: Family<PoolLabels, Gauge>,
+    pub pool_available: Family<PoolLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -112,7 +125,7 @@ impl Metrics {
             errors: register(
                 &mut registry,
                 "errors",
-                "Failed operations, by component (netlink, fastpath, ingress, leader) and kind",
+                "Failed operations, by component (netlink, fastpath, ingress, leader, allocator) and kind",
                 Family::default(),
             ),
             watch_errors: register(
@@ -137,6 +150,18 @@ impl Metrics {
                 &mut registry,
                 "unowned_addresses_removed",
                 "Unmarked host addresses inside the managed prefixes that no Service needed, removed",
+                Family::default(),
+            ),
+            pool_in_use: register(
+                &mut registry,
+                "pool_addresses_in_use",
+                "Addresses of an L3lbIPPool handed out or reserved (exported by the leader)",
+                Family::default(),
+            ),
+            pool_available: register(
+                &mut registry,
+                "pool_addresses_available",
+                "Addresses of an L3lbIPPool still free (exported by the leader)",
                 Family::default(),
             ),
             registry: Arc::new(registry),

@@ -16,6 +16,21 @@ pub struct NodeReport {
     pub announced: Vec<IpAddr>,
     /// Every Service that asks for a managed IP (or asks wrongly), sorted by namespace/name.
     pub services: Vec<ServiceReport>,
+    /// The IP pools as this node's allocator last saw them: with the API server only on the
+    /// leader, with `--source file:DIR` on every node.
+    #[serde(default)]
+    pub pools: Vec<PoolReport>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolReport {
+    pub pool: String,
+    /// Address counts per family, e.g. `IPv4 1 used, 1 free of 2`.
+    pub usage: String,
+    /// Why the pool is not (fully) usable: a bad block, an overlap with another pool.
+    pub problems: Vec<String>,
+    /// `namespace/name ip[,ip]` of each Service given an address from this pool.
+    pub allocations: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]

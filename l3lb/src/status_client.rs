@@ -108,6 +108,25 @@ pub fn render(report: &NodeReport) -> String {
             );
         }
     }
+    if !report.pools.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<24} {:<40} ALLOCATIONS / PROBLEMS",
+            "POOL", "USAGE"
+        );
+        for pool in &report.pools {
+            let _ = writeln!(
+                out,
+                "{:<24} {:<40} {}",
+                pool.pool,
+                pool.usage,
+                pool.allocations.join("; ")
+            );
+            for problem in &pool.problems {
+                let _ = writeln!(out, "{:<24} {:<40} ! {problem}", pool.pool, "");
+            }
+        }
+    }
     out
 }
 
@@ -133,6 +152,12 @@ mod tests {
                 local_ready: vec!["10.244.1.5".into()],
                 problems: vec!["192.0.2.1 is outside the managed prefixes".into()],
             }],
+            pools: vec![crate::status::PoolReport {
+                pool: "small".into(),
+                usage: "IPv4 1 used, 1 free of 2".into(),
+                problems: vec!["blocks overlap pool other".into()],
+                allocations: vec!["default/api 10.0.100.33".into()],
+            }],
         };
         let table = render(&report);
         assert!(table.contains("synced"), "{table}");
@@ -150,5 +175,12 @@ mod tests {
                 .any(|l| l.contains("outside the managed prefixes")),
             "{table}"
         );
+        assert!(
+            table.lines().any(|l| l.starts_with("small")
+                && l.contains("1 free of 2")
+                && l.contains("default/api 10.0.100.33")),
+            "{table}"
+        );
+        assert!(table.contains("! blocks overlap pool other"), "{table}");
     }
 }

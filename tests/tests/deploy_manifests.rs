@@ -27,11 +27,15 @@ const NAME: &str = "l3lb";
 const CLUSTER_ROLE_GRANTS: &[(&str, &str, &str)] = &[
     ("", "services", "list"),
     ("", "services", "watch"),
+    ("", "services", "patch"),
     ("", "services/status", "patch"),
     ("discovery.k8s.io", "endpointslices", "list"),
     ("discovery.k8s.io", "endpointslices", "watch"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
+    ("l3lb.io", "l3lbippools", "list"),
+    ("l3lb.io", "l3lbippools", "watch"),
+    ("l3lb.io", "l3lbippools/status", "patch"),
 ];
 
 /// Everything the Role in l3lb-system may grant, and must grant.

@@ -193,6 +193,35 @@ fn anycast_route_follows_the_ready_pods() {
     assert!(lab.client_get(v4).is_err(), "{v4} answers without a route");
 }
 
+/// A Service that names no IP gets one from the `L3lbIPPool` in the manifest directory: every
+/// node computes the same address on its own (no leader with `--source file:`), and the router
+/// routes it through exactly the nodes with a ready pod.
+#[test]
+fn a_service_without_an_ip_gets_one_from_a_pool() {
+    if !l3lb_tests::privileged("lab_e2e::a_service_without_an_ip_gets_one_from_a_pool") {
+        return;
+    }
+    let (_turn, mut lab) = lab_for("pool", &[]);
+    lab.write_manifest("pool", &lab::pool_manifest("lab", &["10.0.100.200/30"]));
+    // web asks for the pool's first address by hand, so auto (no IP) gets the next one.
+    let pinned_web = web(&["10.0.100.200"], vec![Endpoint::ready("web-b", 1)]);
+    let (at, _) = lab.apply(&pinned_web);
+    converge(&lab, ip("10.0.100.200"), &[1], at);
+    let auto = Service {
+        endpoints: vec![Endpoint::ready("auto-a", 0), Endpoint::ready("auto-c", 2)],
+        ..Service::pooled("auto", &["10.0.100.201"])
+    };
+    let (at, _) = lab.apply(&auto);
+    let allocated = ip("10.0.100.201");
+    converge(&lab, allocated, &[0, 2], at);
+    assert!(
+        !lab.node_addresses(1).contains(&allocated),
+        "node-b has no auto pod"
+    );
+    landings(&mut lab, allocated, &[0, 2]);
+    converge(&lab, ip("10.0.100.200"), &[1], at);
+}
+
 /// Only service host routes reach the router: l3lb ignores a service IP outside its prefixes,
 /// and FRR's prefix-list keeps any other `/32` on a node's `lo` to itself.
 #[test]

@@ -1,6 +1,11 @@
 //! `--source file:DIR`: Services and EndpointSlices read from YAML/JSON manifests in a directory,
 //! reloaded when the directory changes. It feeds the same path as the API watch, which is what
 //! the lab and the tests drive, and what serves static anycast without Kubernetes.
+//!
+//! `L3lbIPPool` documents in the same directory give Services without an IP one: there is no
+//! leader and no memory here, so every node runs the same pure allocator over the same files and
+//! arrives at the same addresses, which it hands on as the Service's ingress (what a leader would
+//! have written). An allocation may move when the files change; an explicit IP pins it.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -9,10 +14,17 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Deserialize as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::model::{ClusterChange, ServiceSpec, SliceSpec};
+use crate::{
+    allocator::{parse_pools, pool_reports, request_from_service},
+    crd::L3lbIPPool,
+    desired::DEFAULT_LOAD_BALANCER_CLASS,
+    pools,
+    status::PoolReport,
+};
 
 /// How often the directory is checked for changes. Reading a directory's metadata is cheap, and a
 /// file edit shows up within this bound.
@@ -40,6 +52,10 @@ pub enum ManifestError {
 struct Parsed {
     services: Vec<ServiceSpec>,
     slices: Vec<SliceSpec>,
+    /// The Services as written, for the allocator (which needs labels and annotations the slim
+    /// model drops).
+    objects: Vec<Service>,
+    pools: Vec<L3lbIPPool>,
 }
 
 /// A file's identity for change detection.
@@ -58,6 +74,9 @@ pub struct FileSource {
     files: BTreeMap<PathBuf, (Stamp, Parsed)>,
     /// Stamps whose failure was already logged, so a broken file warns once per version.
     reported: BTreeMap<PathBuf, Stamp>,
+    load_balancer_class: String,
+    /// Where the pools' state goes for `l3lb status`.
+    pool_reports: Option<watch::Sender<Vec<PoolReport>>>,
 }
 
 impl FileSource {
@@ -68,7 +87,17 @@ impl FileSource {
             poll_interval,
             files: BTreeMap::new(),
             reported: BTreeMap::new(),
+            load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
+            pool_reports: None,
         }
+    }
+
+    /// Allocates for Services of `class` from the pools in the files, reporting the pools on
+    /// `reports`.
+    pub fn allocating(mut self, class: String, reports: watch::Sender<Vec<PoolReport>>) -> Self {
+        self.load_balancer_class = class;
+        self.pool_reports = Some(reports);
+        self
     }
 
     /// Sends the directory's contents as a relist now and after every change, until the receiver
@@ -145,11 +174,50 @@ impl FileSource {
     fn snapshot(&self) -> (Vec<ServiceSpec>, Vec<SliceSpec>) {
         let mut services = Vec::new();
         let mut slices = Vec::new();
+        let mut objects = Vec::new();
+        let mut pool_objects = Vec::new();
         for (_, parsed) in self.files.values() {
             services.extend(parsed.services.iter().cloned());
             slices.extend(parsed.slices.iter().cloned());
+            objects.extend(parsed.objects.iter());
+            pool_objects.extend(parsed.pools.iter());
+        }
+        if !pool_objects.is_empty() {
+            self.allocate(&mut services, &objects, &pool_objects);
         }
         (services, slices)
+    }
+
+    /// Gives each Service without an IP its pool address, as its ingress.
+    fn allocate(
+        &self,
+        services: &mut [ServiceSpec],
+        objects: &[&Service],
+        pool_objects: &[&L3lbIPPool],
+    ) {
+        let (parsed_pools, broken) = parse_pools(pool_objects.iter().copied());
+        for err in broken.values() {
+            warn!("{err}");
+        }
+        let requests: Vec<pools::ServiceRequest> = objects
+            .iter()
+            .filter_map(|service| request_from_service(service, &self.load_balancer_class))
+            .collect();
+        let allocations = pools::allocate(&parsed_pools, &requests);
+        for spec in services.iter_mut() {
+            let Some(verdict) = allocations.services.get(&spec.key) else {
+                continue;
+            };
+            if let Some(failure) = &verdict.failure {
+                warn!(service = %spec.key, "no pool address: {failure}");
+            }
+            if !verdict.explicit && !verdict.ips.is_empty() {
+                spec.ingress_ips = verdict.ips.iter().map(ToString::to_string).collect();
+            }
+        }
+        if let Some(reports) = &self.pool_reports {
+            reports.send_replace(pool_reports(&parsed_pools, &broken, &allocations));
+        }
     }
 }
 
@@ -223,7 +291,9 @@ fn collect(
                 .namespace
                 .get_or_insert_with(|| "default".into());
             parsed.services.extend(ServiceSpec::from_service(&service));
+            parsed.objects.push(service);
         }
+        "L3lbIPPool" => parsed.pools.push(serde_yaml::from_value(value)?),
         "EndpointSlice" => {
             let mut slice: EndpointSlice = serde_yaml::from_value(value)?;
             slice
@@ -335,5 +405,69 @@ metadata: {name: ignored}
             "a deleted file removes its objects"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const POOLED: &str = r#"
+apiVersion: l3lb.io/v1alpha1
+kind: L3lbIPPool
+metadata: {name: small}
+spec:
+  blocks: [10.0.100.32/31]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: zeta}
+spec: {type: LoadBalancer, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: alpha}
+spec: {type: LoadBalancer, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: pinned
+  annotations: {l3lb.io/loadBalancerIPs: 10.0.100.32}
+spec: {type: LoadBalancer, ports: [{port: 80}]}
+"#;
+
+    #[test]
+    fn pools_in_the_files_give_every_node_the_same_addresses() {
+        let dir = tempfile_dir("pools");
+        std::fs::write(dir.join("all.yaml"), POOLED).unwrap();
+        let ingress_of = |node: &str| {
+            let (reports_tx, reports_rx) = watch::channel(Vec::new());
+            let mut source = FileSource::new(dir.clone(), node.into(), DEFAULT_POLL_INTERVAL)
+                .allocating(DEFAULT_LOAD_BALANCER_CLASS.into(), reports_tx);
+            source.rescan();
+            let services: BTreeMap<String, Vec<String>> = source
+                .snapshot()
+                .0
+                .into_iter()
+                .map(|s| (s.key.name.clone(), s.ingress_ips))
+                .collect();
+            (services, reports_rx.borrow().clone())
+        };
+        let (on_a, reports) = ingress_of("node-a");
+        let (on_b, _) = ingress_of("node-b");
+        assert_eq!(on_a, on_b, "every node computes the same");
+        // The pinned IP is reserved, so alpha (first by name) gets the other one and zeta none.
+        assert_eq!(on_a["alpha"], ["10.0.100.33"]);
+        assert!(on_a["zeta"].is_empty(), "the pool is exhausted");
+        assert!(
+            on_a["pinned"].is_empty(),
+            "a hand-picked IP is not written as ingress"
+        );
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].usage, "IPv4 2 used, 0 free of 2");
+        assert_eq!(reports[0].allocations, ["default/alpha 10.0.100.33"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("l3lb-file-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

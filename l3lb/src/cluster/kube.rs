@@ -34,7 +34,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// relist never moves the picture backwards, and neither holds a whole list in one response.
 /// (`resourceVersion=0` lists, served from the watch cache, may be older than what l3lb saw
 /// and ignore `limit` on many server versions.)
-fn list_config(streaming: bool) -> watcher::Config {
+pub(crate) fn list_config(streaming: bool) -> watcher::Config {
     if streaming {
         watcher::Config::default().streaming_lists()
     } else {

@@ -1,7 +1,8 @@
 //! `cargo xtask lab`: builds a BGP anycast fabric in network namespaces (a router, three nodes
 //! running FRR and l3lb, pods, a client), then walks one service through its life while showing
 //! what the router learns and how fast: 3 replicas (ECMP over 3 nodes), one node drained, scaled
-//! to 1, deleted. Everything is torn down at the end, on failure and on Ctrl-C.
+//! to 1, deleted. Then a Service that names no IP gets one from an `L3lbIPPool`. Everything is
+//! torn down at the end, on failure and on Ctrl-C.
 //!
 //! ```text
 //! l3lb-lab [--keep] [--name NAME] [--nodes N]   run the demo (--keep: leave the lab up)
@@ -29,6 +30,10 @@ const CONNECTIONS: usize = 9;
 const SERVICE: &str = "web";
 const SERVICE_V4: &str = "10.0.100.7";
 const SERVICE_V6: &str = "2001:db8:100::7";
+/// The pool step: a Service without an IP, the pool it draws from, and what every node computes.
+const POOLED_SERVICE: &str = "auto";
+const POOL_BLOCK: &str = "10.0.100.200/30";
+const POOLED_V4: &str = "10.0.100.200";
 
 /// The anycast demo: a BGP fabric in network namespaces, one service walked through its life.
 #[derive(Parser)]
@@ -283,6 +288,8 @@ fn demo(args: &Args) -> Result<(), LabError> {
         );
     }
 
+    pool_step(&mut lab, nodes)?;
+
     if args.keep {
         println!("\n== leaving the lab up, with {SERVICE} back on every node");
         let (at, _) = lab.apply(steps[0].service.as_ref().expect("step 1 has a service"));
@@ -291,6 +298,64 @@ fn demo(args: &Args) -> Result<(), LabError> {
     } else {
         println!("\n== tearing down");
     }
+    Ok(())
+}
+
+/// A Service that names no IP: every node computes the same address from the `L3lbIPPool` in the
+/// manifest directory, and the router routes it to the nodes with a ready pod.
+fn pool_step(lab: &mut Lab, nodes: usize) -> Result<(), LabError> {
+    let ip: IpAddr = POOLED_V4.parse().expect("an IPv4 address");
+    let hosts: Vec<usize> = vec![0, nodes - 1];
+    println!("== a Service without an IP: {POOLED_SERVICE} gets one from an L3lbIPPool");
+    let pool = lab::pool_manifest("lab", &[POOL_BLOCK]);
+    lab.write_manifest("pool", &pool);
+    println!(
+        "  wrote {}:",
+        lab.manifest_dir().join("pool.yaml").display()
+    );
+    print_indented(&pool, "    ");
+    let service = Service {
+        endpoints: hosts
+            .iter()
+            .map(|&n| Endpoint::ready(&format!("{POOLED_SERVICE}-{}", &lab::node_name(n)[5..]), n))
+            .collect(),
+        ..Service::pooled(POOLED_SERVICE, &[POOLED_V4])
+    };
+    let (at, text) = lab.apply(&service);
+    println!(
+        "  wrote {} (no loadBalancerIPs):",
+        lab.manifest_dir()
+            .join(format!("{POOLED_SERVICE}.yaml"))
+            .display()
+    );
+    print_indented(&text, "    ");
+    let took = lab.wait_routes(&[(ip, &hosts)], at, CONVERGENCE_DEADLINE)?;
+    let set: BTreeSet<usize> = hosts.iter().copied().collect();
+    println!(
+        "  router: {ip} via {} after {} ms (every node allocated the pool's first address on its own)",
+        lab::nodes_label(&set),
+        took[0].as_millis()
+    );
+    println!("  l3lb logs:");
+    for node in 0..nodes {
+        for line in lab.new_log_lines(node) {
+            println!("    {} │ {}", lab::node_name(node), line);
+        }
+    }
+    let host_names: BTreeSet<String> = hosts.iter().map(|&n| lab::node_name(n)).collect();
+    for _ in 0..3 {
+        let reply = lab.client_get(ip).map_err(LabError::Failed)?;
+        println!("  client: http://{ip}/ → {} on {}", reply.pod, reply.node);
+        if !host_names.contains(&reply.node) {
+            return Err(LabError::Failed(format!(
+                "a connection to {ip} landed on {}, which hosts no ready pod",
+                reply.node
+            )));
+        }
+    }
+    let at = lab.delete_service(POOLED_SERVICE);
+    lab.wait_routes(&[(ip, &[])], at, CONVERGENCE_DEADLINE)?;
+    println!("  deleted {POOLED_SERVICE}: the route is gone\n");
     Ok(())
 }
 

@@ -87,6 +87,7 @@ pub(super) static RESOURCES: &[ResourceDef] = &[
     ResourceDef::namespaced("events.k8s.io", "v1", "events", "Event").create_on_update(),
     ResourceDef::cluster("", "v1", "nodes", "Node").with_status(),
     ResourceDef::cluster("", "v1", "namespaces", "Namespace").with_status(),
+    ResourceDef::cluster("l3lb.io", "v1alpha1", "l3lbippools", "L3lbIPPool").with_status(),
 ];
 
 /// Index into [`RESOURCES`]; the store's notion of "which resource".

@@ -15,8 +15,12 @@ use crate::fixtures::{self, endpoint, port, slice};
 #[derive(Clone, Debug)]
 pub struct Service {
     pub name: String,
+    /// The Service's IPs; with `from_pool`, the ones the pool will give it (the nodes' DNAT and
+    /// the slices' families need them), not written into the manifest.
     pub ips: Vec<IpAddr>,
     pub endpoints: Vec<Endpoint>,
+    /// Ask for no IP: l3lb allocates one from an `L3lbIPPool` (see [`pool`]).
+    pub from_pool: bool,
 }
 
 impl Service {
@@ -28,6 +32,15 @@ impl Service {
                 .map(|ip| ip.parse().unwrap_or_else(|_| panic!("{ip:?} is not an IP")))
                 .collect(),
             endpoints: Vec::new(),
+            from_pool: false,
+        }
+    }
+
+    /// A Service that names no IP and expects `expected` from a pool.
+    pub fn pooled(name: &str, expected: &[&str]) -> Self {
+        Service {
+            from_pool: true,
+            ..Service::new(name, expected)
         }
     }
 
@@ -83,10 +96,12 @@ impl Endpoint {
 pub(super) fn render(service: &Service, pod: impl Fn(&str) -> PodAddresses) -> String {
     let name = &service.name;
     let ips: Vec<String> = service.ips.iter().map(IpAddr::to_string).collect();
+    let mut object = fixtures::service(name).namespace("default");
+    if !service.from_pool {
+        object = object.annotated_ips(&ips.join(","));
+    }
     let mut yamls = vec![
-        fixtures::service(name)
-            .namespace("default")
-            .annotated_ips(&ips.join(","))
+        object
             .load_balancer()
             .selector("app", name)
             .port(port("TCP", SERVICE_PORT).named("http").target(SERVICE_PORT))
@@ -116,6 +131,15 @@ pub(super) fn render(service: &Service, pod: impl Fn(&str) -> PodAddresses) -> S
         yamls.push(family_slice.yaml());
     }
     fixtures::documents(yamls)
+}
+
+/// An `L3lbIPPool` manifest: l3lb gives Services without an IP addresses from `blocks`.
+pub fn pool(name: &str, blocks: &[&str]) -> String {
+    let blocks: Vec<String> = blocks.iter().map(|b| format!("{b:?}")).collect();
+    format!(
+        "apiVersion: l3lb.io/v1alpha1\nkind: L3lbIPPool\nmetadata:\n  name: {name}\nspec:\n  blocks: [{}]\n",
+        blocks.join(", ")
+    )
 }
 
 /// The directory the l3lbs read, one file per Service.
@@ -195,6 +219,18 @@ mod tests {
             assert_eq!(slice.local[0].addresses, [address]);
             assert!(slice.local[0].terminating && slice.local[0].serving);
         }
+    }
+
+    #[test]
+    fn a_pooled_service_names_no_ip_and_the_pool_parses() {
+        let yaml = render(&Service::pooled("auto", &["10.0.100.200"]), |_| {
+            unreachable!("no pods")
+        });
+        assert!(!yaml.contains("loadBalancerIPs"), "{yaml}");
+        assert!(yaml.contains("kind: EndpointSlice"), "{yaml}");
+        let pool: l3lb::crd::L3lbIPPool =
+            serde_yaml::from_str(&pool("lab", &["10.0.100.200/30"])).expect("an L3lbIPPool");
+        assert_eq!(pool.spec.blocks, ["10.0.100.200/30"]);
     }
 
     #[test]

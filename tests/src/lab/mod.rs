@@ -51,7 +51,7 @@ use std::{
 pub use self::{
     client::Reply,
     frr::{NOT_A_NODE, RouterView, nodes_label},
-    manifests::{Endpoint, Service},
+    manifests::{Endpoint, Service, pool as pool_manifest},
     teardown::STATE_DIR,
     topology::node_name,
 };
@@ -380,6 +380,12 @@ impl Lab {
         self.update_proxy();
         let text = self.manifest(service);
         (self.manifests.write(&service.name, &text), text)
+    }
+
+    /// Writes any other manifest (an `L3lbIPPool`, say) as `<manifests>/<name>.yaml`; returns
+    /// when.
+    pub fn write_manifest(&mut self, name: &str, text: &str) -> Instant {
+        self.manifests.write(name, text)
     }
 
     /// Deletes the Service's manifest; returns when.
