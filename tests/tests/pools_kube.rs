@@ -254,7 +254,8 @@ async fn scenario(ns: Ip) {
         server.request_log()
     );
     assert!(
-        !wait_until(Duration::from_secs(2), || status_writes(&server, "web") > writes),
+        !wait_until(Duration::from_secs(2), || status_writes(&server, "web")
+            > writes),
         "no further status writes once converged: {:?}",
         server.request_log()
     );
