@@ -51,6 +51,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         ready: ready_tx,
         ingress: None,
         events: None,
+        leader: None,
         fastpath,
     };
     start_sources(&config, changes_tx, &mut outputs).await?;
@@ -161,6 +162,7 @@ async fn start_sources(
             let leader = if config.write_status {
                 let (queue, leader) = start_status_writer(config, client.clone(), &outputs.metrics);
                 outputs.ingress = Some(queue);
+                outputs.leader = Some(leader.clone());
                 Some(leader)
             } else {
                 None
