@@ -42,6 +42,9 @@ pub struct Outputs {
     pub ready: watch::Sender<bool>,
     pub ingress: Option<IngressQueue>,
     pub events: Option<mpsc::Sender<ServiceEvent>>,
+    /// Whether this node leads (with an election): a new leader reports the cluster-wide
+    /// Warnings, which only the leader publishes, for the state as it finds it.
+    pub leader: Option<watch::Receiver<bool>>,
     /// The `--xdp` fast path, kept in step with the desired state once it is synced.
     pub fastpath: Option<FastPath>,
     /// The IP pools as the allocator (the leader's, or the file source's) last computed them.
@@ -94,6 +97,7 @@ impl Controller {
         let mut resync = tokio::time::interval(resync_interval);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry_at: Option<Instant> = None;
+        let mut leader = self.outputs.leader.take();
         tokio::pin!(shutdown);
 
         loop {
@@ -125,6 +129,10 @@ impl Controller {
                 }
                 _ = resync.tick() => true,
                 () = retry => true,
+                Some(()) = leadership_gained(&mut leader) => {
+                    self.report_cluster_warnings();
+                    false
+                }
                 Some(reply) = reports.recv() => {
                     let _ = reply.send(self.report());
                     false
@@ -215,7 +223,7 @@ impl Controller {
         for (ip, services) in &outcome.shared {
             let names: Vec<String> = services.iter().map(ToString::to_string).collect();
             warn!(
-                "address {ip} is claimed by {}; announcing it once",
+                "address {ip} is requested by {}; announced once where needed",
                 names.join(", ")
             );
         }
@@ -234,6 +242,38 @@ impl Controller {
                 .map(|d| d.reason.to_string())
                 .unwrap_or_else(|| "service deleted".into());
             info!(service = %service, ips = ?ips, "withdrawing from this node: {reason}");
+        }
+    }
+
+    /// Every current problem and shared IP as Events, for a node that just became the leader
+    /// (Events already published merge into a series). Before the first sync there is nothing
+    /// to report yet: the sync's own outcome carries it.
+    fn report_cluster_warnings(&self) {
+        let (Some(events), true) = (&self.outputs.events, self.synced()) else {
+            return;
+        };
+        let outcome = Outcome {
+            problems: self
+                .state
+                .services()
+                .filter_map(|spec| Some((spec, self.state.decision(&spec.key)?)))
+                .flat_map(|(spec, decision)| {
+                    decision
+                        .problems
+                        .iter()
+                        .map(|problem| (spec.key.clone(), problem.clone()))
+                })
+                .collect(),
+            shared: self
+                .state
+                .shared()
+                .map(|(ip, services)| (*ip, services.iter().cloned().collect()))
+                .collect(),
+            ..Outcome::default()
+        };
+        let uid = |key: &_| self.state.service(key).and_then(|spec| spec.uid.clone());
+        for event in events::from_outcome(&outcome, &self.state.policy().node, uid) {
+            let _ = events.try_send(event);
         }
     }
 
@@ -372,6 +412,22 @@ impl Controller {
                 .as_ref()
                 .map(|pools| pools.borrow().clone())
                 .unwrap_or_default(),
+        }
+    }
+}
+
+/// Resolves when `leader` turns true; never without an election.
+async fn leadership_gained(leader: &mut Option<watch::Receiver<bool>>) -> Option<()> {
+    let Some(receiver) = leader else {
+        return std::future::pending().await;
+    };
+    loop {
+        if receiver.changed().await.is_err() {
+            *leader = None;
+            return None;
+        }
+        if *receiver.borrow_and_update() {
+            return Some(());
         }
     }
 }

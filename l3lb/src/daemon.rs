@@ -52,6 +52,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         ready: ready_tx,
         ingress: None,
         events: None,
+        leader: None,
         fastpath,
         pools: None,
     };
@@ -176,6 +177,7 @@ async fn start_sources(
                     pools_tx,
                 );
                 outputs.ingress = Some(queue);
+                outputs.leader = Some(leader.clone());
                 Some(leader)
             } else {
                 None

@@ -260,7 +260,8 @@ pub struct Outcome {
     pub withdrawn: Vec<(ServiceKey, BTreeSet<IpAddr>)>,
     /// Newly seen problems per Service (reported once, not on every event).
     pub problems: Vec<(ServiceKey, IpProblem)>,
-    /// IPs that became claimed by more than one Service.
+    /// IPs that became requested by more than one Service (anywhere in the cluster, whether or
+    /// not this node announces them: the same on every node).
     pub shared: Vec<(IpAddr, Vec<ServiceKey>)>,
     /// Services whose decision changed in any way.
     pub changed_services: BTreeSet<ServiceKey>,
@@ -284,6 +285,8 @@ pub struct DesiredState {
     decisions: HashMap<ServiceKey, Decision>,
     /// Each announced IP and the Services claiming it.
     claims: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// Each valid requested IP and the Services requesting it, announced here or not.
+    requests: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
 }
 
 impl DesiredState {
@@ -295,6 +298,7 @@ impl DesiredState {
             slices_of: HashMap::new(),
             decisions: HashMap::new(),
             claims: BTreeMap::new(),
+            requests: BTreeMap::new(),
         }
     }
 
@@ -305,6 +309,13 @@ impl DesiredState {
     /// The IPs this node should have on its interface.
     pub fn addresses(&self) -> BTreeSet<IpAddr> {
         self.claims.keys().copied().collect()
+    }
+
+    /// IPs requested by more than one Service, with the Services.
+    pub fn shared(&self) -> impl Iterator<Item = (&IpAddr, &BTreeSet<ServiceKey>)> {
+        self.requests
+            .iter()
+            .filter(|(_, services)| services.len() > 1)
     }
 
     /// The Services claiming `ip` here.
@@ -480,10 +491,26 @@ impl DesiredState {
                     1 => {
                         outcome.assumed.insert(*ip, key.clone());
                     }
-                    2 => outcome
-                        .shared
-                        .push((*ip, claimants.iter().cloned().collect())),
                     _ => {}
+                }
+            }
+            let old_requested = old.as_ref().map(|d| d.ips.clone()).unwrap_or_default();
+            let new_requested = new.as_ref().map(|d| d.ips.clone()).unwrap_or_default();
+            for ip in old_requested.difference(&new_requested) {
+                if let Some(requesters) = self.requests.get_mut(ip) {
+                    requesters.remove(&key);
+                    if requesters.is_empty() {
+                        self.requests.remove(ip);
+                    }
+                }
+            }
+            for ip in new_requested.difference(&old_requested) {
+                let requesters = self.requests.entry(*ip).or_default();
+                requesters.insert(key.clone());
+                if requesters.len() == 2 {
+                    outcome
+                        .shared
+                        .push((*ip, requesters.iter().cloned().collect()));
                 }
             }
             if new_ips.is_empty() && !old_ips.is_empty() {
@@ -763,6 +790,22 @@ mod tests {
         );
         let out = state.apply(ClusterChange::SliceDeleted(ready_here("b").key));
         assert_eq!(out.forfeited, ips(&["10.0.100.7"]));
+    }
+
+    #[test]
+    fn sharing_is_judged_on_requests_not_on_what_this_node_announces() {
+        let mut state = DesiredState::new(policy(Mode::Pods));
+        let out = state.apply_all([
+            ClusterChange::ServiceApplied(lb("a", &["10.0.100.7"])),
+            ClusterChange::ServiceApplied(lb("b", &["10.0.100.7"])),
+        ]);
+        assert!(state.addresses().is_empty(), "no endpoint here");
+        assert_eq!(out.shared.len(), 1, "still two Services ask for one IP");
+        assert_eq!(state.shared().count(), 1);
+        state.apply(ClusterChange::ServiceDeleted(ServiceKey::new(
+            "default", "a",
+        )));
+        assert_eq!(state.shared().count(), 0);
     }
 
     #[test]

@@ -111,21 +111,25 @@ pub async fn elect(
     let mut last_renewal: Option<tokio::time::Instant> = None;
     let mut observed = Observation::default();
     loop {
+        let started = tokio::time::Instant::now();
         let held = match try_hold(&api, &config, &mut observed).await {
-            Ok(held) => held,
+            Ok(true) => {
+                // Counted from before the round: the server's renewTime is no older than this.
+                last_renewal = Some(started);
+                true
+            }
+            Ok(false) => {
+                last_renewal = None;
+                false
+            }
             Err(err) => {
                 metrics.count_error(Component::Leader, err.metric_label());
                 warn!("{err}");
-                // Unsure whether we still hold it: keep leading only while the Lease would still
-                // be ours on the server, never longer.
+                // Unsure whether we still hold it: keep leading only while the last confirmed
+                // renewal would still hold on the server, never longer.
                 last_renewal.is_some_and(|at| at.elapsed() < config.duration)
             }
         };
-        if held {
-            last_renewal = Some(tokio::time::Instant::now());
-        } else {
-            last_renewal = None;
-        }
         leader.send_if_modified(|was| {
             if *was != held {
                 info!(lease = %config.name, "{} the status writer", if held { "became" } else { "is no longer" });
@@ -154,9 +158,9 @@ async fn try_hold(
             source,
         }
     };
-    // A third of the retry period each, so a round (get and update) ends well before the Lease
-    // could lapse.
-    let timeout = config.retry_period() / 3;
+    // Half the retry period each: a round (get and update) takes at most one period, so the
+    // leader flag is never more than a round behind what the server holds.
+    let timeout = config.retry_period() / 2;
     let now = Timestamp::now();
     let duration_seconds = i32::try_from(config.duration.as_secs()).unwrap_or(i32::MAX);
     let Some(mut lease) = bounded(timeout, api.get_opt(&config.name))

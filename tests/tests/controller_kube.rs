@@ -442,9 +442,36 @@ async fn failover(ns: Ip) {
         "the follower never writes"
     );
 
-    // The leader crashes (no clean exit); the follower takes over once the Lease lapses.
+    // A cluster-wide Warning: the leader reports it, the follower does not.
+    let follower_node = if follower_http.ends_with("9474") {
+        "node-a"
+    } else {
+        "node-b"
+    };
+    let warned_by = |node: &str| {
+        described_events(&server, "bad").iter().any(|e| {
+            field(e, "reason") == "IPOutsidePrefixes" && field(e, "reportingInstance") == node
+        })
+    };
+    server.apply(service("bad", "192.0.2.1"));
+    assert!(
+        wait_until(CONVERGE, || described_events(&server, "bad")
+            .iter()
+            .any(|e| field(e, "reason") == "IPOutsidePrefixes")),
+        "the leader warns: {:?}",
+        server.events()
+    );
+    assert!(!warned_by(follower_node), "the follower does not");
+
+    // The leader crashes (no clean exit); the follower takes over once the Lease lapses, and
+    // reports the Warnings of the state it finds.
     leader.kill();
     follower.wait_for_log(LEADS, CONVERGE);
+    assert!(
+        wait_until(CONVERGE, || warned_by(follower_node)),
+        "the new leader reports the standing Warning: {:?}",
+        server.events()
+    );
     assert!(
         wait_until(CONVERGE, || metric(follower_http, "l3lb_leader")
             == Some(1.0)),
@@ -457,6 +484,17 @@ async fn failover(ns: Ip) {
         follower.log()
     );
     assert!(follower.log().contains("published ingress"));
+
+    // The API server hangs (every answer takes longer than the Lease lasts): the Lease calls
+    // time out and the leader steps down rather than keep a flag nobody can confirm.
+    server.set_response_delay(Duration::from_secs(3));
+    assert!(
+        wait_until(CONVERGE, || metric(follower_http, "l3lb_leader")
+            == Some(0.0)),
+        "a leader that cannot renew steps down; log:\n{}",
+        follower.log()
+    );
+    server.set_response_delay(Duration::ZERO);
     assert!(follower.terminate());
     assert_eq!(
         server.denied_requests(),

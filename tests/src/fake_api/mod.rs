@@ -13,7 +13,8 @@
 //!   initial-events-end bookmark, or their refusal by a server without them;
 //! - paginated lists (`limit`/`continue`), label and field selectors on lists and watches
 //!   (objects moving out of a watch's selector show up as DELETED, moving in as ADDED);
-//! - BOOKMARK events carrying the cluster-wide resourceVersion;
+//! - BOOKMARK events carrying the cluster-wide resourceVersion, about once a minute
+//!   ([`FakeApiServer::set_bookmark_interval`]);
 //! - the `/status` subresource: writes to the main resource keep the stored status (and create
 //!   drops it), writes to `/status` change nothing but `.status`;
 //! - `metadata.managedFields` for writes through the API (see `managed`), so a controller can
@@ -94,7 +95,7 @@ impl FakeApiServer {
             conns: Mutex::new(Conns::default()),
             log: Mutex::new(Vec::new()),
             response_delay: Mutex::new(Duration::ZERO),
-            bookmark_interval: Mutex::new(Duration::from_secs(1)),
+            bookmark_interval: Mutex::new(Duration::from_secs(60)),
             failing_status_writes: Mutex::new((0, 500)),
             watch_cache: Mutex::new(WatchCache::default()),
             rbac: Mutex::new(None),
@@ -299,9 +300,8 @@ impl FakeApiServer {
         *lock(&self.inner.watch_cache) = cache;
     }
 
-    /// How often watches that allow bookmarks get one (default 1 s; a real server sends one
-    /// about once a minute). Applies to each watch from
-    /// its next bookmark on.
+    /// How often watches that allow bookmarks get one (default 60 s, about as often as a real
+    /// server sends them). Applies to each watch from its next bookmark on.
     pub fn set_bookmark_interval(&self, interval: Duration) {
         *lock(&self.inner.bookmark_interval) = interval;
     }
