@@ -752,6 +752,16 @@ pub fn pool_reports(
     reports.into_values().collect()
 }
 
+/// Every write of the allocator is l3lb's, under the same field manager as the status writer
+/// (`ingress.rs`): the nodes and the status writer then recognise the allocator's status as
+/// l3lb's own output, never as another controller's request, and do not write it again.
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(crate::cluster::model::STATUS_FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,15 +853,5 @@ mod tests {
         assert!(!newer(Some(6), Some(5)));
         assert!(newer(None, Some(1)));
         assert!(newer(Some(1), None), "unparsable versions: take the event");
-    }
-}
-
-/// Every write of the allocator is l3lb's, under the same field manager as the status writer
-/// (`ingress.rs`): the nodes and the status writer then recognise the allocator's status as
-/// l3lb's own output, never as another controller's request, and do not write it again.
-fn patch_params() -> PatchParams {
-    PatchParams {
-        field_manager: Some(crate::cluster::model::STATUS_FIELD_MANAGER.into()),
-        ..PatchParams::default()
     }
 }
