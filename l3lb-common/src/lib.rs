@@ -16,8 +16,8 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
 /// Why the XDP or TC program let a packet go the way it did: the index into
-/// `L3LB_REASONS`. The programs never drop. `Forwarded`, `ReplyTranslated` and the redirect
-/// reasons count packets the fast path handled (each packet once, by the way it took); every
+/// `L3LB_REASONS`. The programs never drop. `Forwarded`, `ReplyTranslated`, the redirect and
+/// the ICMP reasons count packets the fast path handled (each packet once, by the way it took); every
 /// other reason is a pass-through, counted so an operator can see what the fast path skipped
 /// and why.
 #[repr(u32)]
@@ -58,11 +58,18 @@ pub enum Reason {
     /// A pod's reply translated as it left the pod, then handed to the kernel's routing: no
     /// route, a packet too big for the uplink, or a TTL that runs out here.
     ReplyToStack = 13,
+    /// An ICMP error to a service address about a steered flow's reply (a router's "packet too
+    /// big", "fragmentation needed", unreachable or time exceeded): its destination and the
+    /// quoted reply's source translated to the pod, and delivered to it like the flow.
+    IcmpTranslated = 14,
+    /// An ICMP error a pod sent about a steered flow (e.g. port unreachable): its source and
+    /// the quoted packet's destination translated back to the service.
+    IcmpReplyTranslated = 15,
 }
 
 impl Reason {
     /// Number of reasons; the `max_entries` of `L3LB_REASONS`.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
 
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Forwarded,
@@ -79,6 +86,8 @@ impl Reason {
         Reason::RedirectNeigh,
         Reason::ReplyRedirected,
         Reason::ReplyToStack,
+        Reason::IcmpTranslated,
+        Reason::IcmpReplyTranslated,
     ];
 
     /// Stable label for `l3lb inspect` and metrics.
@@ -98,6 +107,8 @@ impl Reason {
             Reason::RedirectNeigh => "redirect_neigh",
             Reason::ReplyRedirected => "reply_redirected",
             Reason::ReplyToStack => "reply_to_stack",
+            Reason::IcmpTranslated => "icmp_translated",
+            Reason::IcmpReplyTranslated => "icmp_reply_translated",
         }
     }
 }

@@ -11,6 +11,8 @@
 //!   leaves the pod, then straight out of the uplink.
 //! - `l3lb_tc_egress` (tc_egress.rs), TC egress on the uplinks: replies the kernel routed.
 //!
+//! ICMP errors about steered flows (PMTU discovery) follow their flow both ways (icmp.rs).
+//!
 //! One concern per file besides: maps.rs (every map and counter), parse.rs (headers), flow.rs
 //! (backend choice and flow memory), hash.rs (the flow hash), csum.rs (incremental checksums
 //! for XDP), nat.rs (translation on socket buffers, TTL).
@@ -21,6 +23,7 @@
 mod csum;
 mod flow;
 mod hash;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;

@@ -23,6 +23,7 @@ use l3lb_common::{BACKEND_DELIVERY, BACKEND_REDIRECT_PEER, Backend, Reason, Serv
 
 use crate::{
     flow::select,
+    icmp,
     maps::{L3LB_SERVICES, count, count_service},
     nat::{End, decrement_ttl, parse_skb, rewrite},
 };
@@ -30,8 +31,28 @@ use crate::{
 #[classifier]
 pub fn l3lb_tc_ingress(ctx: TcContext) -> i32 {
     let bytes = u64::from(ctx.len());
-    let (action, reason) = match try_l3lb_tc_ingress(&ctx, bytes) {
+    match forward(&ctx, bytes) {
+        // ICMP errors about steered flows follow their flow into the pod (icmp.rs).
+        icmp::NOT_TCP_UDP => {
+            let (action, reason) = match icmp::to_pod(&ctx) {
+                icmp::NOT_OURS => (TC_ACT_OK, Reason::NotTcpUdp),
+                icmp::FAILED => (TC_ACT_OK, Reason::Truncated),
+                action => (action, Reason::IcmpTranslated),
+            };
+            count(reason, bytes);
+            action
+        }
+        action => action,
+    }
+}
+
+/// The forward path, counted; [`icmp::NOT_TCP_UDP`] (uncounted) for a packet that is neither
+/// TCP nor UDP. A call of its own, for the stack (see there).
+#[inline(never)]
+fn forward(ctx: &TcContext, bytes: u64) -> i32 {
+    let (action, reason) = match try_l3lb_tc_ingress(ctx, bytes) {
         Ok(done) => done,
+        Err(Reason::NotTcpUdp) => return icmp::NOT_TCP_UDP,
         Err(reason) => (TC_ACT_OK, reason),
     };
     count(reason, bytes);
@@ -78,7 +99,7 @@ fn try_l3lb_tc_ingress(ctx: &TcContext, bytes: u64) -> Result<(i32, Reason), Rea
 /// only refuse unknown flags (with `TC_ACT_SHOT`); should one ever do, the packet goes to the
 /// kernel's routing instead of being dropped.
 #[inline(always)]
-fn redirect(backend: &Backend) -> (i32, Reason) {
+pub fn redirect(backend: &Backend) -> (i32, Reason) {
     let ifindex = backend.ifindex;
     let (action, reason) = if backend.flags & BACKEND_REDIRECT_PEER != 0 {
         // SAFETY: a helper call with plain arguments.
