@@ -402,8 +402,10 @@ pub fn to_pod(ctx: &TcContext) -> i32 {
     if !parse_error(ctx, Direction::ToPod, &mut quote) {
         return NOT_OURS;
     }
-    // SAFETY: copied out at once.
-    let Some(flow) = (unsafe { L3LB_FLOWS.get(quote.key) }).copied() else {
+    // SAFETY: copied out at once. The key by reference: a copy would grow the stack frame
+    // past what the call chain allows.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let Some(flow) = (unsafe { L3LB_FLOWS.get(&quote.key) }).copied() else {
         return NOT_OURS;
     };
     // The slot must still hold the flow's pod (see flow.rs); otherwise the flow is stale and
@@ -451,8 +453,10 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
     if !parse_error(ctx, Direction::FromPod, &mut quote) {
         return NOT_OURS;
     }
-    // SAFETY: copied out at once.
-    let Some(nat) = (unsafe { L3LB_REPLIES.get(quote.key) }).copied() else {
+    // SAFETY: copied out at once. The key by reference: a copy would grow the stack frame
+    // past what the call chain allows.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let Some(nat) = (unsafe { L3LB_REPLIES.get(&quote.key) }).copied() else {
         return NOT_OURS;
     };
     if rewrite(

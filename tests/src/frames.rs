@@ -292,6 +292,78 @@ pub fn icmpv6_echo(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
     ipv6_frame(PROTO_ICMPV6, src, dst, &icmp)
 }
 
+/// An ICMPv4 error from `src` to `dst`: `kind`/`code`, the 4 bytes after the checksum (`rest`:
+/// unused, or the next-hop MTU of "fragmentation needed"), then `quote` (the offending IP
+/// packet, or its start). Valid IP and ICMP checksums.
+pub fn icmpv4_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    rest: u32,
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let sum = checksum(0, &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    Ipv4::new(PROTO_ICMP, src, dst).packet(&icmp)
+}
+
+/// An ICMPv6 error (`kind` 1 unreachable, 2 packet too big with the MTU in `rest`, 3 time
+/// exceeded) quoting `quote`, with a valid checksum over its pseudo-header.
+pub fn icmpv6_error(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    kind: u8,
+    code: u8,
+    rest: u32,
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let sum = checksum(pseudo_header_v6(src, dst, PROTO_ICMPV6, icmp.len()), &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    ipv6_frame(PROTO_ICMPV6, src, dst, &icmp)
+}
+
+/// The IP packet of `frame`: without the Ethernet header (and any padding after it). What an
+/// ICMP error quotes.
+pub fn ip_packet(frame: &[u8]) -> &[u8] {
+    &frame[ETH_LEN..layout(frame).end]
+}
+
+/// True when every checksum of an ICMP(v6) frame verifies: the outer IPv4 header's, the ICMP
+/// checksum (ICMPv6's over its pseudo-header), and the quoted IPv4 header's when the quote
+/// holds all of it. (A quoted TCP/UDP checksum covers the whole quoted packet, which a quote
+/// may cut: compare the quote with the packet it stands for instead.)
+pub fn icmp_checksums_ok(frame: &[u8]) -> bool {
+    let layout = layout(frame);
+    let message = &frame[layout.l4..layout.end];
+    let icmp_ok = if layout.family == 4 {
+        ipv4_header_checksum_ok(frame) && ones_complement_sum(0, message) == 0xffff
+    } else {
+        let ip = &frame[ETH_LEN..];
+        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).expect("16 bytes"));
+        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes"));
+        ones_complement_sum(
+            pseudo_header_v6(src, dst, PROTO_ICMPV6, message.len()),
+            message,
+        ) == 0xffff
+    };
+    let quote = &message[8..];
+    let quote_ok = match quote.first().map(|b| b >> 4) {
+        Some(4) => {
+            let header_len = usize::from(quote[0] & 0x0f) * 4;
+            quote.len() < header_len || ones_complement_sum(0, &quote[..header_len]) == 0xffff
+        }
+        _ => true,
+    };
+    icmp_ok && quote_ok
+}
+
 /// `frame` with an 802.1Q tag (VLAN `vid`) between the MAC addresses and the EtherType.
 pub fn vlan_tagged(frame: &[u8], vid: u16) -> Vec<u8> {
     let mut tagged = frame[..12].to_vec();
@@ -564,6 +636,33 @@ mod tests {
             ones_complement_sum(0, &v4_echo[ETH_LEN + IPV4_LEN..]),
             0xffff
         );
+
+        // ICMP errors: every checksum verifies, and a flipped quoted byte is caught.
+        let reply = ipv4(
+            PROTO_TCP,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(192, 0, 2, 1),
+            80,
+            40000,
+            b"x",
+        );
+        let mut error = icmpv4_error(
+            Ipv4Addr::new(192, 0, 2, 254),
+            Ipv4Addr::new(10, 0, 0, 1),
+            3,
+            4,
+            1400,
+            ip_packet(&reply),
+        );
+        assert!(icmp_checksums_ok(&error));
+        assert_eq!(&error[ETH_LEN + IPV4_LEN + 8..], ip_packet(&reply));
+        error[ETH_LEN + IPV4_LEN + 8 + 12] ^= 1; // the quoted source address
+        assert!(!icmp_checksums_ok(&error));
+        let reply6 = ipv6(PROTO_UDP, v6_dst, v6_src, 53, 5353, b"a");
+        let mut error6 = icmpv6_error(v6_dst, v6_src, 2, 0, 1280, &ip_packet(&reply6)[..48]);
+        assert!(icmp_checksums_ok(&error6));
+        error6[ETH_LEN + 8] ^= 1; // the outer source, in the pseudo-header
+        assert!(!icmp_checksums_ok(&error6));
 
         let tagged = vlan_tagged(&v4_echo, 100);
         assert_eq!(tagged.len(), v4_echo.len() + 4);
