@@ -1,0 +1,368 @@
+//! ICMP errors through the fast path, end to end on the real kernel:
+//!
+//! ```text
+//! client 10.1.0.2 ── [MTU 1400, IPv6 1280] router ── uplink [node: l3lb --xdp] ── veth ── pod
+//!        fd01::2                                                                 10.244.1.2
+//! ```
+//!
+//! - Path MTU discovery: the client advertises a 1500-byte path (its own link's MTU), the pod
+//!   sends full-size segments, and the router cannot forward them onto the client's narrower
+//!   link: it answers "fragmentation needed" / "packet too big" to the service address, which
+//!   only the fast path's translation gets to the pod. A 1 MB download completes in both
+//!   families, and the pod's route cache holds the learned MTU.
+//! - The other way: a pod's "port unreachable" about a UDP datagram to the service leaves as the
+//!   service's, so the client's connected socket sees the refusal.
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use l3lb_tests::{
+    daemon::{L3lb, l3lb_binary},
+    fixtures::{self, endpoint, port, service, slice},
+    netns::{self, NetNs, sh},
+    privileged, wait_until,
+};
+
+const SERVICE_V4: &str = "10.0.100.9";
+const SERVICE_V6: &str = "2001:db8:100::9";
+const POD_V4: &str = "10.244.1.2";
+const POD_V6: &str = "fd00:244::2";
+/// The service's ports: a bulk download (TCP), and a UDP port nothing listens on in the pod.
+const DOWNLOAD: u16 = 81;
+const DOWNLOAD_TARGET: u16 = 8081;
+const CLOSED: u16 = 82;
+const CLOSED_TARGET: u16 = 8082;
+const DOWNLOAD_BYTES: usize = 1 << 20;
+const CLIENT_MTU_V4: u32 = 1400;
+const CLIENT_MTU_V6: u32 = 1280;
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn sysctl(ns: &NetNs, settings: &[&str]) {
+    for setting in settings {
+        sh(ns.command("sysctl").args(["-qw", setting]));
+    }
+}
+
+fn namespace(tag: &str) -> NetNs {
+    let ns = NetNs::new(tag);
+    sysctl(
+        &ns,
+        &[
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ],
+    );
+    ns
+}
+
+struct Net {
+    client: NetNs,
+    _router: NetNs,
+    node: NetNs,
+    pod: NetNs,
+}
+
+/// Client — router — node — pod, the router's link to the client narrower than the rest.
+fn topology() -> Net {
+    let client = namespace("mc");
+    let router = namespace("mr");
+    let node = namespace("mn");
+    let pod = namespace("mp");
+    netns::veth_pair(
+        &client,
+        "eth0",
+        "10.1.0.2/24",
+        &router,
+        "to-client",
+        "10.1.0.1/24",
+    );
+    client.ip(&["addr", "add", "fd01::2/64", "dev", "eth0", "nodad"]);
+    router.ip(&["addr", "add", "fd01::1/64", "dev", "to-client", "nodad"]);
+    client.ip(&["route", "add", "default", "via", "10.1.0.1"]);
+    client.ip(&["-6", "route", "add", "default", "via", "fd01::1"]);
+    // Only the router's side is narrow: the client keeps advertising a 1500-byte path (its MSS),
+    // so the pod's full-size segments meet the narrow link at the router, which must answer.
+    router.ip(&[
+        "link",
+        "set",
+        "to-client",
+        "mtu",
+        &CLIENT_MTU_V4.to_string(),
+    ]);
+    sysctl(
+        &router,
+        &[&format!("net.ipv6.conf.to-client.mtu={CLIENT_MTU_V6}")],
+    );
+    netns::veth_pair(
+        &router,
+        "to-node",
+        "10.2.0.1/24",
+        &node,
+        "uplink",
+        "10.2.0.2/24",
+    );
+    router.ip(&["addr", "add", "fd02::1/64", "dev", "to-node", "nodad"]);
+    node.ip(&["addr", "add", "fd02::2/64", "dev", "uplink", "nodad"]);
+    node.ip(&["route", "add", "default", "via", "10.2.0.1"]);
+    node.ip(&["-6", "route", "add", "default", "via", "fd02::1"]);
+    // What BGP would install on the router: the service prefixes via the node.
+    router.ip(&["route", "add", "10.0.100.0/24", "via", "10.2.0.2"]);
+    router.ip(&["-6", "route", "add", "2001:db8:100::/64", "via", "fd02::2"]);
+    for ns in [&router, &node] {
+        sysctl(
+            ns,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        );
+    }
+    netns::attach_pod(&node, &pod, "vp0", POD_V4);
+    netns::attach_pod_v6(&node, &pod, "vp0", POD_V6);
+    Net {
+        client,
+        _router: router,
+        node,
+        pod,
+    }
+}
+
+/// Serves `DOWNLOAD_BYTES` on every connection to `DOWNLOAD_TARGET` (both families) inside
+/// `pod`, until `stop`.
+fn serve_download(pod: &NetNs, stop: Arc<AtomicBool>) {
+    let pod = pod.name().to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        netns::enter(&pod);
+        let listener =
+            TcpListener::bind(("::", DOWNLOAD_TARGET)).expect("pod download listener (dual-stack)");
+        listener.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        let data = vec![0x5au8; DOWNLOAD_BYTES];
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let data = data.clone();
+                    std::thread::spawn(move || {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.write_all(&data);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("pod download server started");
+}
+
+/// Downloads from `service` inside `client`: the bytes received, until the pod closes or
+/// `DEADLINE` passes without progress.
+fn download(client: &NetNs, service: SocketAddr) -> usize {
+    client.run_inside(move || {
+        let Ok(mut stream) = TcpStream::connect_timeout(&service, DEADLINE) else {
+            return 0;
+        };
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut received = 0;
+        let mut buffer = vec![0u8; 65536];
+        while let Ok(n) = stream.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            received += n;
+        }
+        received
+    })
+}
+
+/// A datagram to the service's closed UDP port on a connected socket: whether the client's
+/// kernel matched an ICMP port unreachable to the socket (the next receive is refused).
+fn refused(client: &NetNs, service: SocketAddr) -> bool {
+    client.run_inside(move || {
+        let local: SocketAddr = if service.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(local).unwrap();
+        socket.connect(service).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let _ = socket.send(b"anyone?");
+        let mut buffer = [0u8; 64];
+        matches!(socket.recv(&mut buffer), Err(err) if err.kind() == ErrorKind::ConnectionRefused)
+    })
+}
+
+fn manifests(dir: &std::path::Path) {
+    let web = service("big")
+        .load_balancer()
+        .annotated_ips(&format!("{SERVICE_V4},{SERVICE_V6}"))
+        .port(
+            port("TCP", DOWNLOAD)
+                .named("download")
+                .target(DOWNLOAD_TARGET),
+        )
+        .port(port("UDP", CLOSED).named("closed").target(CLOSED_TARGET));
+    let slice = |name: &str, family: &str, address: &str| {
+        slice(name, "big", family)
+            .endpoint(endpoint([address]).node("node-a").ready(true))
+            .port(port("TCP", DOWNLOAD_TARGET).named("download"))
+            .port(port("UDP", CLOSED_TARGET).named("closed"))
+            .yaml()
+    };
+    let yaml = fixtures::documents([
+        web.yaml(),
+        slice("big-4", "IPv4", POD_V4),
+        slice("big-6", "IPv6", POD_V6),
+    ]);
+    let tmp = dir.join(".big.yaml.tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, dir.join("big.yaml")).unwrap();
+}
+
+/// A manifest directory and a pin root of the test's own, removed when it ends.
+struct Scratch {
+    dir: tempfile::TempDir,
+    pin_root: PathBuf,
+}
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix(&format!("l3lb-{tag}-"))
+                .tempdir()
+                .unwrap(),
+            pin_root: PathBuf::from(format!("/sys/fs/bpf/l3lb-{tag}-{}", std::process::id())),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("rm").arg("-rf").arg(&self.pin_root).status();
+    }
+}
+
+fn start(node: &NetNs, scratch: &Scratch) -> L3lb {
+    let mut command = node.command(l3lb_binary().to_str().unwrap());
+    command.args([
+        "run",
+        "--node-name",
+        "node-a",
+        "--prefix",
+        "10.0.100.0/24,2001:db8:100::/64",
+        "--source",
+    ]);
+    command.arg(format!("file:{}", scratch.dir.path().display()));
+    command
+        .args(["--xdp", "--xdp-iface", "uplink", "--pin-root"])
+        .arg(&scratch.pin_root);
+    let daemon = L3lb::spawn(command, scratch.dir.path().join("l3lb.log"));
+    daemon.wait_for_log("fast path ready", DEADLINE);
+    daemon
+}
+
+fn reasons(scratch: &Scratch) -> serde_json::Value {
+    let out = Command::new(l3lb_binary())
+        .args(["inspect", "--json", "--pin-root"])
+        .arg(&scratch.pin_root)
+        .output()
+        .expect("l3lb inspect runs");
+    assert!(
+        out.status.success(),
+        "l3lb inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    inspect["reasons"].clone()
+}
+
+fn packets(reasons: &serde_json::Value, reason: &str) -> u64 {
+    reasons[reason]["packets"].as_u64().unwrap_or(0)
+}
+
+/// The MTU the pod's route cache holds for `client` (`ip route get`), if any.
+fn learned_mtu(pod: &NetNs, client: &str) -> Option<u32> {
+    let family = if client.contains(':') { "-6" } else { "-4" };
+    let route = pod.ip(&[family, "route", "get", client]);
+    let mut words = route.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "mtu" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+#[test]
+fn path_mtu_discovery_and_pod_errors_go_through_the_fast_path() {
+    if !privileged("path_mtu_discovery_and_pod_errors_go_through_the_fast_path") {
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let net = topology();
+    serve_download(&net.pod, stop.clone());
+    let scratch = Scratch::new("pmtu");
+    manifests(scratch.dir.path());
+    let daemon = start(&net.node, &scratch);
+    for (ip, client, mtu) in [
+        (SERVICE_V4, "10.1.0.2", CLIENT_MTU_V4),
+        (SERVICE_V6, "fd01::2", CLIENT_MTU_V6),
+    ] {
+        assert_eq!(
+            learned_mtu(&net.pod, client),
+            None,
+            "no MTU learned for {client} before the download"
+        );
+        let before = reasons(&scratch);
+        let service = SocketAddr::new(ip.parse().unwrap(), DOWNLOAD);
+        // The daemon may still be attaching the pod's reply program: retry until it carries.
+        let mut received = 0;
+        let done = wait_until(DEADLINE * 2, || {
+            received = download(&net.client, service);
+            received == DOWNLOAD_BYTES
+        });
+        let after = reasons(&scratch);
+        assert!(
+            done,
+            "the 1 MB download through {service} completed (last try: {received} bytes); \
+             counters {after}\nlog:\n{}",
+            daemon.log()
+        );
+        assert!(
+            packets(&after, "icmp_translated") > packets(&before, "icmp_translated"),
+            "the router's error reached the pod through the fast path: {after}"
+        );
+        assert_eq!(
+            learned_mtu(&net.pod, client),
+            Some(mtu),
+            "the pod's route cache holds the client's path MTU"
+        );
+    }
+
+    for ip in [SERVICE_V4, SERVICE_V6] {
+        let before = reasons(&scratch);
+        let service = SocketAddr::new(ip.parse().unwrap(), CLOSED);
+        assert!(
+            wait_until(DEADLINE, || refused(&net.client, service)),
+            "the pod's port unreachable reached the client as the service's ({service}): {}",
+            reasons(&scratch)
+        );
+        let after = reasons(&scratch);
+        assert!(
+            packets(&after, "icmp_reply_translated") > packets(&before, "icmp_reply_translated"),
+            "translated by the fast path: {after}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+}
