@@ -143,7 +143,39 @@ pub struct ServiceEntry {
     pub table_base: u32,
     /// Entries in the table (a prime); 0 when the service has no backend that takes new flows.
     pub table_size: u32,
+    /// `SERVICE_*` bits.
     pub flags: u32,
+    /// With [`SERVICE_AFFINITY`]: how long a client keeps its pod after its last new
+    /// connection (`sessionAffinityConfig.clientIP.timeoutSeconds`).
+    pub affinity_timeout_secs: u32,
+}
+
+/// `ServiceEntry::flags`: `sessionAffinity: ClientIP`. A client's new connections go to the pod
+/// its previous one went to (`L3LB_AFFINITY`), while that pod takes new flows and the timeout
+/// has not passed; otherwise Maglev picks, per flow.
+pub const SERVICE_AFFINITY: u32 = 1;
+
+/// Key of `L3LB_AFFINITY`: a client of a service (by `ServiceEntry::id`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: [u8; 16],
+    pub service_id: u32,
+    pub family: u8,
+    pub pad: [u8; 3],
+}
+
+/// Value of `L3LB_AFFINITY`: the backend a client's last new connection to the service went
+/// to, and when (`bpf_ktime_get_ns`, monotonic since boot). The address is kept, as in
+/// [`Flow`], so a reused backend slot never catches the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity {
+    pub last_seen_ns: u64,
+    pub backend_id: u32,
+    pub backend_port_be: u16,
+    pub pad: [u8; 2],
+    pub backend_addr: [u8; 16],
 }
 
 /// `Backend::flags`: the endpoint is terminating. It keeps its established flows but is in no
@@ -212,7 +244,9 @@ pub struct ReplyNat {
 const _: () = {
     assert!(core::mem::size_of::<PacketCounter>() == 16);
     assert!(core::mem::size_of::<ServiceKey>() == 20);
-    assert!(core::mem::size_of::<ServiceEntry>() == 16);
+    assert!(core::mem::size_of::<ServiceEntry>() == 20);
+    assert!(core::mem::size_of::<AffinityKey>() == 24);
+    assert!(core::mem::size_of::<Affinity>() == 32);
     assert!(core::mem::size_of::<Backend>() == 28);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<Flow>() == 28);
@@ -229,6 +263,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::ReplyNat {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::Affinity {}
 }
 
 /// Capacities the object is built with. `L3LB_MAGLEV` is sized at load time from the table
@@ -240,6 +276,8 @@ pub mod capacity {
     pub const BACKENDS: u32 = 65_536;
     /// Tracked flows (LRU: the least recently used are evicted when full).
     pub const FLOWS: u32 = 262_144;
+    /// Clients with session affinity, across services (LRU).
+    pub const AFFINITY: u32 = 65_536;
     /// Placeholder size of `L3LB_MAGLEV` in the object; the loader sets the real one.
     pub const MAGLEV_PLACEHOLDER: u32 = 1;
 }
@@ -254,7 +292,8 @@ pub mod map_names {
     pub const REPLIES: &str = "L3LB_REPLIES";
     pub const SERVICE_STATS: &str = "L3LB_SERVICE_STATS";
     pub const REASONS: &str = "L3LB_REASONS";
-    pub const ALL: [&str; 7] = [
+    pub const AFFINITY: &str = "L3LB_AFFINITY";
+    pub const ALL: [&str; 8] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -262,6 +301,7 @@ pub mod map_names {
         REPLIES,
         SERVICE_STATS,
         REASONS,
+        AFFINITY,
     ];
 }
 

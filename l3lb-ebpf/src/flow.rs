@@ -1,10 +1,11 @@
 //! Which backend a service packet goes to: its flow's, while that backend is still there, else a
-//! fresh pick from the service's Maglev table, remembered in `L3LB_FLOWS` (and its reverse in
-//! `L3LB_REPLIES`).
+//! fresh pick from the service's Maglev table (or, with session affinity, the client's pod:
+//! affinity.rs), remembered in `L3LB_FLOWS` (and its reverse in `L3LB_REPLIES`).
 use aya_ebpf::bindings::BPF_ANY;
-use l3lb_common::{Backend, Flow, FlowKey, Reason, ReplyNat, ServiceEntry};
+use l3lb_common::{Backend, Flow, FlowKey, Reason, ReplyNat, SERVICE_AFFINITY, ServiceEntry};
 
 use crate::{
+    affinity,
     hash::flow_hash,
     maps::{L3LB_BACKENDS, L3LB_FLOWS, L3LB_MAGLEV, L3LB_REPLIES, count},
 };
@@ -76,13 +77,23 @@ pub fn select(key: &FlowKey, service: &ServiceEntry, bytes: u64) -> Result<Backe
     if service.table_size == 0 {
         return Err(Reason::NoBackend);
     }
-    let slot = service
-        .table_base
-        .wrapping_add(flow_hash(key) % service.table_size);
-    let backend_id = *L3LB_MAGLEV.get(slot).ok_or(Reason::NoBackend)?;
+    let sticky = service.flags & SERVICE_AFFINITY != 0;
+    let mut backend_id = affinity::NONE;
+    if sticky {
+        backend_id = affinity::lookup(key, service.id, service.affinity_timeout_secs);
+    }
+    if backend_id == affinity::NONE {
+        let slot = service
+            .table_base
+            .wrapping_add(flow_hash(key) % service.table_size);
+        backend_id = *L3LB_MAGLEV.get(slot).ok_or(Reason::NoBackend)?;
+    }
     let backend = *L3LB_BACKENDS.get(backend_id).ok_or(Reason::NoBackend)?;
     if backend.in_use == 0 || backend.family != key.family {
         return Err(Reason::NoBackend);
+    }
+    if sticky {
+        affinity::remember(key, service.id, backend_id);
     }
 
     let flow = Flow {

@@ -20,6 +20,7 @@
 #![no_std]
 #![no_main]
 
+mod affinity;
 mod csum;
 mod flow;
 mod hash;

@@ -6,7 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use l3lb_common::{
-    Backend, Flow, FlowKey, PacketCounter, Reason, ReplyNat, ServiceEntry, ServiceKey, capacity,
+    Affinity, AffinityKey, Backend, Flow, FlowKey, PacketCounter, Reason, ReplyNat, ServiceEntry,
+    ServiceKey, capacity,
 };
 
 /// Which (address, port, protocol) triples are services, and where their backend table lives.
@@ -37,6 +38,12 @@ pub static L3LB_FLOWS: LruHashMap<FlowKey, Flow, { capacity::FLOWS as usize }> =
 /// the service address and port the TC egress program puts back as the reply's source.
 #[btf_map]
 pub static L3LB_REPLIES: LruHashMap<FlowKey, ReplyNat, { capacity::FLOWS as usize }> =
+    LruHashMap::new();
+
+/// `sessionAffinity: ClientIP`: the pod each client of such a service last got a new connection
+/// to, and when (see affinity.rs). LRU, like the flows.
+#[btf_map]
+pub static L3LB_AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY as usize }> =
     LruHashMap::new();
 
 /// Packets and bytes forwarded per service, indexed by `ServiceEntry::id`.

@@ -24,8 +24,9 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use l3lb_common::{
-    BACKEND_TERMINATING, Backend, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PacketCounter, Reason,
-    ReplyNat, ServiceEntry, ServiceKey, addr, map_names, program_names,
+    Affinity, AffinityKey, BACKEND_TERMINATING, Backend, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
+    PacketCounter, Reason, ReplyNat, SERVICE_AFFINITY, ServiceEntry, ServiceKey, addr, map_names,
+    program_names,
 };
 use l3lb_tests::{frames, netns, privileged};
 
@@ -122,8 +123,23 @@ impl Lb {
             table_base: base,
             table_size: if empty { 0 } else { TABLE },
             flags: 0,
+            affinity_timeout_secs: 0,
         };
         services.insert(key, entry, 0).unwrap();
+    }
+
+    /// Gives the service at `key` `ClientIP` session affinity of `secs` seconds.
+    fn set_affinity(&mut self, key: ServiceKey, secs: u32) {
+        let mut services: HashMap<_, ServiceKey, ServiceEntry> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::SERVICES).unwrap()).unwrap();
+        let mut entry = services.get(&key, 0).unwrap();
+        entry.flags |= SERVICE_AFFINITY;
+        entry.affinity_timeout_secs = secs;
+        services.insert(key, entry, 0).unwrap();
+    }
+
+    fn affinities(&mut self) -> HashMap<&mut aya::maps::MapData, AffinityKey, Affinity> {
+        HashMap::try_from(self.ebpf.map_mut(map_names::AFFINITY).unwrap()).unwrap()
     }
 
     /// A service (id, table at `id * TABLE`) whose table cycles through `backends` (id, address,
@@ -880,6 +896,110 @@ fn replies_are_translated_back() {
             "{description}: not counted"
         );
     }
+}
+
+/// `sessionAffinity: ClientIP`: once a client's first new flow has a pod, its other new flows
+/// go there too (where Maglev would spread them), until the affinity times out or the pod stops
+/// taking new flows.
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_pod() {
+    if !privileged("client_ip_affinity_keeps_a_client_on_one_pod") {
+        return;
+    }
+    let mut lb = Lb::load();
+    let client = Ipv4Addr::new(192, 0, 2, 60);
+    let service = Ipv4Addr::new(10, 96, 0, 60);
+    let key = ServiceKey::new(service.into(), 80, PROTO_TCP);
+    let pods = [v4(10, 244, 6, 5), v4(10, 244, 6, 6)];
+    lb.add_service(key, 1, &[(1, pods[0], 8080), (2, pods[1], 8080)]);
+    let ports: Vec<u16> = (45000..45050).collect();
+    let frame = |port: u16| frames::ipv4(PROTO_TCP, client, service, port, 80, b"GET /");
+    let pod_of = |lb: &Lb, port: u16| {
+        let (verdict, out) = lb.xdp(&frame(port));
+        assert_eq!(verdict, XDP_PASS);
+        frames::destination(&out).0
+    };
+    let forget = |lb: &mut Lb, port: u16| lb.remove_flow(&flow_key_of(&frame(port)));
+
+    // Without affinity, Maglev spreads the client's flows over both pods.
+    let maglev: Vec<IpAddr> = ports.iter().map(|&port| pod_of(&lb, port)).collect();
+    assert!(
+        pods.iter().all(|pod| maglev.contains(pod)),
+        "per-flow spread without affinity: {maglev:?}"
+    );
+    for &port in &ports {
+        forget(&mut lb, port);
+    }
+
+    lb.set_affinity(key, 60);
+    let first = pod_of(&lb, ports[0]);
+    assert_eq!(first, maglev[0], "the first flow is Maglev's pick");
+    for &port in &ports[1..] {
+        assert_eq!(
+            pod_of(&lb, port),
+            first,
+            "port {port} sticks to the client's pod"
+        );
+    }
+    let affinity_key = AffinityKey {
+        client: addr::to_bytes(client.into()).0,
+        service_id: 1,
+        family: 4,
+        pad: [0; 3],
+    };
+    let bound = lb
+        .affinities()
+        .get(&affinity_key, 0)
+        .expect("affinity recorded");
+    assert_eq!(bound.backend_addr, addr::to_bytes(first).0);
+    // Another client is bound on its own.
+    let other = frames::ipv4(
+        PROTO_TCP,
+        Ipv4Addr::new(192, 0, 2, 61),
+        service,
+        45000,
+        80,
+        b"x",
+    );
+    assert_eq!(lb.xdp(&other).0, XDP_PASS);
+    assert_eq!(lb.affinities().iter().count(), 2);
+
+    // Timed out (its last new flow long ago): the next new flow is Maglev's pick again.
+    let (i, elsewhere) = maglev
+        .iter()
+        .enumerate()
+        .find(|(_, pod)| **pod != first)
+        .map(|(i, pod)| (i, *pod))
+        .unwrap();
+    forget(&mut lb, ports[i]);
+    assert_eq!(
+        pod_of(&lb, ports[i]),
+        first,
+        "still bound before the timeout"
+    );
+    forget(&mut lb, ports[i]);
+    let mut expired = bound;
+    expired.last_seen_ns = 0;
+    lb.affinities().insert(affinity_key, expired, 0).unwrap();
+    assert_eq!(
+        pod_of(&lb, ports[i]),
+        elsewhere,
+        "after the timeout the flow goes where Maglev sends it"
+    );
+    // …and the client is bound to that pod from then on.
+    forget(&mut lb, ports[0]);
+    assert_eq!(pod_of(&lb, ports[0]), elsewhere);
+
+    // A pod that stops taking new flows (terminating) releases its clients.
+    let id = if elsewhere == pods[0] { 1 } else { 2 };
+    lb.set_backend(id, elsewhere, 8080, BACKEND_TERMINATING);
+    lb.set_table(TABLE, &[3 - id]);
+    forget(&mut lb, ports[1]);
+    assert_ne!(
+        pod_of(&lb, ports[1]),
+        elsewhere,
+        "a terminating pod gets no new flows through affinity"
+    );
 }
 
 /// ICMP errors about steered flows, through BPF_PROG_TEST_RUN: a router's error about a
