@@ -33,6 +33,8 @@ fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
 
 /// The backend id the client of `key` is bound to for service `service_id`, or [`NONE`]. The
 /// entry is read in place, field by field: the callers' frames leave this one little stack.
+// Map keys and values by reference: a by-value argument is one more stack copy.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(never)]
 pub fn lookup(key: &FlowKey, service_id: u32, timeout_secs: u32) -> u32 {
     let akey = affinity_key(key, service_id);
@@ -70,6 +72,7 @@ pub fn lookup(key: &FlowKey, service_id: u32, timeout_secs: u32) -> u32 {
 }
 
 /// Binds the client of `key` to `backend_id` for service `service_id`, from now on.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(never)]
 pub fn remember(key: &FlowKey, service_id: u32, backend_id: u32) {
     let Some(backend) = L3LB_BACKENDS.get(backend_id) else {
@@ -84,5 +87,9 @@ pub fn remember(key: &FlowKey, service_id: u32, backend_id: u32) {
         backend_addr: backend.addr,
     };
     // A full LRU evicts the least recently used client instead of failing.
-    let _ = L3LB_AFFINITY.insert(&affinity_key(key, service_id), &affinity, u64::from(BPF_ANY));
+    let _ = L3LB_AFFINITY.insert(
+        &affinity_key(key, service_id),
+        &affinity,
+        u64::from(BPF_ANY),
+    );
 }

@@ -1002,6 +1002,8 @@ fn client_ip_affinity_keeps_a_client_on_one_pod() {
     );
 }
 
+type Frame = Vec<u8>;
+
 /// ICMP errors about steered flows, through BPF_PROG_TEST_RUN: a router's error about a
 /// translated reply goes to the pod (uplink TC ingress), a pod's error about a translated
 /// request leaves as the service's (TC egress, the same code as on the pod's interface). The
@@ -1108,7 +1110,7 @@ fn icmp_errors_follow_their_flow() {
     let (_, unknown6_seen) = reply6(PROTO_TCP, 8443, 443, 44999);
 
     #[rustfmt::skip]
-    let cases: Vec<(&str, (Vec<u8>, Option<Vec<u8>>))> = vec![
+    let cases: Vec<(&str, (Frame, Option<Frame>))> = vec![
         ("v4 frag needed, TCP, whole reply quoted", to_pod4(3, 4, 1400, q(&tcp_seen), q(&tcp))),
         ("v4 frag needed, TCP, IP header + 8 bytes quoted", to_pod4(3, 4, 1400, &short4(&tcp_seen), &short4(&tcp))),
         ("v4 port unreachable, UDP, IP header + 8 bytes quoted", to_pod4(3, 3, 0, &short4(&udp_seen), &short4(&udp))),
@@ -1153,7 +1155,7 @@ fn icmp_errors_follow_their_flow() {
     let request6_seen = frames::ipv6(PROTO_UDP, client6, service6, 44004, 53, b"query");
     let stranger = frames::ipv4(PROTO_UDP, client, pod, 44998, 5353, b"query");
     #[rustfmt::skip]
-    let outward: Vec<(&str, Vec<u8>, Option<Vec<u8>>)> = vec![
+    let outward: Vec<(&str, Frame, Option<Frame>)> = vec![
         ("v4 port unreachable from the pod", frames::icmpv4_error(pod, client, 3, 3, 0, q(&request)), Some(frames::icmpv4_error(service, client, 3, 3, 0, q(&request_seen)))),
         ("v6 port unreachable from the pod", frames::icmpv6_error(pod6, client6, 1, 4, 0, q(&request6)), Some(frames::icmpv6_error(service6, client6, 1, 4, 0, q(&request6_seen)))),
         ("v4 port unreachable about an unknown flow", frames::icmpv4_error(pod, client, 3, 3, 0, q(&stranger)), None),

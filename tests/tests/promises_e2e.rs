@@ -1,4 +1,4 @@
-//! ICMP errors through the fast path, end to end on the real kernel:
+//! kube-proxy's promises kept by the fast path, end to end on the real kernel:
 //!
 //! ```text
 //! client 10.1.0.2 ── [MTU 1400, IPv6 1280] router ── uplink [node: l3lb --xdp] ── veth ── pod
@@ -12,7 +12,10 @@
 //!   families, and the pod's route cache holds the learned MTU.
 //! - The other way: a pod's "port unreachable" about a UDP datagram to the service leaves as the
 //!   service's, so the client's connected socket sees the refusal.
+//! - `sessionAffinity: ClientIP`: a client's connections all go to one of two local pods while
+//!   the affinity lasts, and may go elsewhere once it has timed out.
 use std::{
+    collections::BTreeMap,
     io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
@@ -28,11 +31,14 @@ use l3lb_tests::{
     daemon::{L3lb, l3lb_binary},
     fixtures::{self, endpoint, port, service, slice},
     netns::{self, NetNs, sh},
-    privileged, wait_until,
+    privileged,
+    traffic::{Connection, serve_pod},
+    wait_until,
 };
 
 const SERVICE_V4: &str = "10.0.100.9";
 const SERVICE_V6: &str = "2001:db8:100::9";
+/// Pod 0's addresses (see `Net::add_pod`).
 const POD_V4: &str = "10.244.1.2";
 const POD_V6: &str = "fd00:244::2";
 /// The service's ports: a bulk download (TCP), and a UDP port nothing listens on in the pod.
@@ -67,15 +73,15 @@ struct Net {
     client: NetNs,
     _router: NetNs,
     node: NetNs,
-    pod: NetNs,
+    pods: Vec<NetNs>,
 }
 
-/// Client — router — node — pod, the router's link to the client narrower than the rest.
+/// Client — router — node (pods come with `Net::add_pod`), the router's link to the client
+/// narrower than the rest.
 fn topology() -> Net {
     let client = namespace("mc");
     let router = namespace("mr");
     let node = namespace("mn");
-    let pod = namespace("mp");
     netns::veth_pair(
         &client,
         "eth0",
@@ -122,13 +128,28 @@ fn topology() -> Net {
             &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
         );
     }
-    netns::attach_pod(&node, &pod, "vp0", POD_V4);
-    netns::attach_pod_v6(&node, &pod, "vp0", POD_V6);
     Net {
         client,
         _router: router,
         node,
-        pod,
+        pods: Vec::new(),
+    }
+}
+
+impl Net {
+    /// Plugs in pod number `i`: `vp{i}` on the node, 10.244.1.{i+2} and fd00:244::{i+2}.
+    fn add_pod(&mut self, i: usize) -> &NetNs {
+        let pod = namespace("mp");
+        let host_side = format!("vp{i}");
+        netns::attach_pod(&self.node, &pod, &host_side, &format!("10.244.1.{}", i + 2));
+        netns::attach_pod_v6(
+            &self.node,
+            &pod,
+            &host_side,
+            &format!("fd00:244::{}", i + 2),
+        );
+        self.pods.push(pod);
+        self.pods.last().unwrap()
     }
 }
 
@@ -202,6 +223,7 @@ fn refused(client: &NetNs, service: SocketAddr) -> bool {
     })
 }
 
+/// The download Service, on pod 0.
 fn manifests(dir: &std::path::Path) {
     let web = service("big")
         .load_balancer()
@@ -224,9 +246,7 @@ fn manifests(dir: &std::path::Path) {
         slice("big-4", "IPv4", POD_V4),
         slice("big-6", "IPv6", POD_V6),
     ]);
-    let tmp = dir.join(".big.yaml.tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, dir.join("big.yaml")).unwrap();
+    write_manifest(dir, "big", yaml);
 }
 
 /// A manifest directory and a pin root of the test's own, removed when it ends.
@@ -251,6 +271,12 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = Command::new("rm").arg("-rf").arg(&self.pin_root).status();
     }
+}
+
+fn write_manifest(dir: &std::path::Path, name: &str, yaml: String) {
+    let tmp = dir.join(format!(".{name}.yaml.tmp"));
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{name}.yaml"))).unwrap();
 }
 
 fn start(node: &NetNs, scratch: &Scratch) -> L3lb {
@@ -310,8 +336,9 @@ fn path_mtu_discovery_and_pod_errors_go_through_the_fast_path() {
         return;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let net = topology();
-    serve_download(&net.pod, stop.clone());
+    let mut net = topology();
+    serve_download(net.add_pod(0), stop.clone());
+    let pod = &net.pods[0];
     let scratch = Scratch::new("pmtu");
     manifests(scratch.dir.path());
     let daemon = start(&net.node, &scratch);
@@ -320,7 +347,7 @@ fn path_mtu_discovery_and_pod_errors_go_through_the_fast_path() {
         (SERVICE_V6, "fd01::2", CLIENT_MTU_V6),
     ] {
         assert_eq!(
-            learned_mtu(&net.pod, client),
+            learned_mtu(pod, client),
             None,
             "no MTU learned for {client} before the download"
         );
@@ -344,7 +371,7 @@ fn path_mtu_discovery_and_pod_errors_go_through_the_fast_path() {
             "the router's error reached the pod through the fast path: {after}"
         );
         assert_eq!(
-            learned_mtu(&net.pod, client),
+            learned_mtu(pod, client),
             Some(mtu),
             "the pod's route cache holds the client's path MTU"
         );
@@ -364,5 +391,82 @@ fn path_mtu_discovery_and_pod_errors_go_through_the_fast_path() {
             "translated by the fast path: {after}"
         );
     }
+    stop.store(true, Ordering::Relaxed);
+}
+
+const STICKY_V4: &str = "10.0.100.10";
+/// Short, so the test can see it pass.
+const AFFINITY_SECS: u64 = 2;
+
+/// The pod (its name) that answers one new connection from `client` to `service`.
+fn pod_for_new_connection(client: &NetNs, service: SocketAddr) -> Option<String> {
+    let answer = Connection::open_from(client, service)?.request()?;
+    Some(answer.split_whitespace().next()?.to_owned())
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_pod() {
+    if !privileged("client_ip_affinity_keeps_a_client_on_one_pod") {
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut net = topology();
+    for i in 0..2 {
+        let pod = net.add_pod(i);
+        serve_pod(pod, format!("pod-{i}"), 8080, stop.clone());
+    }
+    let scratch = Scratch::new("affinity");
+    let sticky = service("sticky")
+        .load_balancer()
+        .annotated_ips(STICKY_V4)
+        .client_ip_affinity(AFFINITY_SECS as i32)
+        .port(port("TCP", 80).named("http").target(8080));
+    let endpoints = slice("sticky-4", "sticky", "IPv4")
+        .endpoint(endpoint(["10.244.1.2"]).node("node-a").ready(true))
+        .endpoint(endpoint(["10.244.1.3"]).node("node-a").ready(true))
+        .port(port("TCP", 8080).named("http"));
+    write_manifest(
+        scratch.dir.path(),
+        "sticky",
+        fixtures::documents([sticky.yaml(), endpoints.yaml()]),
+    );
+    let daemon = start(&net.node, &scratch);
+    let service = SocketAddr::new(STICKY_V4.parse().unwrap(), 80);
+    assert!(
+        wait_until(DEADLINE, || pod_for_new_connection(&net.client, service)
+            .is_some()),
+        "the service answers; log:\n{}",
+        daemon.log()
+    );
+
+    // 50 connections, each from a new source port (which Maglev alone would spread): one pod.
+    let mut answered: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..50 {
+        let pod = pod_for_new_connection(&net.client, service).expect("an answer");
+        *answered.entry(pod).or_default() += 1;
+    }
+    assert_eq!(
+        answered.len(),
+        1,
+        "every connection of the client went to one pod: {answered:?}"
+    );
+    let bound = answered.keys().next().unwrap().clone();
+
+    // Once the affinity has timed out (no new connection for longer than its timeout), a new
+    // connection goes where Maglev sends it: the other pod, for some source port. Each try
+    // waits out the timeout first, as its own connection binds the client again.
+    let mut elsewhere = None;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_secs(AFFINITY_SECS) + Duration::from_millis(300));
+        let pod = pod_for_new_connection(&net.client, service).expect("an answer");
+        if pod != bound {
+            elsewhere = Some(pod);
+            break;
+        }
+    }
+    assert!(
+        elsewhere.is_some(),
+        "after the timeout the client's connections may go to the other pod too (stayed on {bound})"
+    );
     stop.store(true, Ordering::Relaxed);
 }
