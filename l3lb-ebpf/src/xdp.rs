@@ -10,6 +10,12 @@
 //! the choice to TC in the packet's metadata was the plan, but this kernel (6.18) refuses
 //! `bpf_xdp_adjust_meta` to the program at load time. `l3lb_tc_ingress` does the whole path
 //! on the skb instead, and redirects.
+//!
+//! Built frags-aware (`xdp.frags`), so it attaches natively to interfaces whose MTU is above
+//! one page (jumbo frames; veth refuses other programs there): a packet may then come in
+//! several buffers, and the program reads and rewrites only the headers, which are in the
+//! first (`data`..`data_end`); what it cannot parse there it passes. Its byte counters count
+//! that first buffer.
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use l3lb_common::{Backend, FAMILY_IPV4, PROTO_UDP, Reason, ServiceKey};
 
@@ -20,7 +26,7 @@ use crate::{
     parse::{IPV4_CHECK, IPV4_DST, IPV6_DST, L4_DPORT, Packet, parse, ptr_at_mut},
 };
 
-#[xdp]
+#[xdp(frags)]
 pub fn l3lb_xdp(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let reason = match try_l3lb_xdp(&ctx, bytes) {

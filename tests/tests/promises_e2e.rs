@@ -14,6 +14,8 @@
 //!   service's, so the client's connected socket sees the refusal.
 //! - `sessionAffinity: ClientIP`: a client's connections all go to one of two local pods while
 //!   the affinity lasts, and may go elsewhere once it has timed out.
+//! - Jumbo frames: on 9000-byte links the XDP program (frags-aware) attaches natively, and an
+//!   8000-byte UDP datagram reaches the pod whole through the service.
 use std::{
     collections::BTreeMap,
     io::{ErrorKind, Read as _, Write as _},
@@ -74,11 +76,24 @@ struct Net {
     _router: NetNs,
     node: NetNs,
     pods: Vec<NetNs>,
+    /// Every link's MTU, pods' included, when not the default.
+    mtu: Option<u32>,
 }
+
+/// The links of [`topology`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Links {
+    /// 1500 everywhere but the router's link to the client (1400, IPv6 1280).
+    NarrowToClient,
+    /// [`JUMBO_MTU`] everywhere.
+    Jumbo,
+}
+
+const JUMBO_MTU: u32 = 9000;
 
 /// Client — router — node (pods come with `Net::add_pod`), the router's link to the client
 /// narrower than the rest.
-fn topology() -> Net {
+fn topology(links: Links) -> Net {
     let client = namespace("mc");
     let router = namespace("mr");
     let node = namespace("mn");
@@ -94,19 +109,22 @@ fn topology() -> Net {
     router.ip(&["addr", "add", "fd01::1/64", "dev", "to-client", "nodad"]);
     client.ip(&["route", "add", "default", "via", "10.1.0.1"]);
     client.ip(&["-6", "route", "add", "default", "via", "fd01::1"]);
-    // Only the router's side is narrow: the client keeps advertising a 1500-byte path (its MSS),
-    // so the pod's full-size segments meet the narrow link at the router, which must answer.
-    router.ip(&[
-        "link",
-        "set",
-        "to-client",
-        "mtu",
-        &CLIENT_MTU_V4.to_string(),
-    ]);
-    sysctl(
-        &router,
-        &[&format!("net.ipv6.conf.to-client.mtu={CLIENT_MTU_V6}")],
-    );
+    if links == Links::NarrowToClient {
+        // Only the router's side is narrow: the client keeps advertising a 1500-byte path (its
+        // MSS), so the pod's full-size segments meet the narrow link at the router, which must
+        // answer.
+        router.ip(&[
+            "link",
+            "set",
+            "to-client",
+            "mtu",
+            &CLIENT_MTU_V4.to_string(),
+        ]);
+        sysctl(
+            &router,
+            &[&format!("net.ipv6.conf.to-client.mtu={CLIENT_MTU_V6}")],
+        );
+    }
     netns::veth_pair(
         &router,
         "to-node",
@@ -128,11 +146,23 @@ fn topology() -> Net {
             &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
         );
     }
+    let mtu = (links == Links::Jumbo).then_some(JUMBO_MTU);
+    if let Some(mtu) = mtu {
+        for (ns, iface) in [
+            (&client, "eth0"),
+            (&router, "to-client"),
+            (&router, "to-node"),
+            (&node, "uplink"),
+        ] {
+            ns.ip(&["link", "set", iface, "mtu", &mtu.to_string()]);
+        }
+    }
     Net {
         client,
         _router: router,
         node,
         pods: Vec::new(),
+        mtu,
     }
 }
 
@@ -148,6 +178,11 @@ impl Net {
             &host_side,
             &format!("fd00:244::{}", i + 2),
         );
+        if let Some(mtu) = self.mtu {
+            self.node
+                .ip(&["link", "set", &host_side, "mtu", &mtu.to_string()]);
+            pod.ip(&["link", "set", "eth0", "mtu", &mtu.to_string()]);
+        }
         self.pods.push(pod);
         self.pods.last().unwrap()
     }
@@ -279,7 +314,7 @@ fn write_manifest(dir: &std::path::Path, name: &str, yaml: String) {
     std::fs::rename(&tmp, dir.join(format!("{name}.yaml"))).unwrap();
 }
 
-fn start(node: &NetNs, scratch: &Scratch) -> L3lb {
+fn start(node: &NetNs, scratch: &Scratch, extra: &[&str]) -> L3lb {
     let mut command = node.command(l3lb_binary().to_str().unwrap());
     command.args([
         "run",
@@ -292,7 +327,8 @@ fn start(node: &NetNs, scratch: &Scratch) -> L3lb {
     command.arg(format!("file:{}", scratch.dir.path().display()));
     command
         .args(["--xdp", "--xdp-iface", "uplink", "--pin-root"])
-        .arg(&scratch.pin_root);
+        .arg(&scratch.pin_root)
+        .args(extra);
     let daemon = L3lb::spawn(command, scratch.dir.path().join("l3lb.log"));
     daemon.wait_for_log("fast path ready", DEADLINE);
     daemon
@@ -336,12 +372,12 @@ fn path_mtu_discovery_and_pod_errors_go_through_the_fast_path() {
         return;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let mut net = topology();
+    let mut net = topology(Links::NarrowToClient);
     serve_download(net.add_pod(0), stop.clone());
     let pod = &net.pods[0];
     let scratch = Scratch::new("pmtu");
     manifests(scratch.dir.path());
-    let daemon = start(&net.node, &scratch);
+    let daemon = start(&net.node, &scratch, &[]);
     for (ip, client, mtu) in [
         (SERVICE_V4, "10.1.0.2", CLIENT_MTU_V4),
         (SERVICE_V6, "fd01::2", CLIENT_MTU_V6),
@@ -410,7 +446,7 @@ fn client_ip_affinity_keeps_a_client_on_one_pod() {
         return;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let mut net = topology();
+    let mut net = topology(Links::NarrowToClient);
     for i in 0..2 {
         let pod = net.add_pod(i);
         serve_pod(pod, format!("pod-{i}"), 8080, stop.clone());
@@ -430,7 +466,7 @@ fn client_ip_affinity_keeps_a_client_on_one_pod() {
         "sticky",
         fixtures::documents([sticky.yaml(), endpoints.yaml()]),
     );
-    let daemon = start(&net.node, &scratch);
+    let daemon = start(&net.node, &scratch, &[]);
     let service = SocketAddr::new(STICKY_V4.parse().unwrap(), 80);
     assert!(
         wait_until(DEADLINE, || pod_for_new_connection(&net.client, service)
@@ -467,6 +503,100 @@ fn client_ip_affinity_keeps_a_client_on_one_pod() {
     assert!(
         elsewhere.is_some(),
         "after the timeout the client's connections may go to the other pod too (stayed on {bound})"
+    );
+    stop.store(true, Ordering::Relaxed);
+}
+
+const JUMBO_V4: &str = "10.0.100.11";
+const JUMBO_DATAGRAM: usize = 8000;
+
+/// A UDP server on 8080 inside `pod` that answers each datagram with its size.
+fn serve_sizes(pod: &NetNs, stop: Arc<AtomicBool>) {
+    let pod = pod.name().to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        netns::enter(&pod);
+        let udp = UdpSocket::bind("0.0.0.0:8080").expect("pod UDP socket");
+        udp.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buffer = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, peer)) = udp.recv_from(&mut buffer) {
+                let _ = udp.send_to(format!("{n} bytes").as_bytes(), peer);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("pod UDP server started");
+}
+
+/// One `size`-byte datagram to `service` from inside `client`: the answer, if it came from the
+/// service address.
+fn send_datagram(client: &NetNs, service: SocketAddr, size: usize) -> Option<String> {
+    client.run_inside(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        socket.send_to(&vec![0x42u8; size], service).ok()?;
+        let mut buffer = [0u8; 64];
+        let (n, from) = socket.recv_from(&mut buffer).ok()?;
+        (from == service).then(|| String::from_utf8_lossy(&buffer[..n]).into_owned())
+    })
+}
+
+#[test]
+fn jumbo_frames_through_native_xdp() {
+    if !privileged("jumbo_frames_through_native_xdp") {
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut net = topology(Links::Jumbo);
+    serve_sizes(net.add_pod(0), stop.clone());
+    let scratch = Scratch::new("jumbo");
+    let jumbo = service("jumbo")
+        .load_balancer()
+        .annotated_ips(JUMBO_V4)
+        .port(port("UDP", 80).named("data").target(8080));
+    let endpoints = slice("jumbo-4", "jumbo", "IPv4")
+        .endpoint(endpoint([POD_V4]).node("node-a").ready(true))
+        .port(port("UDP", 8080).named("data"));
+    write_manifest(
+        scratch.dir.path(),
+        "jumbo",
+        fixtures::documents([jumbo.yaml(), endpoints.yaml()]),
+    );
+    let daemon = start(&net.node, &scratch, &["--xdp-mode", "native"]);
+    let link = net.node.ip(&["link", "show", "uplink"]);
+    assert!(
+        link.contains(&format!("mtu {JUMBO_MTU}"))
+            && link.contains("xdp")
+            && !link.contains("xdpgeneric"),
+        "native XDP on the 9000-byte uplink: {link}\nlog:\n{}",
+        daemon.log()
+    );
+
+    let service = SocketAddr::new(JUMBO_V4.parse().unwrap(), 80);
+    let before = reasons(&scratch);
+    let mut answer = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            answer = send_datagram(&net.client, service, JUMBO_DATAGRAM);
+            answer.is_some()
+        }),
+        "an answer from the service; counters {}\nlog:\n{}",
+        reasons(&scratch),
+        daemon.log()
+    );
+    assert_eq!(
+        answer.as_deref(),
+        Some(format!("{JUMBO_DATAGRAM} bytes").as_str()),
+        "the pod got the datagram whole"
+    );
+    let after = reasons(&scratch);
+    assert!(
+        packets(&after, "forwarded") > packets(&before, "forwarded"),
+        "the XDP program steered it: {after}"
     );
     stop.store(true, Ordering::Relaxed);
 }
