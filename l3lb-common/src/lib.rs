@@ -35,7 +35,10 @@ pub enum Reason {
     NotTcpUdp = 3,
     /// TCP/UDP to an address/port/protocol that is no service here.
     NotService = 4,
-    /// A fragment: only the first carries ports, so none are steered.
+    /// A fragment the fast path does not translate: a later IPv4 fragment of no datagram whose
+    /// first fragment it steered (also one that arrived before its first), an IPv4 fragment of
+    /// neither TCP nor UDP, or any fragment on the XDP path. (Fragments of steered datagrams
+    /// are counted by the way they went, like whole packets.)
     Fragment = 5,
     /// IPv6 with extension headers, which the program does not walk.
     Ipv6Extension = 6,
@@ -276,6 +279,8 @@ pub mod capacity {
     pub const BACKENDS: u32 = 65_536;
     /// Tracked flows (LRU: the least recently used are evicted when full).
     pub const FLOWS: u32 = 262_144;
+    /// IPv4 datagrams in flight as fragments (LRU; an entry lives until evicted).
+    pub const FRAGMENTS: u32 = 8_192;
     /// Clients with session affinity, across services (LRU).
     pub const AFFINITY: u32 = 65_536;
     /// Placeholder size of `L3LB_MAGLEV` in the object; the loader sets the real one.
@@ -293,7 +298,8 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "L3LB_SERVICE_STATS";
     pub const REASONS: &str = "L3LB_REASONS";
     pub const AFFINITY: &str = "L3LB_AFFINITY";
-    pub const ALL: [&str; 8] = [
+    pub const FRAGMENTS: &str = "L3LB_FRAGMENTS";
+    pub const ALL: [&str; 9] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -302,6 +308,7 @@ pub mod map_names {
         SERVICE_STATS,
         REASONS,
         AFFINITY,
+        FRAGMENTS,
     ];
 }
 

@@ -11,7 +11,8 @@
 //!   leaves the pod, then straight out of the uplink.
 //! - `l3lb_tc_egress` (tc_egress.rs), TC egress on the uplinks: replies the kernel routed.
 //!
-//! ICMP errors about steered flows (PMTU discovery) follow their flow both ways (icmp.rs).
+//! ICMP errors about steered flows (PMTU discovery) follow their flow both ways (icmp.rs); IPv4
+//! fragments of service datagrams follow their first fragment (frag.rs).
 //!
 //! One concern per file besides: maps.rs (every map and counter), parse.rs (headers), flow.rs
 //! (backend choice and flow memory), hash.rs (the flow hash), csum.rs (incremental checksums
@@ -23,6 +24,7 @@
 mod affinity;
 mod csum;
 mod flow;
+mod frag;
 mod hash;
 mod icmp;
 mod maps;

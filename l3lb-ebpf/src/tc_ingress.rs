@@ -23,7 +23,7 @@ use l3lb_common::{BACKEND_DELIVERY, BACKEND_REDIRECT_PEER, Backend, Reason, Serv
 
 use crate::{
     flow::select,
-    icmp,
+    frag, icmp,
     maps::{L3LB_SERVICES, count, count_service},
     nat::{End, decrement_ttl, parse_skb, rewrite},
 };
@@ -42,17 +42,20 @@ pub fn l3lb_tc_ingress(ctx: TcContext) -> i32 {
             count(reason, bytes);
             action
         }
+        // Fragments of service datagrams follow their first fragment (frag.rs).
+        frag::FRAGMENT => frag::forward(&ctx, bytes),
         action => action,
     }
 }
 
-/// The forward path, counted; [`icmp::NOT_TCP_UDP`] (uncounted) for a packet that is neither
-/// TCP nor UDP. A call of its own, for the stack (see there).
+/// The forward path, counted; [`icmp::NOT_TCP_UDP`] / [`frag::FRAGMENT`] (uncounted) for a
+/// packet that is neither TCP nor UDP / a fragment. A call of its own, for the stack (see there).
 #[inline(never)]
 fn forward(ctx: &TcContext, bytes: u64) -> i32 {
     let (action, reason) = match try_l3lb_tc_ingress(ctx, bytes) {
         Ok(done) => done,
         Err(Reason::NotTcpUdp) => return icmp::NOT_TCP_UDP,
+        Err(Reason::Fragment) => return frag::FRAGMENT,
         Err(reason) => (TC_ACT_OK, reason),
     };
     count(reason, bytes);

@@ -119,6 +119,8 @@ pub struct Ipv4 {
     pub ihl_override: Option<u8>,
     /// Total length to write instead of the true one.
     pub total_length_override: Option<u16>,
+    /// The identification field (0x1234 unless set).
+    pub id: u16,
 }
 
 impl Ipv4 {
@@ -131,7 +133,13 @@ impl Ipv4 {
             frag: IPV4_DF,
             ihl_override: None,
             total_length_override: None,
+            id: 0x1234,
         }
+    }
+
+    pub fn id(mut self, id: u16) -> Self {
+        self.id = id;
+        self
     }
 
     pub fn options(mut self, options: &[u8]) -> Self {
@@ -168,7 +176,7 @@ impl Ipv4 {
         let mut ip = Vec::with_capacity(header_len);
         ip.extend_from_slice(&[0x40 | (ihl & 0x0f), 0]);
         ip.extend_from_slice(&total.to_be_bytes());
-        ip.extend_from_slice(&[0x12, 0x34]); // id
+        ip.extend_from_slice(&self.id.to_be_bytes());
         ip.extend_from_slice(&self.frag.to_be_bytes());
         ip.extend_from_slice(&[64, self.proto, 0, 0]);
         ip.extend_from_slice(&self.src.octets());
@@ -327,6 +335,31 @@ pub fn icmpv6_error(
     let sum = checksum(pseudo_header_v6(src, dst, PROTO_ICMPV6, icmp.len()), &icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     ipv6_frame(PROTO_ICMPV6, src, dst, &icmp)
+}
+
+/// A UDP datagram from `src` to `dst` (valid checksum over all of it) as IPv4 fragments: the
+/// first carrying the UDP header and `first_len - 8` bytes of payload (`first_len` a multiple
+/// of 8), the second the rest; both with IP ID `id`.
+pub fn ipv4_udp_fragments(
+    (src, dst, id): (Ipv4Addr, Ipv4Addr, u16),
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    first_len: usize,
+) -> [Vec<u8>; 2] {
+    assert!(first_len.is_multiple_of(8) && first_len < UDP_LEN + payload.len());
+    let mut segment = transport(PROTO_UDP, sport, dport, payload);
+    let sum = checksum(
+        pseudo_header_v4(src, dst, PROTO_UDP, segment.len()),
+        &segment,
+    );
+    segment[6..8].copy_from_slice(&sum.to_be_bytes());
+    let ip = Ipv4::new(PROTO_UDP, src, dst).id(id);
+    [
+        ip.clone().frag(IPV4_MF).packet(&segment[..first_len]),
+        ip.frag((first_len / 8) as u16)
+            .packet(&segment[first_len..]),
+    ]
 }
 
 /// The IP packet of `frame`: without the Ethernet header (and any padding after it). What an

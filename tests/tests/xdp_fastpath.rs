@@ -1002,6 +1002,91 @@ fn client_ip_affinity_keeps_a_client_on_one_pod() {
     );
 }
 
+/// IPv4 fragments through the uplink's TC ingress: the first fragment of a service datagram is
+/// steered like a whole packet, later ones follow it; each output is compared byte for byte
+/// with the fragment of the same datagram sent to the pod directly.
+#[test]
+fn fragments_follow_their_first() {
+    if !privileged("fragments_follow_their_first") {
+        return;
+    }
+    const TC_ACT_OK: u32 = 0;
+    let mut lb = Lb::load();
+    let client = Ipv4Addr::new(192, 0, 2, 70);
+    let service = Ipv4Addr::new(10, 96, 0, 70);
+    let pod = Ipv4Addr::new(10, 244, 7, 5);
+    lb.add_service(
+        ServiceKey::new(service.into(), 53, PROTO_UDP),
+        1,
+        &[(1, pod.into(), 5353)],
+    );
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    // Each datagram its own IP ID (the client port's), as a sender numbers them.
+    let to_service = |sport: u16| {
+        frames::ipv4_udp_fragments((client, service, sport), sport, 53, &payload, 1480)
+    };
+    let to_pod =
+        |sport: u16| frames::ipv4_udp_fragments((client, pod, sport), sport, 5353, &payload, 1480);
+
+    let run = |lb: &Lb, frame: &[u8]| {
+        let before = lb.reasons();
+        let (verdict, out) = lb.run_tc(program_names::TC_INGRESS, frame);
+        assert_eq!(verdict, TC_ACT_OK);
+        let counted = delta(&before, &lb.reasons());
+        (out, counted)
+    };
+
+    // In order: both fragments steered, and counted as forwarded (no delivery flags here).
+    let [first, second] = to_service(46000);
+    let [first_sent, second_sent] = to_pod(46000);
+    let (out, counted) = run(&lb, &first);
+    assert_eq!(
+        out, first_sent,
+        "the first fragment goes to the pod, UDP checksum and all"
+    );
+    assert!(frames::ipv4_header_checksum_ok(&out));
+    assert_eq!(counted, vec![(Reason::Forwarded, 1, first.len() as u64)]);
+    let (out, counted) = run(&lb, &second);
+    assert_eq!(out, second_sent, "the later fragment follows it");
+    assert!(frames::ipv4_header_checksum_ok(&out));
+    assert_eq!(counted, vec![(Reason::Forwarded, 1, second.len() as u64)]);
+    assert_eq!(
+        lb.service_counter(1).packets,
+        1,
+        "the service counts the first"
+    );
+
+    // A later fragment arriving before its first: untouched, counted as a fragment.
+    let [first, second] = to_service(46001);
+    let [first_sent, _] = to_pod(46001);
+    let (out, counted) = run(&lb, &second);
+    assert_eq!(out, second, "untouched");
+    assert_eq!(counted, vec![(Reason::Fragment, 1, second.len() as u64)]);
+    let (out, _) = run(&lb, &first);
+    assert_eq!(out, first_sent, "its first still goes to the pod");
+
+    // Fragments of no service, and a later fragment of an unknown datagram, pass untouched.
+    let [other_first, other_second] = frames::ipv4_udp_fragments(
+        (client, Ipv4Addr::new(10, 96, 0, 99), 46002),
+        46002,
+        53,
+        &payload,
+        1480,
+    );
+    let (out, counted) = run(&lb, &other_first);
+    assert_eq!(out, other_first);
+    assert_eq!(
+        counted,
+        vec![(Reason::NotService, 1, other_first.len() as u64)]
+    );
+    let (out, counted) = run(&lb, &other_second);
+    assert_eq!(out, other_second);
+    assert_eq!(
+        counted,
+        vec![(Reason::Fragment, 1, other_second.len() as u64)]
+    );
+}
+
 type Frame = Vec<u8>;
 
 /// ICMP errors about steered flows, through BPF_PROG_TEST_RUN: a router's error about a
