@@ -14,6 +14,7 @@
 //!   service's, so the client's connected socket sees the refusal.
 //! - `sessionAffinity: ClientIP`: a client's connections all go to one of two local pods while
 //!   the affinity lasts, and may go elsewhere once it has timed out.
+//! - Fragments: 3000-byte UDP datagrams over 1500-byte links reach the pod whole.
 //! - Jumbo frames: on 9000-byte links the XDP program (frags-aware) attaches natively, and an
 //!   8000-byte UDP datagram reaches the pod whole through the service.
 use std::{
@@ -87,6 +88,8 @@ enum Links {
     NarrowToClient,
     /// [`JUMBO_MTU`] everywhere.
     Jumbo,
+    /// 1500 everywhere.
+    Standard,
 }
 
 const JUMBO_MTU: u32 = 9000;
@@ -597,6 +600,60 @@ fn jumbo_frames_through_native_xdp() {
     assert!(
         packets(&after, "forwarded") > packets(&before, "forwarded"),
         "the XDP program steered it: {after}"
+    );
+    stop.store(true, Ordering::Relaxed);
+}
+
+const FRAGMENTED_V4: &str = "10.0.100.12";
+
+#[test]
+fn fragmented_datagrams_reach_the_pod_whole() {
+    if !privileged("fragmented_datagrams_reach_the_pod_whole") {
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut net = topology(Links::Standard);
+    serve_sizes(net.add_pod(0), stop.clone());
+    let scratch = Scratch::new("frag");
+    let big = service("frag")
+        .load_balancer()
+        .annotated_ips(FRAGMENTED_V4)
+        .port(port("UDP", 80).named("data").target(8080));
+    let endpoints = slice("frag-4", "frag", "IPv4")
+        .endpoint(endpoint([POD_V4]).node("node-a").ready(true))
+        .port(port("UDP", 8080).named("data"));
+    write_manifest(
+        scratch.dir.path(),
+        "frag",
+        fixtures::documents([big.yaml(), endpoints.yaml()]),
+    );
+    let daemon = start(&net.node, &scratch, &[]);
+    let service = SocketAddr::new(FRAGMENTED_V4.parse().unwrap(), 80);
+    let before = reasons(&scratch);
+    for size in [3000, 3000, 2000] {
+        let mut answer = None;
+        assert!(
+            wait_until(DEADLINE, || {
+                answer = send_datagram(&net.client, service, size);
+                answer.is_some()
+            }),
+            "an answer to a {size}-byte datagram; counters {}\nlog:\n{}",
+            reasons(&scratch),
+            daemon.log()
+        );
+        assert_eq!(
+            answer.as_deref(),
+            Some(format!("{size} bytes").as_str()),
+            "the pod got the datagram whole"
+        );
+    }
+    let after = reasons(&scratch);
+    let steered = |reasons: &serde_json::Value| {
+        packets(reasons, "redirect_peer") + packets(reasons, "forwarded")
+    };
+    assert!(
+        steered(&after) - steered(&before) >= 6,
+        "every fragment took the fast path: {after}"
     );
     stop.store(true, Ordering::Relaxed);
 }
