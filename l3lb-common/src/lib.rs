@@ -16,8 +16,8 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
 /// Why the XDP or TC program let a packet go the way it did: the index into
-/// `L3LB_REASONS`. The programs never drop. `Forwarded`, `ReplyTranslated` and the redirect
-/// reasons count packets the fast path handled (each packet once, by the way it took); every
+/// `L3LB_REASONS`. The programs never drop. `Forwarded`, `ReplyTranslated`, the redirect and
+/// the ICMP reasons count packets the fast path handled (each packet once, by the way it took); every
 /// other reason is a pass-through, counted so an operator can see what the fast path skipped
 /// and why.
 #[repr(u32)]
@@ -35,7 +35,10 @@ pub enum Reason {
     NotTcpUdp = 3,
     /// TCP/UDP to an address/port/protocol that is no service here.
     NotService = 4,
-    /// A fragment: only the first carries ports, so none are steered.
+    /// A fragment the fast path does not translate: a later IPv4 fragment of no datagram whose
+    /// first fragment it steered (also one that arrived before its first), an IPv4 fragment of
+    /// neither TCP nor UDP, or any fragment on the XDP path. (Fragments of steered datagrams
+    /// are counted by the way they went, like whole packets.)
     Fragment = 5,
     /// IPv6 with extension headers, which the program does not walk.
     Ipv6Extension = 6,
@@ -60,11 +63,18 @@ pub enum Reason {
     /// A pod's reply translated as it left the pod, then handed to the kernel's routing: no
     /// route, a packet too big for the uplink, or a TTL that runs out here.
     ReplyToStack = 13,
+    /// An ICMP error to a service address about a steered flow's reply (a router's "packet too
+    /// big", "fragmentation needed", unreachable or time exceeded): its destination and the
+    /// quoted reply's source translated to the pod, and delivered to it like the flow.
+    IcmpTranslated = 14,
+    /// An ICMP error a pod sent about a steered flow (e.g. port unreachable): its source and
+    /// the quoted packet's destination translated back to the service.
+    IcmpReplyTranslated = 15,
 }
 
 impl Reason {
     /// Number of reasons; the `max_entries` of `L3LB_REASONS`.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
 
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Forwarded,
@@ -81,6 +91,8 @@ impl Reason {
         Reason::RedirectNeigh,
         Reason::ReplyRedirected,
         Reason::ReplyToStack,
+        Reason::IcmpTranslated,
+        Reason::IcmpReplyTranslated,
     ];
 
     /// Stable label for `l3lb inspect` and metrics.
@@ -100,6 +112,8 @@ impl Reason {
             Reason::RedirectNeigh => "redirect_neigh",
             Reason::ReplyRedirected => "reply_redirected",
             Reason::ReplyToStack => "reply_to_stack",
+            Reason::IcmpTranslated => "icmp_translated",
+            Reason::IcmpReplyTranslated => "icmp_reply_translated",
         }
     }
 }
@@ -134,7 +148,39 @@ pub struct ServiceEntry {
     pub table_base: u32,
     /// Entries in the table (a prime); 0 when the service has no backend that takes new flows.
     pub table_size: u32,
+    /// `SERVICE_*` bits.
     pub flags: u32,
+    /// With [`SERVICE_AFFINITY`]: how long a client keeps its pod after its last new
+    /// connection (`sessionAffinityConfig.clientIP.timeoutSeconds`).
+    pub affinity_timeout_secs: u32,
+}
+
+/// `ServiceEntry::flags`: `sessionAffinity: ClientIP`. A client's new connections go to the pod
+/// its previous one went to (`L3LB_AFFINITY`), while that pod takes new flows and the timeout
+/// has not passed; otherwise Maglev picks, per flow.
+pub const SERVICE_AFFINITY: u32 = 1;
+
+/// Key of `L3LB_AFFINITY`: a client of a service (by `ServiceEntry::id`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: [u8; 16],
+    pub service_id: u32,
+    pub family: u8,
+    pub pad: [u8; 3],
+}
+
+/// Value of `L3LB_AFFINITY`: the backend a client's last new connection to the service went
+/// to, and when (`bpf_ktime_get_ns`, monotonic since boot). The address is kept, as in
+/// [`Flow`], so a reused backend slot never catches the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity {
+    pub last_seen_ns: u64,
+    pub backend_id: u32,
+    pub backend_port_be: u16,
+    pub pad: [u8; 2],
+    pub backend_addr: [u8; 16],
 }
 
 /// `Backend::flags`: the endpoint is terminating. It keeps its established flows but is in no
@@ -211,7 +257,9 @@ pub struct ReplyNat {
 const _: () = {
     assert!(core::mem::size_of::<PacketCounter>() == 16);
     assert!(core::mem::size_of::<ServiceKey>() == 20);
-    assert!(core::mem::size_of::<ServiceEntry>() == 16);
+    assert!(core::mem::size_of::<ServiceEntry>() == 20);
+    assert!(core::mem::size_of::<AffinityKey>() == 24);
+    assert!(core::mem::size_of::<Affinity>() == 32);
     assert!(core::mem::size_of::<Backend>() == 28);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<Flow>() == 28);
@@ -228,6 +276,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::ReplyNat {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::Affinity {}
 }
 
 /// Capacities the object is built with. `L3LB_MAGLEV` is sized at load time from the table
@@ -239,6 +289,10 @@ pub mod capacity {
     pub const BACKENDS: u32 = 65_536;
     /// Tracked flows (LRU: the least recently used are evicted when full).
     pub const FLOWS: u32 = 262_144;
+    /// IPv4 datagrams in flight as fragments (LRU; an entry lives until evicted).
+    pub const FRAGMENTS: u32 = 8_192;
+    /// Clients with session affinity, across services (LRU).
+    pub const AFFINITY: u32 = 65_536;
     /// Placeholder size of `L3LB_MAGLEV` in the object; the loader sets the real one.
     pub const MAGLEV_PLACEHOLDER: u32 = 1;
 }
@@ -253,7 +307,9 @@ pub mod map_names {
     pub const REPLIES: &str = "L3LB_REPLIES";
     pub const SERVICE_STATS: &str = "L3LB_SERVICE_STATS";
     pub const REASONS: &str = "L3LB_REASONS";
-    pub const ALL: [&str; 7] = [
+    pub const AFFINITY: &str = "L3LB_AFFINITY";
+    pub const FRAGMENTS: &str = "L3LB_FRAGMENTS";
+    pub const ALL: [&str; 9] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -261,6 +317,8 @@ pub mod map_names {
         REPLIES,
         SERVICE_STATS,
         REASONS,
+        AFFINITY,
+        FRAGMENTS,
     ];
 }
 

@@ -11,6 +11,9 @@
 //!   leaves the pod, then straight out of the uplink.
 //! - `l3lb_tc_egress` (tc_egress.rs), TC egress on the uplinks: replies the kernel routed.
 //!
+//! ICMP errors about steered flows (PMTU discovery) follow their flow both ways (icmp.rs); IPv4
+//! fragments of service datagrams follow their first fragment (frag.rs).
+//!
 //! One concern per file besides: maps.rs (every map and counter), parse.rs (headers), flow.rs
 //! (backend choice and flow memory), hash.rs (the flow hash), csum.rs (incremental checksums
 //! for XDP), nat.rs (translation on socket buffers, TTL).
@@ -18,9 +21,12 @@
 #![no_std]
 #![no_main]
 
+mod affinity;
 mod csum;
 mod flow;
+mod frag;
 mod hash;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;

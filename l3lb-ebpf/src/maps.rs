@@ -6,7 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use l3lb_common::{
-    Backend, Flow, FlowKey, PacketCounter, Reason, ReplyNat, ServiceEntry, ServiceKey, capacity,
+    Affinity, AffinityKey, Backend, Flow, FlowKey, PacketCounter, Reason, ReplyNat, ServiceEntry,
+    ServiceKey, capacity,
 };
 
 /// Which (address, port, protocol) triples are services, and where their backend table lives.
@@ -37,6 +38,20 @@ pub static L3LB_FLOWS: LruHashMap<FlowKey, Flow, { capacity::FLOWS as usize }> =
 /// the service address and port the TC egress program puts back as the reply's source.
 #[btf_map]
 pub static L3LB_REPLIES: LruHashMap<FlowKey, ReplyNat, { capacity::FLOWS as usize }> =
+    LruHashMap::new();
+
+/// `sessionAffinity: ClientIP`: the pod each client of such a service last got a new connection
+/// to, and when (see affinity.rs). LRU, like the flows.
+#[btf_map]
+pub static L3LB_AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
+
+/// IPv4 datagrams in flight as fragments, whose first fragment was steered: the backend each
+/// went to, so later fragments (which carry no ports) follow it (frag.rs). The key is a
+/// `FlowKey` of the datagram's addresses and protocol with the IP ID in `sport_be` (network
+/// order) and 0 in `dport_be`. LRU: a datagram's entry goes when newer ones push it out.
+#[btf_map]
+pub static L3LB_FRAGMENTS: LruHashMap<FlowKey, Backend, { capacity::FRAGMENTS as usize }> =
     LruHashMap::new();
 
 /// Packets and bytes forwarded per service, indexed by `ServiceEntry::id`.

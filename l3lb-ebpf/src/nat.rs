@@ -34,19 +34,17 @@ const BPF_F_IPV6: u64 = 1 << 7;
 /// longest IPv4 header, and a TCP header (the longest fixed transport header).
 const PULL_LEN: u32 = (ETH_LEN + 60 + TCP_LEN) as u32;
 
-/// The TCP/UDP packet in `ctx`, pulling its headers into the linear area first when they are
-/// not all there (direct packet access reaches only that area). `CHECK_IP_LENGTH` as in
-/// [`parse`].
+/// The TCP/UDP packet in `ctx`, pulling its headers into the linear area first when they may
+/// not all be there (direct packet access reaches only that area): one parse, inlined once, so
+/// its locals take one stack slot set, not two. `CHECK_IP_LENGTH` as in [`parse`].
 #[inline(always)]
 pub fn parse_skb<const CHECK_IP_LENGTH: bool>(ctx: &TcContext) -> Result<Packet, Reason> {
-    match parse::<CHECK_IP_LENGTH>(ctx.data(), ctx.data_end()) {
-        Err(Reason::Truncated) if (ctx.len() as usize) > ctx.data_end() - ctx.data() => {
-            ctx.pull_data(ctx.len().min(PULL_LEN))
-                .map_err(|_| Reason::Truncated)?;
-            parse::<CHECK_IP_LENGTH>(ctx.data(), ctx.data_end())
-        }
-        other => other,
+    let linear = ctx.data_end() - ctx.data();
+    if linear < PULL_LEN as usize && ctx.len() as usize > linear {
+        ctx.pull_data(ctx.len().min(PULL_LEN))
+            .map_err(|_| Reason::Truncated)?;
     }
+    parse::<CHECK_IP_LENGTH>(ctx.data(), ctx.data_end())
 }
 
 /// Which end of the packet a translation rewrites.
@@ -164,4 +162,43 @@ pub fn rewrite(
         ctx.l4_csum_replace(check, 0, diff, flags)?;
     }
     ctx.l4_csum_replace(check, u64::from(old_port), u64::from(port_be), l4_flags | 2)
+}
+
+/// Decrements the TTL (IPv4, with its header checksum) or hop limit (IPv6) of a packet the node
+/// forwards itself without rewriting it through [`rewrite`] (which does both at once): a
+/// translated ICMP error, a later fragment. `Ok(false)`: it would expire here, so it is left as
+/// it is, for the kernel to answer with ICMP time exceeded.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, packet: &Packet) -> Result<bool, i64> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let truncated = |_| -1i64;
+    if packet.key.family == FAMILY_IPV4 {
+        let ttl = ptr_at_mut::<[u8; 2]>(data, data_end, packet.l3 + IPV4_TTL).map_err(truncated)?;
+        let check = ptr_at_mut::<u16>(data, data_end, packet.l3 + IPV4_CHECK).map_err(truncated)?;
+        // SAFETY: both checked to lie inside the packet just above.
+        unsafe {
+            // TTL and protocol share one 16-bit word of the header checksum.
+            let word = ttl.read_unaligned();
+            if word[0] <= 1 {
+                return Ok(false);
+            }
+            let new_word = [word[0] - 1, word[1]];
+            let mut delta = CsumDelta::new();
+            delta.bytes(&word, &new_word);
+            ttl.write_unaligned(new_word);
+            check.write_unaligned(delta.apply(check.read_unaligned()));
+        }
+    } else {
+        let hop_limit =
+            ptr_at_mut::<u8>(data, data_end, packet.l3 + IPV6_HOP_LIMIT).map_err(truncated)?;
+        // SAFETY: checked to lie inside the packet just above.
+        unsafe {
+            let value = hop_limit.read();
+            if value <= 1 {
+                return Ok(false);
+            }
+            hop_limit.write(value - 1);
+        }
+    }
+    Ok(true)
 }

@@ -23,16 +23,40 @@ use l3lb_common::{BACKEND_DELIVERY, BACKEND_REDIRECT_PEER, Backend, Reason, Serv
 
 use crate::{
     flow::select,
+    frag, icmp,
     maps::{L3LB_SERVICES, count, count_service},
     nat::{End, parse_skb, rewrite, ttl},
-    parse::validate,
+    parse::{Packet, validate},
 };
 
 #[classifier]
 pub fn l3lb_tc_ingress(ctx: TcContext) -> i32 {
     let bytes = u64::from(ctx.len());
-    let (action, reason) = match try_l3lb_tc_ingress(&ctx, bytes) {
+    match forward(&ctx, bytes) {
+        // ICMP errors about steered flows follow their flow into the pod (icmp.rs).
+        icmp::NOT_TCP_UDP => {
+            let (action, reason) = match icmp::to_pod(&ctx) {
+                icmp::NOT_OURS => (TC_ACT_OK, Reason::NotTcpUdp),
+                icmp::FAILED => (TC_ACT_OK, Reason::Truncated),
+                action => (action, Reason::IcmpTranslated),
+            };
+            count(reason, bytes);
+            action
+        }
+        // Fragments of service datagrams follow their first fragment (frag.rs).
+        frag::FRAGMENT => frag::forward(&ctx, bytes),
+        action => action,
+    }
+}
+
+/// The forward path, counted; [`icmp::NOT_TCP_UDP`] / [`frag::FRAGMENT`] (uncounted) for a
+/// packet that is neither TCP nor UDP / a fragment. A call of its own, for the stack (see there).
+#[inline(never)]
+fn forward(ctx: &TcContext, bytes: u64) -> i32 {
+    let (action, reason) = match try_l3lb_tc_ingress(ctx, bytes) {
         Ok(done) => done,
+        Err(Reason::NotTcpUdp) => return icmp::NOT_TCP_UDP,
+        Err(Reason::Fragment) => return frag::FRAGMENT,
         Err(reason) => (TC_ACT_OK, reason),
     };
     count(reason, bytes);
@@ -61,16 +85,7 @@ fn try_l3lb_tc_ingress(ctx: &TcContext, bytes: u64) -> Result<(i32, Reason), Rea
     let direct = backend.flags & BACKEND_DELIVERY != 0 && ttl(ctx, &packet)? > 1;
     // A failed helper leaves a packet that may be half rewritten: the kernel's checks (and the
     // counters) are all that is left to it, so it goes on rather than being dropped here.
-    if rewrite(
-        ctx,
-        &packet,
-        End::Destination,
-        &backend.addr,
-        backend.port_be,
-        direct,
-    )
-    .is_err()
-    {
+    if !rewrite_to_backend(ctx, &packet, &backend, direct) {
         return Ok((TC_ACT_OK, Reason::Truncated));
     }
     count_service(service.id, bytes);
@@ -80,11 +95,27 @@ fn try_l3lb_tc_ingress(ctx: &TcContext, bytes: u64) -> Result<(i32, Reason), Rea
     Ok(redirect(&backend))
 }
 
+/// The destination rewrite, a call of its own: its locals then share no stack frame with the
+/// backend choice's (flow.rs, affinity.rs), which keeps the call chain under the verifier's
+/// 512 bytes.
+#[inline(never)]
+fn rewrite_to_backend(ctx: &TcContext, packet: &Packet, backend: &Backend, direct: bool) -> bool {
+    rewrite(
+        ctx,
+        packet,
+        End::Destination,
+        &backend.addr,
+        backend.port_be,
+        direct,
+    )
+    .is_ok()
+}
+
 /// Sends a rewritten packet (TTL already decremented) to its backend's interface. The helpers
 /// only refuse unknown flags (with `TC_ACT_SHOT`); should one ever do, the packet goes to the
 /// kernel's routing instead of being dropped.
 #[inline(always)]
-fn redirect(backend: &Backend) -> (i32, Reason) {
+pub fn redirect(backend: &Backend) -> (i32, Reason) {
     let ifindex = backend.ifindex;
     let (action, reason) = if backend.flags & BACKEND_REDIRECT_PEER != 0 {
         // SAFETY: a helper call with plain arguments.

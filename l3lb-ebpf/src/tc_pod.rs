@@ -3,7 +3,8 @@
 //! and port back as its source, and leaves straight through the uplink the kernel's FIB names
 //! for the client — no host routing, netfilter or conntrack, the mirror of the forward path's
 //! `bpf_redirect_peer`. Every other packet of the pod (its own connections, DNS, traffic to its
-//! pod address) continues untouched.
+//! pod address) continues untouched. So does its ICMP, but for errors about a steered flow
+//! (icmp.rs), which are translated and leave the same way.
 //!
 //! The next hop comes from `bpf_fib_lookup` on the translated packet. A route via an IPv6
 //! link-local next hop for an IPv4 destination (BGP unnumbered, RFC 5549) comes back as an
@@ -20,12 +21,13 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use l3lb_common::{FAMILY_IPV4, Reason, ReplyNat};
+use l3lb_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, Reason};
 
 use crate::{
+    icmp,
     maps::{L3LB_REPLIES, count},
-    nat::{End, parse_skb, rewrite, ttl},
-    parse::Packet,
+    nat::{End, decrement_ttl, parse_skb, rewrite},
+    parse::{ETH_LEN, IPV4_DST, IPV4_SRC, IPV6_DST, IPV6_SRC, Packet},
 };
 
 const AF_INET: u8 = 2;
@@ -33,7 +35,23 @@ const AF_INET6: u8 = 10;
 
 #[classifier]
 pub fn l3lb_tc_pod(ctx: TcContext) -> i32 {
-    match try_l3lb_tc_pod(&ctx) {
+    match reply(&ctx) {
+        icmp::NOT_TCP_UDP => icmp_error(&ctx),
+        action => action,
+    }
+}
+
+/// The reply path, counted; [`icmp::NOT_TCP_UDP`] for a packet that is neither TCP nor UDP.
+/// A call of its own, for the stack (see there).
+#[inline(never)]
+fn reply(ctx: &TcContext) -> i32 {
+    // The IP length is not checked: a BIG TCP GSO packet from the pod carries 0 there.
+    let packet = match parse_skb::<false>(ctx) {
+        Ok(packet) => packet,
+        Err(Reason::NotTcpUdp) => return icmp::NOT_TCP_UDP,
+        Err(_) => return TC_ACT_OK,
+    };
+    match try_l3lb_tc_pod(ctx, packet) {
         Some((action, reason)) => {
             count(reason, u64::from(ctx.len()));
             action
@@ -45,13 +63,91 @@ pub fn l3lb_tc_pod(ctx: TcContext) -> i32 {
 /// `None` for a packet that is no reply of a steered flow (untouched); otherwise the verdict
 /// and the way the translated reply went.
 #[inline(always)]
-fn try_l3lb_tc_pod(ctx: &TcContext) -> Option<(i32, Reason)> {
-    // The IP length is not checked: a BIG TCP GSO packet from the pod carries 0 there.
-    let packet = parse_skb::<false>(ctx).ok()?;
+fn try_l3lb_tc_pod(ctx: &TcContext, packet: Packet) -> Option<(i32, Reason)> {
     // SAFETY: copied out at once.
     let nat = unsafe { L3LB_REPLIES.get(packet.key) }.copied()?;
     let to_stack = Some((TC_ACT_OK, Reason::ReplyToStack));
-    let mut fib = fib_params(ctx, &packet, &nat);
+    if rewrite(
+        ctx,
+        &packet,
+        End::Source,
+        &nat.service_addr,
+        nat.service_port_be,
+        false,
+    )
+    .is_err()
+    {
+        return to_stack;
+    }
+    let key = &packet.key;
+    let fib = fib_params(
+        ctx,
+        key.family,
+        key.proto,
+        (&nat.service_addr, nat.service_port_be),
+        (&key.dst, key.dport_be),
+    );
+    if send_out(ctx, fib, &packet) {
+        Some((TC_ACT_REDIRECT, Reason::ReplyRedirected))
+    } else {
+        to_stack
+    }
+}
+
+/// The pod's ICMP error about a steered flow (icmp.rs), translated and sent out the way its
+/// replies go, counted; any other ICMP passes untouched. A call of its own, for the stack.
+#[inline(never)]
+fn icmp_error(ctx: &TcContext) -> i32 {
+    let (action, reason) = match translated_icmp(ctx) {
+        Some(done) => done,
+        None => return TC_ACT_OK,
+    };
+    count(reason, u64::from(ctx.len()));
+    action
+}
+
+#[inline(always)]
+fn translated_icmp(ctx: &TcContext) -> Option<(i32, Reason)> {
+    match icmp::from_pod(ctx) {
+        0 => {}
+        icmp::FAILED => return Some((TC_ACT_OK, Reason::Truncated)),
+        _ => return None,
+    }
+    // The translated error's own addresses (service → client) for the FIB.
+    let ether_type: u16 = ctx.load(12).ok()?;
+    let mut packet = Packet {
+        key: FlowKey::default(),
+        l3: ETH_LEN,
+        l4: 0,
+    };
+    let key = &mut packet.key;
+    if ether_type == 0x0800u16.to_be() {
+        key.family = FAMILY_IPV4;
+        key.proto = 1;
+        let src: [u8; 4] = ctx.load(ETH_LEN + IPV4_SRC).ok()?;
+        let dst: [u8; 4] = ctx.load(ETH_LEN + IPV4_DST).ok()?;
+        key.src[..4].copy_from_slice(&src);
+        key.dst[..4].copy_from_slice(&dst);
+    } else {
+        key.family = FAMILY_IPV6;
+        key.proto = 58;
+        key.src = ctx.load(ETH_LEN + IPV6_SRC).ok()?;
+        key.dst = ctx.load(ETH_LEN + IPV6_DST).ok()?;
+    }
+    let fib = fib_params(ctx, key.family, key.proto, (&key.src, 0), (&key.dst, 0));
+    let action = if send_out(ctx, fib, &packet) {
+        TC_ACT_REDIRECT
+    } else {
+        TC_ACT_OK
+    };
+    Some((action, Reason::IcmpReplyTranslated))
+}
+
+/// Sends the translated packet straight out of the uplink the FIB names for it; `false` when
+/// it is to go to the kernel's routing instead (no route, forwarding off, too big for the
+/// uplink, a TTL that runs out here, or a helper that refused).
+#[inline(always)]
+fn send_out(ctx: &TcContext, mut fib: FibLookup, packet: &Packet) -> bool {
     // SAFETY: the parameter block is on this stack frame with the size given.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -60,21 +156,12 @@ fn try_l3lb_tc_pod(ctx: &TcContext) -> Option<(i32, Reason)> {
             core::mem::size_of::<FibLookup>() as i32,
             0,
         )
-    } as u32;
-    // Straight out only with a next hop and a TTL that survives this hop; otherwise the
-    // translated reply takes the kernel's routing, which answers it as a router would.
-    let direct = (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-        && ttl(ctx, &packet).is_ok_and(|ttl| ttl > 1);
-    let rewritten = rewrite(
-        ctx,
-        &packet,
-        End::Source,
-        &nat.service_addr,
-        nat.service_port_be,
-        direct,
-    );
-    if rewritten.is_err() || !direct {
-        return to_stack;
+    };
+    let rc = rc as u32;
+    if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+        || !decrement_ttl(ctx, packet).unwrap_or(false)
+    {
+        return false;
     }
     let action = if rc == BPF_FIB_LKUP_RET_SUCCESS {
         // The lookup filled in both MAC addresses of the uplink's next hop.
@@ -82,7 +169,7 @@ fn try_l3lb_tc_pod(ctx: &TcContext) -> Option<(i32, Reason)> {
         macs[..6].copy_from_slice(&fib.dmac);
         macs[6..].copy_from_slice(&fib.smac);
         if ctx.store(0, &macs, 0).is_err() {
-            return to_stack;
+            return false;
         }
         // SAFETY: a helper call with plain arguments.
         unsafe { bpf_redirect(fib.ifindex, 0) }
@@ -110,35 +197,36 @@ fn try_l3lb_tc_pod(ctx: &TcContext) -> Option<(i32, Reason)> {
             )
         }
     };
-    if action == i64::from(TC_ACT_REDIRECT) {
-        Some((TC_ACT_REDIRECT, Reason::ReplyRedirected))
-    } else {
-        to_stack
-    }
+    action == i64::from(TC_ACT_REDIRECT)
 }
 
-/// The FIB lookup for the translated reply: service → client, as received on the pod's
-/// interface. `tot_len` stays 0 so the kernel checks the skb itself against the egress MTU
-/// (which lets GSO packets through, to be segmented on the way out).
+/// The FIB lookup for the translated packet: service → client (address, port), as received
+/// on the pod's interface. `tot_len` stays 0 so the kernel checks the skb itself against the
+/// egress MTU (which lets GSO packets through, to be segmented on the way out).
 #[inline(always)]
-fn fib_params(ctx: &TcContext, packet: &Packet, nat: &ReplyNat) -> FibLookup {
+fn fib_params(
+    ctx: &TcContext,
+    family: u8,
+    proto: u8,
+    src: (&[u8; 16], u16),
+    dst: (&[u8; 16], u16),
+) -> FibLookup {
     // SAFETY: all-zero is a valid parameter block (every field is an integer or array).
     let mut fib: FibLookup = unsafe { core::mem::zeroed() };
-    let key = &packet.key;
-    fib.l4_protocol = key.proto;
-    fib.sport = nat.service_port_be;
-    fib.dport = key.dport_be;
+    fib.l4_protocol = proto;
+    fib.sport = src.1;
+    fib.dport = dst.1;
     // SAFETY: reading the context's own field.
     fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Writing a union member is safe; the family says which one the kernel reads.
-    if key.family == FAMILY_IPV4 {
+    if family == FAMILY_IPV4 {
         fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = words(&nat.service_addr)[0];
-        fib.__bindgen_anon_4.ipv4_dst = words(&key.dst)[0];
+        fib.__bindgen_anon_3.ipv4_src = words(src.0)[0];
+        fib.__bindgen_anon_4.ipv4_dst = words(dst.0)[0];
     } else {
         fib.family = AF_INET6;
-        fib.__bindgen_anon_3.ipv6_src = words(&nat.service_addr);
-        fib.__bindgen_anon_4.ipv6_dst = words(&key.dst);
+        fib.__bindgen_anon_3.ipv6_src = words(src.0);
+        fib.__bindgen_anon_4.ipv6_dst = words(dst.0);
     }
     fib
 }

@@ -10,7 +10,15 @@
 //! the choice to TC in the packet's metadata was the plan, but this kernel (6.18) refuses
 //! `bpf_xdp_adjust_meta` to the program at load time. `l3lb_tc_ingress` does the whole path
 //! on the skb instead, and redirects.
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+//!
+//! Built frags-aware (`xdp.frags`), so it attaches natively to interfaces whose MTU is above
+//! one page (jumbo frames; veth refuses other programs there): a packet may then come in
+//! several buffers, and the program reads and rewrites only the headers, which are in the
+//! first (`data`..`data_end`); what it cannot parse there it passes. Its byte counters count
+//! that first buffer.
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_xdp_get_buff_len, macros::xdp, programs::XdpContext,
+};
 use l3lb_common::{Backend, FAMILY_IPV4, PROTO_UDP, Reason, ServiceKey};
 
 use crate::{
@@ -20,7 +28,7 @@ use crate::{
     parse::{IPV4_CHECK, IPV4_DST, IPV6_DST, L4_DPORT, Packet, parse, ptr_at_mut, validate},
 };
 
-#[xdp]
+#[xdp(frags)]
 pub fn l3lb_xdp(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let reason = match try_l3lb_xdp(&ctx, bytes) {
@@ -47,18 +55,29 @@ fn try_l3lb_xdp(ctx: &XdpContext, bytes: u64) -> Result<(), Reason> {
     let service = unsafe { L3LB_SERVICES.get(service_key) }
         .copied()
         .ok_or(Reason::NotService)?;
-    validate(ctx.data(), ctx.data_end(), &packet, bytes as usize)?;
+    // The whole packet's length: with frags (jumbo frames) it reaches past this buffer.
+    // SAFETY: a helper call on the program's own context.
+    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    validate(ctx.data(), ctx.data_end(), &packet, frame_len)?;
     let backend = select(key, &service, bytes)?;
-    rewrite_destination(ctx, &packet, &backend)?;
+    rewrite_destination(ctx.data(), ctx.data_end(), &packet, &backend)?;
     count_service(service.id, bytes);
     Ok(())
 }
 
 /// Puts the backend's address and port into the destination fields and updates the IPv4 header
-/// checksum and the TCP/UDP checksum (whose pseudo-header covers the address) incrementally.
-#[inline(always)]
-fn rewrite_destination(ctx: &XdpContext, packet: &Packet, backend: &Backend) -> Result<(), Reason> {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
+/// checksum and the TCP/UDP checksum (whose pseudo-header covers the address) incrementally. A
+/// call of its own, so its locals share no stack frame with the backend choice's (flow.rs,
+/// affinity.rs): the chain stays under the verifier's 512 bytes.
+#[inline(never)]
+/// `data`/`data_end` come from the caller: read from the context here, the kernel's 32-bit
+/// fields would be widened on the packet-end pointer, which the verifier refuses.
+fn rewrite_destination(
+    data: usize,
+    data_end: usize,
+    packet: &Packet,
+    backend: &Backend,
+) -> Result<(), Reason> {
     let key = &packet.key;
     let mut l4_delta = CsumDelta::new();
     l4_delta.word(key.dport_be, backend.port_be);

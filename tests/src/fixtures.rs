@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         core::v1::{
-            LoadBalancerIngress, LoadBalancerStatus, ObjectReference, Service, ServicePort,
-            ServiceSpec, ServiceStatus,
+            ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, ObjectReference, Service,
+            ServicePort, ServiceSpec, ServiceStatus, SessionAffinityConfig,
         },
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     },
@@ -151,6 +151,18 @@ impl ServiceFixture {
     /// `spec.externalIPs`.
     pub fn external_ips(mut self, ips: &[&str]) -> Self {
         self.spec().external_ips = Some(ips.iter().map(|ip| ip.to_string()).collect());
+        self
+    }
+
+    /// `spec.sessionAffinity: ClientIP` with `sessionAffinityConfig.clientIP.timeoutSeconds`.
+    pub fn client_ip_affinity(mut self, timeout_seconds: i32) -> Self {
+        let spec = self.spec();
+        spec.session_affinity = Some("ClientIP".to_owned());
+        spec.session_affinity_config = Some(SessionAffinityConfig {
+            client_ip: Some(ClientIPConfig {
+                timeout_seconds: Some(timeout_seconds),
+            }),
+        });
         self
     }
 

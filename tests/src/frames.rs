@@ -119,6 +119,8 @@ pub struct Ipv4 {
     pub ihl_override: Option<u8>,
     /// Total length to write instead of the true one.
     pub total_length_override: Option<u16>,
+    /// The identification field (0x1234 unless set).
+    pub id: u16,
 }
 
 impl Ipv4 {
@@ -131,7 +133,13 @@ impl Ipv4 {
             frag: IPV4_DF,
             ihl_override: None,
             total_length_override: None,
+            id: 0x1234,
         }
+    }
+
+    pub fn id(mut self, id: u16) -> Self {
+        self.id = id;
+        self
     }
 
     pub fn options(mut self, options: &[u8]) -> Self {
@@ -168,7 +176,7 @@ impl Ipv4 {
         let mut ip = Vec::with_capacity(header_len);
         ip.extend_from_slice(&[0x40 | (ihl & 0x0f), 0]);
         ip.extend_from_slice(&total.to_be_bytes());
-        ip.extend_from_slice(&[0x12, 0x34]); // id
+        ip.extend_from_slice(&self.id.to_be_bytes());
         ip.extend_from_slice(&self.frag.to_be_bytes());
         ip.extend_from_slice(&[64, self.proto, 0, 0]);
         ip.extend_from_slice(&self.src.octets());
@@ -290,6 +298,103 @@ pub fn icmpv6_echo(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
     let sum = checksum(pseudo_header_v6(src, dst, PROTO_ICMPV6, icmp.len()), &icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     ipv6_frame(PROTO_ICMPV6, src, dst, &icmp)
+}
+
+/// An ICMPv4 error from `src` to `dst`: `kind`/`code`, the 4 bytes after the checksum (`rest`:
+/// unused, or the next-hop MTU of "fragmentation needed"), then `quote` (the offending IP
+/// packet, or its start). Valid IP and ICMP checksums.
+pub fn icmpv4_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    rest: u32,
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let sum = checksum(0, &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    Ipv4::new(PROTO_ICMP, src, dst).packet(&icmp)
+}
+
+/// An ICMPv6 error (`kind` 1 unreachable, 2 packet too big with the MTU in `rest`, 3 time
+/// exceeded) quoting `quote`, with a valid checksum over its pseudo-header.
+pub fn icmpv6_error(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    kind: u8,
+    code: u8,
+    rest: u32,
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let sum = checksum(pseudo_header_v6(src, dst, PROTO_ICMPV6, icmp.len()), &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    ipv6_frame(PROTO_ICMPV6, src, dst, &icmp)
+}
+
+/// A UDP datagram from `src` to `dst` (valid checksum over all of it) as IPv4 fragments: the
+/// first carrying the UDP header and `first_len - 8` bytes of payload (`first_len` a multiple
+/// of 8), the second the rest; both with IP ID `id`.
+pub fn ipv4_udp_fragments(
+    (src, dst, id): (Ipv4Addr, Ipv4Addr, u16),
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    first_len: usize,
+) -> [Vec<u8>; 2] {
+    assert!(first_len.is_multiple_of(8) && first_len < UDP_LEN + payload.len());
+    let mut segment = transport(PROTO_UDP, sport, dport, payload);
+    let sum = checksum(
+        pseudo_header_v4(src, dst, PROTO_UDP, segment.len()),
+        &segment,
+    );
+    segment[6..8].copy_from_slice(&sum.to_be_bytes());
+    let ip = Ipv4::new(PROTO_UDP, src, dst).id(id);
+    [
+        ip.clone().frag(IPV4_MF).packet(&segment[..first_len]),
+        ip.frag((first_len / 8) as u16)
+            .packet(&segment[first_len..]),
+    ]
+}
+
+/// The IP packet of `frame`: without the Ethernet header (and any padding after it). What an
+/// ICMP error quotes.
+pub fn ip_packet(frame: &[u8]) -> &[u8] {
+    &frame[ETH_LEN..layout(frame).end]
+}
+
+/// True when every checksum of an ICMP(v6) frame verifies: the outer IPv4 header's, the ICMP
+/// checksum (ICMPv6's over its pseudo-header), and the quoted IPv4 header's when the quote
+/// holds all of it. (A quoted TCP/UDP checksum covers the whole quoted packet, which a quote
+/// may cut: compare the quote with the packet it stands for instead.)
+pub fn icmp_checksums_ok(frame: &[u8]) -> bool {
+    let layout = layout(frame);
+    let message = &frame[layout.l4..layout.end];
+    let icmp_ok = if layout.family == 4 {
+        ipv4_header_checksum_ok(frame) && ones_complement_sum(0, message) == 0xffff
+    } else {
+        let ip = &frame[ETH_LEN..];
+        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).expect("16 bytes"));
+        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes"));
+        ones_complement_sum(
+            pseudo_header_v6(src, dst, PROTO_ICMPV6, message.len()),
+            message,
+        ) == 0xffff
+    };
+    let quote = &message[8..];
+    let quote_ok = match quote.first().map(|b| b >> 4) {
+        Some(4) => {
+            let header_len = usize::from(quote[0] & 0x0f) * 4;
+            quote.len() < header_len || ones_complement_sum(0, &quote[..header_len]) == 0xffff
+        }
+        _ => true,
+    };
+    icmp_ok && quote_ok
 }
 
 /// `frame` with an 802.1Q tag (VLAN `vid`) between the MAC addresses and the EtherType.
@@ -586,6 +691,33 @@ mod tests {
             ones_complement_sum(0, &v4_echo[ETH_LEN + IPV4_LEN..]),
             0xffff
         );
+
+        // ICMP errors: every checksum verifies, and a flipped quoted byte is caught.
+        let reply = ipv4(
+            PROTO_TCP,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(192, 0, 2, 1),
+            80,
+            40000,
+            b"x",
+        );
+        let mut error = icmpv4_error(
+            Ipv4Addr::new(192, 0, 2, 254),
+            Ipv4Addr::new(10, 0, 0, 1),
+            3,
+            4,
+            1400,
+            ip_packet(&reply),
+        );
+        assert!(icmp_checksums_ok(&error));
+        assert_eq!(&error[ETH_LEN + IPV4_LEN + 8..], ip_packet(&reply));
+        error[ETH_LEN + IPV4_LEN + 8 + 12] ^= 1; // the quoted source address
+        assert!(!icmp_checksums_ok(&error));
+        let reply6 = ipv6(PROTO_UDP, v6_dst, v6_src, 53, 5353, b"a");
+        let mut error6 = icmpv6_error(v6_dst, v6_src, 2, 0, 1280, &ip_packet(&reply6)[..48]);
+        assert!(icmp_checksums_ok(&error6));
+        error6[ETH_LEN + 8] ^= 1; // the outer source, in the pseudo-header
+        assert!(!icmp_checksums_ok(&error6));
 
         let tagged = vlan_tagged(&v4_echo, 100);
         assert_eq!(tagged.len(), v4_echo.len() + 4);

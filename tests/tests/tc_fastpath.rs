@@ -70,7 +70,7 @@ impl Fastpath {
             delivery,
         };
         self.tables
-            .set(vip, &[target])
+            .set(vip, &[target], None)
             .expect("install the service");
     }
 

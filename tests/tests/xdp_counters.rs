@@ -202,11 +202,13 @@ fn object_carries_btf_for_the_map_types() {
     for (value, size) in [
         ("PacketCounter", 16),
         ("ServiceKey", 20),
-        ("ServiceEntry", 16),
+        ("ServiceEntry", 20),
         ("Backend", 28),
         ("FlowKey", 40),
         ("Flow", 28),
         ("ReplyNat", 20),
+        ("AffinityKey", 24),
+        ("Affinity", 32),
     ] {
         assert!(
             btf.contains(&format!("STRUCT '{value}' size={size}")),

@@ -24,9 +24,9 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use l3lb_common::{
-    BACKEND_TERMINATING, Backend, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PacketCounter,
-    REPLY_CHECK_INTERVAL, Reason, ReplyNat, ServiceEntry, ServiceKey, addr, map_names,
-    program_names,
+    Affinity, AffinityKey, BACKEND_TERMINATING, Backend, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
+    PacketCounter, REPLY_CHECK_INTERVAL, Reason, ReplyNat, SERVICE_AFFINITY, ServiceEntry,
+    ServiceKey, addr, map_names, program_names,
 };
 use l3lb_tests::{frames, netns, privileged};
 
@@ -123,8 +123,23 @@ impl Lb {
             table_base: base,
             table_size: if empty { 0 } else { TABLE },
             flags: 0,
+            affinity_timeout_secs: 0,
         };
         services.insert(key, entry, 0).unwrap();
+    }
+
+    /// Gives the service at `key` `ClientIP` session affinity of `secs` seconds.
+    fn set_affinity(&mut self, key: ServiceKey, secs: u32) {
+        let mut services: HashMap<_, ServiceKey, ServiceEntry> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::SERVICES).unwrap()).unwrap();
+        let mut entry = services.get(&key, 0).unwrap();
+        entry.flags |= SERVICE_AFFINITY;
+        entry.affinity_timeout_secs = secs;
+        services.insert(key, entry, 0).unwrap();
+    }
+
+    fn affinities(&mut self) -> HashMap<&mut aya::maps::MapData, AffinityKey, Affinity> {
+        HashMap::try_from(self.ebpf.map_mut(map_names::AFFINITY).unwrap()).unwrap()
     }
 
     /// A service (id, table at `id * TABLE`) whose table cycles through `backends` (id, address,
@@ -190,14 +205,14 @@ impl Lb {
         (result.return_value, out)
     }
 
-    /// Runs the TC program on `frame` (an skb built from the Ethernet frame).
+    /// Runs the TC egress program on `frame` (an skb built from the Ethernet frame).
     fn tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let program: &SchedClassifier = self
-            .ebpf
-            .program(program_names::TC_EGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        self.run_tc(program_names::TC_EGRESS, frame)
+    }
+
+    /// Runs the TC program `name` on `frame`.
+    fn run_tc(&self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &SchedClassifier = self.ebpf.program(name).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let result = program
             .test_run(TestRunOptions {
@@ -884,6 +899,375 @@ fn replies_are_translated_back() {
             delta(&before, &lb.reasons()),
             vec![],
             "{description}: not counted"
+        );
+    }
+}
+
+/// `sessionAffinity: ClientIP`: once a client's first new flow has a pod, its other new flows
+/// go there too (where Maglev would spread them), until the affinity times out or the pod stops
+/// taking new flows.
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_pod() {
+    if !privileged("client_ip_affinity_keeps_a_client_on_one_pod") {
+        return;
+    }
+    let mut lb = Lb::load();
+    let client = Ipv4Addr::new(192, 0, 2, 60);
+    let service = Ipv4Addr::new(10, 96, 0, 60);
+    let key = ServiceKey::new(service.into(), 80, PROTO_TCP);
+    let pods = [v4(10, 244, 6, 5), v4(10, 244, 6, 6)];
+    lb.add_service(key, 1, &[(1, pods[0], 8080), (2, pods[1], 8080)]);
+    let ports: Vec<u16> = (45000..45050).collect();
+    let frame = |port: u16| frames::ipv4(PROTO_TCP, client, service, port, 80, b"GET /");
+    let pod_of = |lb: &Lb, port: u16| {
+        let (verdict, out) = lb.xdp(&frame(port));
+        assert_eq!(verdict, XDP_PASS);
+        frames::destination(&out).0
+    };
+    let forget = |lb: &mut Lb, port: u16| lb.remove_flow(&flow_key_of(&frame(port)));
+
+    // Without affinity, Maglev spreads the client's flows over both pods.
+    let maglev: Vec<IpAddr> = ports.iter().map(|&port| pod_of(&lb, port)).collect();
+    assert!(
+        pods.iter().all(|pod| maglev.contains(pod)),
+        "per-flow spread without affinity: {maglev:?}"
+    );
+    for &port in &ports {
+        forget(&mut lb, port);
+    }
+
+    lb.set_affinity(key, 60);
+    let first = pod_of(&lb, ports[0]);
+    assert_eq!(first, maglev[0], "the first flow is Maglev's pick");
+    for &port in &ports[1..] {
+        assert_eq!(
+            pod_of(&lb, port),
+            first,
+            "port {port} sticks to the client's pod"
+        );
+    }
+    let affinity_key = AffinityKey {
+        client: addr::to_bytes(client.into()).0,
+        service_id: 1,
+        family: 4,
+        pad: [0; 3],
+    };
+    let bound = lb
+        .affinities()
+        .get(&affinity_key, 0)
+        .expect("affinity recorded");
+    assert_eq!(bound.backend_addr, addr::to_bytes(first).0);
+    // Another client is bound on its own.
+    let other = frames::ipv4(
+        PROTO_TCP,
+        Ipv4Addr::new(192, 0, 2, 61),
+        service,
+        45000,
+        80,
+        b"x",
+    );
+    assert_eq!(lb.xdp(&other).0, XDP_PASS);
+    assert_eq!(lb.affinities().iter().count(), 2);
+
+    // Timed out (its last new flow long ago): the next new flow is Maglev's pick again.
+    let (i, elsewhere) = maglev
+        .iter()
+        .enumerate()
+        .find(|(_, pod)| **pod != first)
+        .map(|(i, pod)| (i, *pod))
+        .unwrap();
+    forget(&mut lb, ports[i]);
+    assert_eq!(
+        pod_of(&lb, ports[i]),
+        first,
+        "still bound before the timeout"
+    );
+    forget(&mut lb, ports[i]);
+    let mut expired = bound;
+    expired.last_seen_ns = 0;
+    lb.affinities().insert(affinity_key, expired, 0).unwrap();
+    assert_eq!(
+        pod_of(&lb, ports[i]),
+        elsewhere,
+        "after the timeout the flow goes where Maglev sends it"
+    );
+    // …and the client is bound to that pod from then on.
+    forget(&mut lb, ports[0]);
+    assert_eq!(pod_of(&lb, ports[0]), elsewhere);
+
+    // A pod that stops taking new flows (terminating) releases its clients.
+    let id = if elsewhere == pods[0] { 1 } else { 2 };
+    lb.set_backend(id, elsewhere, 8080, BACKEND_TERMINATING);
+    lb.set_table(TABLE, &[3 - id]);
+    forget(&mut lb, ports[1]);
+    assert_ne!(
+        pod_of(&lb, ports[1]),
+        elsewhere,
+        "a terminating pod gets no new flows through affinity"
+    );
+}
+
+/// IPv4 fragments through the uplink's TC ingress: the first fragment of a service datagram is
+/// steered like a whole packet, later ones follow it; each output is compared byte for byte
+/// with the fragment of the same datagram sent to the pod directly.
+#[test]
+fn fragments_follow_their_first() {
+    if !privileged("fragments_follow_their_first") {
+        return;
+    }
+    const TC_ACT_OK: u32 = 0;
+    let mut lb = Lb::load();
+    let client = Ipv4Addr::new(192, 0, 2, 70);
+    let service = Ipv4Addr::new(10, 96, 0, 70);
+    let pod = Ipv4Addr::new(10, 244, 7, 5);
+    lb.add_service(
+        ServiceKey::new(service.into(), 53, PROTO_UDP),
+        1,
+        &[(1, pod.into(), 5353)],
+    );
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    // Each datagram its own IP ID (the client port's), as a sender numbers them.
+    let to_service = |sport: u16| {
+        frames::ipv4_udp_fragments((client, service, sport), sport, 53, &payload, 1480)
+    };
+    let to_pod =
+        |sport: u16| frames::ipv4_udp_fragments((client, pod, sport), sport, 5353, &payload, 1480);
+
+    let run = |lb: &Lb, frame: &[u8]| {
+        let before = lb.reasons();
+        let (verdict, out) = lb.run_tc(program_names::TC_INGRESS, frame);
+        assert_eq!(verdict, TC_ACT_OK);
+        let counted = delta(&before, &lb.reasons());
+        (out, counted)
+    };
+
+    // In order: both fragments steered, and counted as forwarded (no delivery flags here).
+    let [first, second] = to_service(46000);
+    let [first_sent, second_sent] = to_pod(46000);
+    let (out, counted) = run(&lb, &first);
+    assert_eq!(
+        out, first_sent,
+        "the first fragment goes to the pod, UDP checksum and all"
+    );
+    assert!(frames::ipv4_header_checksum_ok(&out));
+    assert_eq!(counted, vec![(Reason::Forwarded, 1, first.len() as u64)]);
+    let (out, counted) = run(&lb, &second);
+    assert_eq!(out, second_sent, "the later fragment follows it");
+    assert!(frames::ipv4_header_checksum_ok(&out));
+    assert_eq!(counted, vec![(Reason::Forwarded, 1, second.len() as u64)]);
+    assert_eq!(
+        lb.service_counter(1).packets,
+        1,
+        "the service counts the first"
+    );
+
+    // A later fragment arriving before its first: untouched, counted as a fragment.
+    let [first, second] = to_service(46001);
+    let [first_sent, _] = to_pod(46001);
+    let (out, counted) = run(&lb, &second);
+    assert_eq!(out, second, "untouched");
+    assert_eq!(counted, vec![(Reason::Fragment, 1, second.len() as u64)]);
+    let (out, _) = run(&lb, &first);
+    assert_eq!(out, first_sent, "its first still goes to the pod");
+
+    // Fragments of no service, and a later fragment of an unknown datagram, pass untouched.
+    let [other_first, other_second] = frames::ipv4_udp_fragments(
+        (client, Ipv4Addr::new(10, 96, 0, 99), 46002),
+        46002,
+        53,
+        &payload,
+        1480,
+    );
+    let (out, counted) = run(&lb, &other_first);
+    assert_eq!(out, other_first);
+    assert_eq!(
+        counted,
+        vec![(Reason::NotService, 1, other_first.len() as u64)]
+    );
+    let (out, counted) = run(&lb, &other_second);
+    assert_eq!(out, other_second);
+    assert_eq!(
+        counted,
+        vec![(Reason::Fragment, 1, other_second.len() as u64)]
+    );
+}
+
+type Frame = Vec<u8>;
+
+/// ICMP errors about steered flows, through BPF_PROG_TEST_RUN: a router's error about a
+/// translated reply goes to the pod (uplink TC ingress), a pod's error about a translated
+/// request leaves as the service's (TC egress, the same code as on the pod's interface). The
+/// expected output of each is built from scratch: the error the pod would have got (or sent)
+/// had there been no translation, so every byte, checksums included, is compared.
+#[test]
+fn icmp_errors_follow_their_flow() {
+    if !privileged("icmp_errors_follow_their_flow") {
+        return;
+    }
+    const TC_ACT_OK: u32 = 0;
+    let mut lb = Lb::load();
+    let client = Ipv4Addr::new(192, 0, 2, 50);
+    let client6: Ipv6Addr = "2001:db8::50".parse().unwrap();
+    let router = Ipv4Addr::new(192, 0, 2, 254);
+    let router6: Ipv6Addr = "2001:db8::fe".parse().unwrap();
+    let service = Ipv4Addr::new(10, 96, 0, 50);
+    let service6: Ipv6Addr = "fd00:96::50".parse().unwrap();
+    let pod = Ipv4Addr::new(10, 244, 5, 5);
+    let pod6: Ipv6Addr = "fd00:244::55".parse().unwrap();
+    lb.add_service(
+        ServiceKey::new(service.into(), 80, PROTO_TCP),
+        1,
+        &[(1, pod.into(), 8080)],
+    );
+    lb.add_service(
+        ServiceKey::new(service.into(), 53, PROTO_UDP),
+        2,
+        &[(2, pod.into(), 5353)],
+    );
+    lb.add_service(
+        ServiceKey::new(service6.into(), 443, PROTO_TCP),
+        3,
+        &[(3, pod6.into(), 8443)],
+    );
+    lb.add_service(
+        ServiceKey::new(service6.into(), 53, PROTO_UDP),
+        4,
+        &[(4, pod6.into(), 5353)],
+    );
+    // The flows: client ports 44000.. to each service.
+    for request in [
+        frames::ipv4(PROTO_TCP, client, service, 44000, 80, b"GET /"),
+        frames::ipv4(PROTO_UDP, client, service, 44001, 53, b"query"),
+        frames::ipv4(PROTO_UDP, client, service, 44002, 53, b"query"),
+        frames::ipv6(PROTO_TCP, client6, service6, 44003, 443, b"GET /"),
+        frames::ipv6(PROTO_UDP, client6, service6, 44004, 53, b"query"),
+    ] {
+        assert_eq!(lb.xdp(&request).0, XDP_PASS);
+    }
+
+    let body = [0x5a_u8; 200];
+    // A pod's reply as it left the pod, and as the client's side saw it (translated).
+    let reply4 = |proto: u8, pod_port: u16, service_port: u16, client_port: u16| {
+        (
+            frames::ipv4(proto, pod, client, pod_port, client_port, &body),
+            frames::ipv4(proto, service, client, service_port, client_port, &body),
+        )
+    };
+    let reply6 = |proto: u8, pod_port: u16, service_port: u16, client_port: u16| {
+        (
+            frames::ipv6(proto, pod6, client6, pod_port, client_port, &body),
+            frames::ipv6(proto, service6, client6, service_port, client_port, &body),
+        )
+    };
+    let (tcp, tcp_seen) = reply4(PROTO_TCP, 8080, 80, 44000);
+    let (udp, udp_seen) = reply4(PROTO_UDP, 5353, 53, 44001);
+    let udp_none =
+        frames::Ipv4::new(PROTO_UDP, pod, client).udp_without_checksum(5353, 44002, &body);
+    let udp_none_seen =
+        frames::Ipv4::new(PROTO_UDP, service, client).udp_without_checksum(53, 44002, &body);
+    let (tcp6, tcp6_seen) = reply6(PROTO_TCP, 8443, 443, 44003);
+    let (udp6, udp6_seen) = reply6(PROTO_UDP, 5353, 53, 44004);
+    let q = frames::ip_packet;
+    // RFC 792's minimum quote: the IP header and 8 bytes (a TCP quote then lacks its checksum).
+    let short4 = |frame: &[u8]| frames::ip_packet(frame)[..frames::IPV4_LEN + 8].to_vec();
+    let short6 = |frame: &[u8]| frames::ip_packet(frame)[..frames::IPV6_LEN + 8].to_vec();
+
+    // Router → service (as the client's side saw the reply) becomes router → pod (as the pod sent it).
+    let to_pod4 = |kind: u8, code: u8, mtu: u32, seen: &[u8], sent: &[u8]| {
+        (
+            frames::icmpv4_error(router, service, kind, code, mtu, seen),
+            Some(frames::icmpv4_error(router, pod, kind, code, mtu, sent)),
+        )
+    };
+    let to_pod6 = |kind: u8, code: u8, mtu: u32, seen: &[u8], sent: &[u8]| {
+        (
+            frames::icmpv6_error(router6, service6, kind, code, mtu, seen),
+            Some(frames::icmpv6_error(router6, pod6, kind, code, mtu, sent)),
+        )
+    };
+    let untouched4 = |kind: u8, code: u8, to: Ipv4Addr, seen: &[u8]| {
+        (frames::icmpv4_error(router, to, kind, code, 0, seen), None)
+    };
+
+    // A quote of the translated reply cut inside the ports, and one of a later fragment.
+    let no_ports = q(&tcp_seen)[..frames::IPV4_LEN + 2].to_vec();
+    let header_only = q(&tcp_seen)[..frames::IPV4_LEN].to_vec();
+    let later_fragment = q(&frames::Ipv4::new(PROTO_UDP, service, client)
+        .frag(185)
+        .packet(&body))
+    .to_vec();
+    let (_, unknown_seen) = reply4(PROTO_TCP, 8080, 80, 44999);
+    let (_, unknown6_seen) = reply6(PROTO_TCP, 8443, 443, 44999);
+
+    #[rustfmt::skip]
+    let cases: Vec<(&str, (Frame, Option<Frame>))> = vec![
+        ("v4 frag needed, TCP, whole reply quoted", to_pod4(3, 4, 1400, q(&tcp_seen), q(&tcp))),
+        ("v4 frag needed, TCP, IP header + 8 bytes quoted", to_pod4(3, 4, 1400, &short4(&tcp_seen), &short4(&tcp))),
+        ("v4 port unreachable, UDP, IP header + 8 bytes quoted", to_pod4(3, 3, 0, &short4(&udp_seen), &short4(&udp))),
+        ("v4 time exceeded, UDP, whole reply quoted", to_pod4(11, 0, 0, q(&udp_seen), q(&udp))),
+        ("v4 frag needed, UDP without checksum", to_pod4(3, 4, 1400, q(&udp_none_seen), q(&udp_none))),
+        ("v6 packet too big, TCP, whole reply quoted", to_pod6(2, 0, 1280, q(&tcp6_seen), q(&tcp6))),
+        ("v6 packet too big, TCP, IPv6 header + 8 bytes quoted", to_pod6(2, 0, 1280, &short6(&tcp6_seen), &short6(&tcp6))),
+        ("v6 unreachable, UDP, whole reply quoted", to_pod6(1, 4, 0, q(&udp6_seen), q(&udp6))),
+        ("v6 time exceeded, UDP, IPv6 header + 8 bytes quoted", to_pod6(3, 0, 0, &short6(&udp6_seen), &short6(&udp6))),
+        ("v4 frag needed about an unknown flow", untouched4(3, 4, service, q(&unknown_seen))),
+        ("v6 packet too big about an unknown flow", (frames::icmpv6_error(router6, service6, 2, 0, 1280, q(&unknown6_seen)), None)),
+        ("v4 quote cut inside the ports", untouched4(3, 4, service, &no_ports)),
+        ("v4 quote of the IP header only", untouched4(3, 4, service, &header_only)),
+        ("v4 quote of a later fragment", untouched4(3, 4, service, &later_fragment)),
+        ("v4 error to another address than the quoted source", untouched4(3, 4, Ipv4Addr::new(10, 0, 0, 1), q(&tcp_seen))),
+        ("v4 parameter problem (not translated)", untouched4(12, 0, service, q(&tcp_seen))),
+        ("v4 echo request to the service", (frames::icmpv4_echo(client, service), None)),
+        ("v6 echo request to the service", (frames::icmpv6_echo(client6, service6), None)),
+    ];
+    for (description, (error, expected)) in &cases {
+        let before = lb.reasons();
+        let (verdict, out) = lb.run_tc(program_names::TC_INGRESS, error);
+        assert_eq!(verdict, TC_ACT_OK, "{description}: verdict");
+        let (expected, reason) = match expected {
+            Some(expected) => (expected, Reason::IcmpTranslated),
+            None => (error, Reason::NotTcpUdp),
+        };
+        assert_eq!(&out, expected, "{description}: output bytes");
+        assert!(frames::icmp_checksums_ok(&out), "{description}: checksums");
+        assert_eq!(
+            delta(&before, &lb.reasons()),
+            vec![(reason, 1, error.len() as u64)],
+            "{description}: counted as {}",
+            reason.label()
+        );
+    }
+
+    // The pod's errors about a request (client → pod) leave as the service's.
+    let request = frames::ipv4(PROTO_UDP, client, pod, 44001, 5353, b"query");
+    let request_seen = frames::ipv4(PROTO_UDP, client, service, 44001, 53, b"query");
+    let request6 = frames::ipv6(PROTO_UDP, client6, pod6, 44004, 5353, b"query");
+    let request6_seen = frames::ipv6(PROTO_UDP, client6, service6, 44004, 53, b"query");
+    let stranger = frames::ipv4(PROTO_UDP, client, pod, 44998, 5353, b"query");
+    #[rustfmt::skip]
+    let outward: Vec<(&str, Frame, Option<Frame>)> = vec![
+        ("v4 port unreachable from the pod", frames::icmpv4_error(pod, client, 3, 3, 0, q(&request)), Some(frames::icmpv4_error(service, client, 3, 3, 0, q(&request_seen)))),
+        ("v6 port unreachable from the pod", frames::icmpv6_error(pod6, client6, 1, 4, 0, q(&request6)), Some(frames::icmpv6_error(service6, client6, 1, 4, 0, q(&request6_seen)))),
+        ("v4 port unreachable about an unknown flow", frames::icmpv4_error(pod, client, 3, 3, 0, q(&stranger)), None),
+        ("the translated error again (egress after the pod's program)", frames::icmpv4_error(service, client, 3, 3, 0, q(&request_seen)), None),
+    ];
+    for (description, error, expected) in &outward {
+        let before = lb.reasons();
+        let (verdict, out) = lb.tc(error);
+        assert_eq!(verdict, TC_ACT_PIPE, "{description}: verdict");
+        let (expected, counted) = match expected {
+            Some(expected) => (
+                expected,
+                vec![(Reason::IcmpReplyTranslated, 1, error.len() as u64)],
+            ),
+            None => (error, vec![]),
+        };
+        assert_eq!(&out, expected, "{description}: output bytes");
+        assert!(frames::icmp_checksums_ok(&out), "{description}: checksums");
+        assert_eq!(
+            delta(&before, &lb.reasons()),
+            counted,
+            "{description}: counters"
         );
     }
 }

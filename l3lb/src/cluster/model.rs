@@ -79,6 +79,9 @@ pub struct ServiceSpec {
     pub ingress_owner: IngressOwner,
     pub external_ips: Vec<String>,
     pub ports: Vec<ServicePort>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds
+    /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, default 10800); `None` without it.
+    pub client_ip_affinity_secs: Option<u32>,
 }
 
 /// Who owns `status.loadBalancer.ingress` in the Service's `managedFields`.
@@ -114,6 +117,9 @@ impl IngressOwner {
         owner
     }
 }
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`: three hours.
+pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
@@ -203,6 +209,17 @@ impl ServiceSpec {
                 .and_then(|s| s.external_ips.clone())
                 .unwrap_or_default(),
             ports,
+            client_ip_affinity_secs: spec
+                .filter(|s| s.session_affinity.as_deref() == Some("ClientIP"))
+                .map(|s| {
+                    s.session_affinity_config
+                        .as_ref()
+                        .and_then(|config| config.client_ip.as_ref())
+                        .and_then(|client_ip| client_ip.timeout_seconds)
+                        .and_then(|secs| u32::try_from(secs).ok())
+                        .filter(|&secs| secs > 0)
+                        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
+                }),
         })
     }
 }
@@ -292,4 +309,39 @@ pub enum ClusterChange {
     SliceApplied(SliceSpec),
     SliceDeleted(SliceKey),
     SlicesListed(Vec<SliceSpec>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(spec: serde_json::Value) -> ServiceSpec {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": spec,
+        }))
+        .unwrap();
+        ServiceSpec::from_service(&service).unwrap()
+    }
+
+    #[test]
+    fn client_ip_affinity_and_its_timeout() {
+        let none = service(serde_json::json!({"type": "LoadBalancer"}));
+        assert_eq!(none.client_ip_affinity_secs, None);
+        let explicit_none = service(serde_json::json!({"sessionAffinity": "None"}));
+        assert_eq!(explicit_none.client_ip_affinity_secs, None);
+        let default = service(serde_json::json!({"sessionAffinity": "ClientIP"}));
+        assert_eq!(default.client_ip_affinity_secs, Some(10_800));
+        let short = service(serde_json::json!({
+            "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 5}},
+        }));
+        assert_eq!(short.client_ip_affinity_secs, Some(5));
+        // A timeout the API server would reject falls back to the default, not to "forever".
+        let invalid = service(serde_json::json!({
+            "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}},
+        }));
+        assert_eq!(invalid.client_ip_affinity_secs, Some(10_800));
+    }
 }

@@ -18,8 +18,8 @@ use aya::{
     },
 };
 use l3lb_common::{
-    Backend, Flow, FlowKey, PacketCounter, Reason, ReplyNat, ServiceEntry, ServiceKey, map_names,
-    program_names,
+    Affinity, AffinityKey, Backend, Flow, FlowKey, PacketCounter, Reason, ReplyNat, ServiceEntry,
+    ServiceKey, map_names, program_names,
 };
 use tracing::{info, warn};
 
@@ -169,6 +169,12 @@ fn expected_shape(name: &str, maglev_entries: u32) -> Option<(u32, u32, Option<u
         ),
         map_names::SERVICE_STATS => (4, size(size_of::<PacketCounter>()), None),
         map_names::REASONS => (4, size(size_of::<PacketCounter>()), Some(Reason::COUNT)),
+        map_names::FRAGMENTS => (size(size_of::<FlowKey>()), size(size_of::<Backend>()), None),
+        map_names::AFFINITY => (
+            size(size_of::<AffinityKey>()),
+            size(size_of::<Affinity>()),
+            None,
+        ),
         _ => return None,
     })
 }

@@ -149,6 +149,7 @@ impl FastPath {
         let mut resolved: HashMap<std::net::IpAddr, plan::Delivery> = HashMap::new();
         for key in services {
             let mut planned = plan::plan_service(state, key);
+            let affinity = plan::session_affinity(state, key);
             let vips: BTreeSet<Vip> = planned.keys().copied().collect();
             let claims = self.owners.claim(key, &vips);
             for vip in &claims.release {
@@ -175,7 +176,7 @@ impl FastPath {
                         });
                     }
                 }
-                if let Err(err) = self.loaded.tables.set(vip, &targets) {
+                if let Err(err) = self.loaded.tables.set(vip, &targets, affinity) {
                     errors.push(err.into());
                 }
             }

@@ -148,6 +148,11 @@ pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec
     entries
 }
 
+/// The `ClientIP` session affinity timeout (seconds) of the Service's entries, if it has one.
+pub fn session_affinity(state: &DesiredState, key: &ServiceKey) -> Option<u32> {
+    state.service(key)?.client_ip_affinity_secs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

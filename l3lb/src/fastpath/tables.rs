@@ -16,7 +16,7 @@ use aya::{
 };
 use l3lb_common::{
     BACKEND_REDIRECT_NEIGH, BACKEND_REDIRECT_PEER, BACKEND_TERMINATING, Backend, PacketCounter,
-    ServiceEntry, ServiceKey, addr, capacity, map_names,
+    SERVICE_AFFINITY, ServiceEntry, ServiceKey, addr, capacity, map_names,
 };
 use tracing::{debug, warn};
 
@@ -65,6 +65,8 @@ struct Installed {
     /// Which half of the region the active table is in.
     half: u32,
     targets: Vec<Target>,
+    /// The session affinity timeout (seconds), when the service has `ClientIP` affinity.
+    affinity: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -224,6 +226,8 @@ impl Tables {
                     id: entry.id,
                     half,
                     targets,
+                    affinity: (entry.flags & SERVICE_AFFINITY != 0)
+                        .then_some(entry.affinity_timeout_secs),
                 },
             );
         }
@@ -253,12 +257,18 @@ impl Tables {
         self.installed.keys()
     }
 
-    /// Makes the kernel steer `vip` to `targets` (sorted, as the plan gives them).
-    pub fn set(&mut self, vip: Vip, targets: &[Target]) -> Result<(), Error> {
+    /// Makes the kernel steer `vip` to `targets` (sorted, as the plan gives them), with
+    /// `ClientIP` session affinity of `affinity` seconds when given.
+    pub fn set(
+        &mut self,
+        vip: Vip,
+        targets: &[Target],
+        affinity: Option<u32>,
+    ) -> Result<(), Error> {
         if self
             .installed
             .get(&vip)
-            .is_some_and(|i| i.targets == targets)
+            .is_some_and(|i| i.targets == targets && i.affinity == affinity)
         {
             return Ok(());
         }
@@ -313,7 +323,12 @@ impl Tables {
             id,
             table_base: base,
             table_size: if table.is_empty() { 0 } else { self.table_size },
-            flags: 0,
+            flags: if affinity.is_some() {
+                SERVICE_AFFINITY
+            } else {
+                0
+            },
+            affinity_timeout_secs: affinity.unwrap_or(0),
         };
         self.services
             .insert(service_key(&vip), entry, 0)
@@ -325,6 +340,7 @@ impl Tables {
                 id,
                 half,
                 targets: targets.to_vec(),
+                affinity,
             },
         );
         if let Some(previous) = previous {

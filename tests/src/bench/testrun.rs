@@ -309,7 +309,7 @@ fn run_in_netns(options: &Options) -> Result<Part1> {
             Delivery::Stack
         },
     };
-    loaded.tables.set(vip(SERVICE, PROTO_UDP), &[own])?;
+    loaded.tables.set(vip(SERVICE, PROTO_UDP), &[own], None)?;
 
     let service_frame = udp(CLIENT, SERVICE, CLIENT_PORT, PORT);
     let pass_frame = udp(CLIENT, OTHER, CLIENT_PORT, PORT);
@@ -332,7 +332,7 @@ fn run_in_netns(options: &Options) -> Result<Part1> {
         let started = Instant::now();
         while installed < services {
             let (vip, targets) = filler(installed - 1);
-            loaded.tables.set(vip, &targets)?;
+            loaded.tables.set(vip, &targets, None)?;
             installed += 1;
             if installed.is_multiple_of(1000) {
                 check_interrupted()?;
