@@ -303,36 +303,18 @@ impl Lead {
         // The same list semantics as the nodes' watches (cluster::kube): a fresh, consistent
         // picture, never a possibly stale watch-cache list that could move allocations back.
         let streaming = crate::cluster::kube::streaming_lists_supported(&self.client).await;
-        let services: BoxStream<'static, Change> = watcher(
+        let services = watch(
             Api::<Service>::all(self.client.clone()),
-            crate::cluster::kube::list_config(streaming),
-        )
-        .default_backoff()
-        .filter_map(|event| async move {
-            match event {
-                Ok(event) => Some(Change::Services(event)),
-                Err(err) => {
-                    warn!("allocator: watching services failed, retrying: {err}");
-                    None
-                }
-            }
-        })
-        .boxed();
-        let pools: BoxStream<'static, Change> = watcher(
+            streaming,
+            "services",
+            Change::Services,
+        );
+        let pools = watch(
             Api::<L3lbIPPool>::all(self.client.clone()),
-            crate::cluster::kube::list_config(streaming),
-        )
-        .default_backoff()
-        .filter_map(|event| async move {
-            match event {
-                Ok(event) => Some(Change::Pools(event)),
-                Err(err) => {
-                    warn!("allocator: watching l3lbippools failed, retrying: {err}");
-                    None
-                }
-            }
-        })
-        .boxed();
+            streaming,
+            "l3lbippools",
+            Change::Pools,
+        );
         let mut changes = futures::stream::select(services, pools);
         let mut service_buffer: Option<BTreeMap<ServiceKey, SeenService>> = None;
         let mut pool_buffer: Option<BTreeMap<String, L3lbIPPool>> = None;
@@ -750,6 +732,30 @@ pub fn pool_reports(
         }
     }
     reports.into_values().collect()
+}
+
+/// A watch of `api`'s objects as [`Change`]s, retried with backoff (each failure logged).
+fn watch<K>(
+    api: Api<K>,
+    streaming: bool,
+    what: &'static str,
+    change: fn(watcher::Event<K>) -> Change,
+) -> BoxStream<'static, Change>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    watcher(api, crate::cluster::kube::list_config(streaming))
+        .default_backoff()
+        .filter_map(move |event| async move {
+            match event {
+                Ok(event) => Some(change(event)),
+                Err(err) => {
+                    warn!("allocator: watching {what} failed, retrying: {err}");
+                    None
+                }
+            }
+        })
+        .boxed()
 }
 
 /// Every write of the allocator is l3lb's, under the same field manager as the status writer

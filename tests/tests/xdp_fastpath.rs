@@ -1373,43 +1373,6 @@ impl Drop for Topology {
     }
 }
 
-/// Turns transmit checksum offload off on `iface` of the caller's namespace (ethtool's
-/// `tx off`), so the stack sends complete checksums and the receiver verifies them: a wrong
-/// incremental update then shows as a dropped packet instead of hiding behind CHECKSUM_PARTIAL.
-fn tx_checksum_off(iface: &str) {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut EthtoolValue,
-        pad: [u8; 16],
-    }
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    let mut request = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut value,
-        pad: [0; 16],
-    };
-    request.name[..iface.len()].copy_from_slice(iface.as_bytes());
-    // SAFETY: a plain socket for the ioctl, closed below; the request outlives the call.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut request);
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        assert_eq!(rc, 0, "ETHTOOL_STXCSUM off on {iface}: {err}");
-    }
-}
-
 /// Echo servers in the pod: TCP (v4 and v6) on 8080, UDP on 5353, each answering until the
 /// listener is dropped with the namespace.
 fn start_pod_servers(pod: &netns::NetNs) {
@@ -1527,8 +1490,8 @@ fn udp_through_service(client: &netns::NetNs, service: SocketAddr, expected_peer
 fn end_to_end(tag: &str, complete_checksums: bool) {
     let mut topology = Topology::new(tag);
     if complete_checksums {
-        topology.client.run_inside(|| tx_checksum_off("eth0"));
-        topology.pod.run_inside(|| tx_checksum_off("eth0"));
+        topology.client.tx_checksum_off("eth0");
+        topology.pod.tx_checksum_off("eth0");
     }
     start_pod_servers(&topology.pod);
     topology.attach();

@@ -203,6 +203,23 @@ mod tests {
         }
     }
 
+    fn vip(ip: &str, port: u16, proto: u8) -> Vip {
+        Vip {
+            ip: ip.parse().unwrap(),
+            port,
+            proto,
+        }
+    }
+
+    fn target(ip: &str, port: u16, terminating: bool) -> Target {
+        Target {
+            ip: ip.parse().unwrap(),
+            port,
+            terminating,
+            delivery: Delivery::Stack,
+        }
+    }
+
     fn endpoint(address: &str, ready: bool) -> LocalEndpoint {
         LocalEndpoint {
             addresses: vec![address.into()],
@@ -259,42 +276,16 @@ mod tests {
             ],
             "SCTP is left to kube-proxy"
         );
-        let http = &plan[&Vip {
-            ip: "10.0.100.7".parse().unwrap(),
-            port: 80,
-            proto: PROTO_TCP,
-        }];
+        let http = &plan[&vip("10.0.100.7", 80, PROTO_TCP)];
         assert_eq!(
             http,
             &[
-                Target {
-                    ip: "10.244.1.5".parse().unwrap(),
-                    port: 8080,
-                    terminating: true,
-                    delivery: Delivery::Stack,
-                },
-                Target {
-                    ip: "10.244.1.6".parse().unwrap(),
-                    port: 8080,
-                    terminating: false,
-                    delivery: Delivery::Stack,
-                },
+                target("10.244.1.5", 8080, true),
+                target("10.244.1.6", 8080, false),
             ]
         );
-        let dns6 = &plan[&Vip {
-            ip: "2001:db8:100::7".parse().unwrap(),
-            port: 53,
-            proto: PROTO_UDP,
-        }];
-        assert_eq!(
-            dns6,
-            &[Target {
-                ip: "fd00::5".parse().unwrap(),
-                port: 5353,
-                terminating: false,
-                delivery: Delivery::Stack,
-            }]
-        );
+        let dns6 = &plan[&vip("2001:db8:100::7", 53, PROTO_UDP)];
+        assert_eq!(dns6, &[target("fd00::5", 5353, false)]);
     }
 
     #[test]
@@ -310,20 +301,8 @@ mod tests {
             "withdrawn: ready elsewhere"
         );
         let plan = plan_service(&state, &key);
-        let http = &plan[&Vip {
-            ip: "10.0.100.7".parse().unwrap(),
-            port: 80,
-            proto: PROTO_TCP,
-        }];
-        assert_eq!(
-            http,
-            &[Target {
-                ip: "10.244.1.5".parse().unwrap(),
-                port: 8080,
-                terminating: true,
-                delivery: Delivery::Stack,
-            }]
-        );
+        let http = &plan[&vip("10.0.100.7", 80, PROTO_TCP)];
+        assert_eq!(http, &[target("10.244.1.5", 8080, true)]);
     }
 
     #[test]
