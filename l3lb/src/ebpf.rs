@@ -51,13 +51,19 @@ pub fn reason_counters(ebpf: &Ebpf) -> Result<[PacketCounter; Reason::COUNT as u
         let per_cpu = array
             .get(&(bucket as u32), 0)
             .map_err(|source| Error::Map { name, source })?;
-        let total = &mut totals[bucket as usize];
-        for counter in per_cpu.iter() {
-            total.packets += counter.packets;
-            total.bytes += counter.bytes;
-        }
+        totals[bucket as usize] = sum_per_cpu(&per_cpu);
     }
     Ok(totals)
+}
+
+/// One counter's per-CPU values added up: what `l3lb inspect`, `/metrics` and the tests show.
+pub fn sum_per_cpu(values: &aya::maps::PerCpuValues<PacketCounter>) -> PacketCounter {
+    values
+        .iter()
+        .fold(PacketCounter::default(), |total, counter| PacketCounter {
+            packets: total.packets + counter.packets,
+            bytes: total.bytes + counter.bytes,
+        })
 }
 
 /// Packets and bytes forwarded for the service with this `ServiceEntry::id`, summed over CPUs.
@@ -69,10 +75,5 @@ pub fn service_counter(ebpf: &Ebpf, id: u32) -> Result<PacketCounter, Error> {
     let per_cpu = array
         .get(&id, 0)
         .map_err(|source| Error::Map { name, source })?;
-    Ok(per_cpu
-        .iter()
-        .fold(PacketCounter::default(), |total, counter| PacketCounter {
-            packets: total.packets + counter.packets,
-            bytes: total.bytes + counter.bytes,
-        }))
+    Ok(sum_per_cpu(&per_cpu))
 }

@@ -83,10 +83,11 @@ fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(
 }
 
 fn sum(values: &aya::maps::PerCpuValues<PacketCounter>) -> Counter {
-    values.iter().fold(Counter::default(), |total, c| Counter {
-        packets: total.packets + c.packets,
-        bytes: total.bytes + c.bytes,
-    })
+    let total = crate::ebpf::sum_per_cpu(values);
+    Counter {
+        packets: total.packets,
+        bytes: total.bytes,
+    }
 }
 
 /// Everything the pinned maps under `pin_root` say.
