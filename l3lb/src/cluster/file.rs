@@ -4,8 +4,9 @@
 //!
 //! `L3lbIPPool` documents in the same directory give Services without an IP one: there is no
 //! leader and no memory here, so every node runs the same pure allocator over the same files and
-//! arrives at the same addresses, which it hands on as the Service's ingress (what a leader would
-//! have written). An allocation may move when the files change; an explicit IP pins it.
+//! arrives at the same addresses, which it hands on as the Service's `l3lb.io/allocated-ips`
+//! (what a leader would have written). An allocation may move when the files change; an
+//! explicit IP pins it.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -188,7 +189,7 @@ impl FileSource {
         (services, slices)
     }
 
-    /// Gives each Service without an IP its pool address, as its ingress.
+    /// Gives each Service without an IP its pool address, as its `l3lb.io/allocated-ips`.
     fn allocate(
         &self,
         services: &mut [ServiceSpec],
@@ -211,8 +212,11 @@ impl FileSource {
             if let Some(failure) = &verdict.failure {
                 warn!(service = %spec.key, "no pool address: {failure}");
             }
+            // Handed on the way the leader's allocation reaches the nodes in a cluster: as the
+            // `l3lb.io/allocated-ips` request (status is no request unless another controller
+            // wrote it).
             if !verdict.explicit && !verdict.ips.is_empty() {
-                spec.ingress_ips = verdict.ips.iter().map(ToString::to_string).collect();
+                spec.allocated_ips = verdict.ips.iter().map(ToString::to_string).collect();
             }
         }
         if let Some(reports) = &self.pool_reports {
@@ -436,7 +440,7 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
     fn pools_in_the_files_give_every_node_the_same_addresses() {
         let dir = tempfile_dir("pools");
         std::fs::write(dir.join("all.yaml"), POOLED).unwrap();
-        let ingress_of = |node: &str| {
+        let allocated_on = |node: &str| {
             let (reports_tx, reports_rx) = watch::channel(Vec::new());
             let mut source = FileSource::new(dir.clone(), node.into(), DEFAULT_POLL_INTERVAL)
                 .allocating(DEFAULT_LOAD_BALANCER_CLASS.into(), reports_tx);
@@ -445,19 +449,19 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
                 .snapshot()
                 .0
                 .into_iter()
-                .map(|s| (s.key.name.clone(), s.ingress_ips))
+                .map(|s| (s.key.name.clone(), s.allocated_ips))
                 .collect();
             (services, reports_rx.borrow().clone())
         };
-        let (on_a, reports) = ingress_of("node-a");
-        let (on_b, _) = ingress_of("node-b");
+        let (on_a, reports) = allocated_on("node-a");
+        let (on_b, _) = allocated_on("node-b");
         assert_eq!(on_a, on_b, "every node computes the same");
         // The pinned IP is reserved, so alpha (first by name) gets the other one and zeta none.
         assert_eq!(on_a["alpha"], ["10.0.100.33"]);
         assert!(on_a["zeta"].is_empty(), "the pool is exhausted");
         assert!(
             on_a["pinned"].is_empty(),
-            "a hand-picked IP is not written as ingress"
+            "a hand-picked IP is not written as an allocation"
         );
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].usage, "IPv4 2 used, 0 free of 2");
