@@ -16,8 +16,7 @@ use crate::cluster::model::{
     ClusterChange, IngressOwner, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
 };
 
-/// The `loadBalancerClass` l3lb answers to unless told otherwise.
-pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "l3lb.io/l3lb";
+pub use crate::cluster::model::DEFAULT_LOAD_BALANCER_CLASS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {

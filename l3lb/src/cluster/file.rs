@@ -18,11 +18,10 @@ use serde::Deserialize as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::model::{ClusterChange, ServiceSpec, SliceSpec};
+use super::model::{ClusterChange, DEFAULT_LOAD_BALANCER_CLASS, ServiceSpec, SliceSpec};
 use crate::{
     allocator::{parse_pools, pool_reports, request_from_service},
     crd::L3lbIPPool,
-    desired::DEFAULT_LOAD_BALANCER_CLASS,
     pools,
     status::PoolReport,
 };

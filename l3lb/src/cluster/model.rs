@@ -8,6 +8,9 @@ use std::fmt;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
+/// The `loadBalancerClass` l3lb answers to unless told otherwise.
+pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "l3lb.io/l3lb";
+
 /// The annotation listing the IPs a LoadBalancer Service asks for, comma-separated and
 /// dual-stack (the replacement for the deprecated `spec.loadBalancerIP`).
 pub const LOAD_BALANCER_IPS_ANNOTATION: &str = "l3lb.io/loadBalancerIPs";
