@@ -271,6 +271,7 @@ pub(super) fn part2_md(md: &mut String, p: &Part2) {
             us(f, d),
             us(x, d),
         );
+        bounds_md(md, n, d, i, x);
         let hi = counts.last().copied().unwrap_or(n);
         if hi != n
             && let (Some(dh), Some(ih), Some(fh), Some(xh)) = (
@@ -294,4 +295,51 @@ pub(super) fn part2_md(md: &mut String, p: &Part2) {
         }
         md.push('\n');
     }
+}
+
+/// What this topology allows at best, from the run's own references, for the goals that are
+/// ratios against kube-proxy or direct routing: a node that costs nothing does no better than
+/// the direct reference minus the node's own routing.
+fn bounds_md(md: &mut String, n: u32, d: &Row, i: &Row, x: &Row) {
+    let mut lines = Vec::new();
+    if let (Some(dn), Some(xn)) = (&d.node, &x.node) {
+        let t_direct = 1e9 / d.udp_pps.median;
+        // The path without the node: the sender, the veths and the pod's own stack.
+        let t_base = t_direct - dn.ns.median;
+        lines.push(format!(
+            "- *UDP vs direct*: a packet to a pod takes {t_direct:.0} ns by direct routing, of which the \
+             node's routing is {:.0} ns (node-cost lane); the rest, {t_base:.0} ns, is the sender, the veth \
+             hops and the pod's own IP/UDP stack, which no node can shorten. A node that cost nothing \
+             would reach {:.2}× direct; l3lb's node cost of {:.0} ns gives {:.2}×, and 1.2× would need \
+             a node cost below {:.0} ns, less than the TC program's own test-run time (part 1).",
+            dn.ns.median,
+            t_direct / t_base,
+            xn.ns.median,
+            t_direct / (t_base + xn.ns.median),
+            (t_direct / 1.2 - t_base).max(0.0),
+        ));
+    }
+    if let (Some(drr), Some(irr), Some(xrr)) = (&d.rr_tps, &i.rr_tps, &x.rr_tps) {
+        lines.push(format!(
+            "- *request/response*: a transaction is mostly the two TCP stacks and the wake-ups of \
+             both ends; direct routing, with no service at all, does {:.2}× iptables, so 1.5× is out of \
+             reach on this topology; l3lb does {:.2}×, {:.0} % of what a free node could.",
+            drr.median / irr.median,
+            xrr.median / irr.median,
+            100.0 * xrr.median / drr.median,
+        ));
+    }
+    lines.push(format!(
+        "- *new TCP connections*: at {}, direct routing does {:.2}× iptables, the most any node \
+         could; l3lb does {:.2}× (and, at more Services, iptables' rule walk grows while l3lb stays \
+         flat).",
+        services(n),
+        d.tcp_cps.median / i.tcp_cps.median,
+        x.tcp_cps.median / i.tcp_cps.median,
+    ));
+    let _ = writeln!(
+        md,
+        "\nWhat bounds the ratio goals this run misses, from its own references:\n\n{}",
+        lines.join("\n")
+    );
 }
