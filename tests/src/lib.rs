@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod fake_api;
+pub mod fastpath;
 pub mod fixtures;
 pub mod frames;
 pub mod interrupt;

@@ -15,7 +15,7 @@
 //! the receivers verify every rewrite.
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         Arc,
@@ -25,7 +25,8 @@ use std::{
 };
 
 use l3lb_tests::{
-    daemon::{L3lb, l3lb_binary},
+    daemon::L3lb,
+    fastpath::{Scratch, inspect, namespace, packets, reasons, start, sysctl, write_manifest},
     netns::{self, NetNs, sh},
     privileged,
     traffic::{Connection, ask, serve_pod},
@@ -55,27 +56,6 @@ struct Net {
     _router: NetNs,
     node: NetNs,
     pods: Vec<NetNs>,
-}
-
-fn sysctl(ns: &NetNs, settings: &[&str]) {
-    for setting in settings {
-        sh(ns.command("sysctl").args(["-qw", setting]));
-    }
-}
-
-/// A namespace whose interfaces' IPv6 addresses (link-local ones included) are usable at
-/// once: without duplicate address detection, a fresh link-local stays tentative for a second
-/// or two, and neighbour discovery over it waits.
-fn namespace(tag: &str) -> NetNs {
-    let ns = NetNs::new(tag);
-    sysctl(
-        &ns,
-        &[
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-        ],
-    );
-    ns
 }
 
 fn topology(uplink: Uplink) -> Net {
@@ -295,81 +275,7 @@ fn manifests(dir: &Path, pods: &[usize]) {
         slice("IPv4", &|i| format!("10.244.1.{}", i + 2)),
         slice("IPv6", &|i| format!("fd00:244::{}", i + 2)),
     );
-    let tmp = dir.join(".web.yaml.tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, dir.join("web.yaml")).unwrap();
-}
-
-/// A manifest directory and a pin root of the test's own, removed when it ends.
-struct Scratch {
-    dir: tempfile::TempDir,
-    pin_root: PathBuf,
-}
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        Scratch {
-            dir: tempfile::Builder::new()
-                .prefix(&format!("l3lb-{tag}-"))
-                .tempdir()
-                .unwrap(),
-            pin_root: PathBuf::from(format!("/sys/fs/bpf/l3lb-{tag}-{}", std::process::id())),
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // Links first (they hold the programs), then maps; a failed test must not leave pins.
-        let _ = Command::new("rm").arg("-rf").arg(&self.pin_root).status();
-    }
-}
-
-fn start(node: &NetNs, scratch: &Scratch, log: &str) -> L3lb {
-    let mut command = node.command(l3lb_binary().to_str().unwrap());
-    command.args([
-        "run",
-        "--node-name",
-        "node-a",
-        "--prefix",
-        "10.0.100.0/24,2001:db8:100::/64",
-        "--source",
-    ]);
-    command.arg(format!("file:{}", scratch.dir.path().display()));
-    command
-        .args([
-            "--xdp",
-            "--xdp-iface",
-            "uplink",
-            "--retain-on-exit",
-            "--pin-root",
-        ])
-        .arg(&scratch.pin_root);
-    let daemon = L3lb::spawn(command, scratch.dir.path().join(log));
-    daemon.wait_for_log("fast path ready", DEADLINE);
-    daemon
-}
-
-fn inspect(scratch: &Scratch) -> serde_json::Value {
-    let out = Command::new(l3lb_binary())
-        .args(["inspect", "--json", "--pin-root"])
-        .arg(&scratch.pin_root)
-        .output()
-        .expect("l3lb inspect runs");
-    assert!(
-        out.status.success(),
-        "l3lb inspect: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn reasons(scratch: &Scratch) -> serde_json::Value {
-    inspect(scratch)["reasons"].clone()
-}
-
-fn packets(reasons: &serde_json::Value, reason: &str) -> u64 {
-    reasons[reason]["packets"].as_u64().unwrap_or(0)
+    write_manifest(dir, "web", yaml);
 }
 
 /// Flows from many source ports through both service addresses, TCP and UDP: each reaches a
@@ -416,7 +322,7 @@ fn steered_flows_skip_the_host_both_ways() {
     net.load_kube_proxy_rules();
     let scratch = Scratch::new("fpe2e");
     manifests(scratch.dir.path(), &[0, 1]);
-    let mut daemon = start(&net.node, &scratch, "l3lb-1.log");
+    let mut daemon = start(&net.node, &scratch, &["--retain-on-exit"], "l3lb-1.log");
     assert!(
         wait_until(DEADLINE, || net.reply_program_on(&scratch, "vp0")
             && net.reply_program_on(&scratch, "vp1")),
@@ -496,7 +402,7 @@ fn steered_flows_skip_the_host_both_ways() {
         Some(first.as_str()),
         "while down"
     );
-    let daemon = start(&net.node, &scratch, "l3lb-2.log");
+    let daemon = start(&net.node, &scratch, &["--retain-on-exit"], "l3lb-2.log");
     daemon.wait_for_log("updated in place on pod interfaces", DEADLINE);
     assert_eq!(
         held.request().as_deref(),
@@ -536,7 +442,7 @@ fn replies_go_straight_out_of_an_unnumbered_uplink() {
     );
     let scratch = Scratch::new("fpunnum");
     manifests(scratch.dir.path(), &[0, 1]);
-    let daemon = start(&net.node, &scratch, "l3lb.log");
+    let daemon = start(&net.node, &scratch, &["--retain-on-exit"], "l3lb.log");
     assert!(
         wait_until(DEADLINE, || net.reply_program_on(&scratch, "vp0")),
         "reply program attached; log:\n{}",

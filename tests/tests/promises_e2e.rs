@@ -21,8 +21,6 @@ use std::{
     collections::BTreeMap,
     io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -31,9 +29,9 @@ use std::{
 };
 
 use l3lb_tests::{
-    daemon::{L3lb, l3lb_binary},
+    fastpath::{Scratch, namespace, packets, reasons, start, sysctl, write_manifest},
     fixtures::{self, endpoint, port, service, slice},
-    netns::{self, NetNs, sh},
+    netns::{self, NetNs},
     privileged,
     traffic::{Connection, serve_pod},
     wait_until,
@@ -53,24 +51,6 @@ const DOWNLOAD_BYTES: usize = 1 << 20;
 const CLIENT_MTU_V4: u32 = 1400;
 const CLIENT_MTU_V6: u32 = 1280;
 const DEADLINE: Duration = Duration::from_secs(15);
-
-fn sysctl(ns: &NetNs, settings: &[&str]) {
-    for setting in settings {
-        sh(ns.command("sysctl").args(["-qw", setting]));
-    }
-}
-
-fn namespace(tag: &str) -> NetNs {
-    let ns = NetNs::new(tag);
-    sysctl(
-        &ns,
-        &[
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-        ],
-    );
-    ns
-}
 
 struct Net {
     client: NetNs,
@@ -287,75 +267,6 @@ fn manifests(dir: &std::path::Path) {
     write_manifest(dir, "big", yaml);
 }
 
-/// A manifest directory and a pin root of the test's own, removed when it ends.
-struct Scratch {
-    dir: tempfile::TempDir,
-    pin_root: PathBuf,
-}
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        Scratch {
-            dir: tempfile::Builder::new()
-                .prefix(&format!("l3lb-{tag}-"))
-                .tempdir()
-                .unwrap(),
-            pin_root: PathBuf::from(format!("/sys/fs/bpf/l3lb-{tag}-{}", std::process::id())),
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = Command::new("rm").arg("-rf").arg(&self.pin_root).status();
-    }
-}
-
-fn write_manifest(dir: &std::path::Path, name: &str, yaml: String) {
-    let tmp = dir.join(format!(".{name}.yaml.tmp"));
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, dir.join(format!("{name}.yaml"))).unwrap();
-}
-
-fn start(node: &NetNs, scratch: &Scratch, extra: &[&str]) -> L3lb {
-    let mut command = node.command(l3lb_binary().to_str().unwrap());
-    command.args([
-        "run",
-        "--node-name",
-        "node-a",
-        "--prefix",
-        "10.0.100.0/24,2001:db8:100::/64",
-        "--source",
-    ]);
-    command.arg(format!("file:{}", scratch.dir.path().display()));
-    command
-        .args(["--xdp", "--xdp-iface", "uplink", "--pin-root"])
-        .arg(&scratch.pin_root)
-        .args(extra);
-    let daemon = L3lb::spawn(command, scratch.dir.path().join("l3lb.log"));
-    daemon.wait_for_log("fast path ready", DEADLINE);
-    daemon
-}
-
-fn reasons(scratch: &Scratch) -> serde_json::Value {
-    let out = Command::new(l3lb_binary())
-        .args(["inspect", "--json", "--pin-root"])
-        .arg(&scratch.pin_root)
-        .output()
-        .expect("l3lb inspect runs");
-    assert!(
-        out.status.success(),
-        "l3lb inspect: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    inspect["reasons"].clone()
-}
-
-fn packets(reasons: &serde_json::Value, reason: &str) -> u64 {
-    reasons[reason]["packets"].as_u64().unwrap_or(0)
-}
-
 /// The MTU the pod's route cache holds for `client` (`ip route get`), if any.
 fn learned_mtu(pod: &NetNs, client: &str) -> Option<u32> {
     let family = if client.contains(':') { "-6" } else { "-4" };
@@ -380,7 +291,7 @@ fn path_mtu_discovery_and_pod_errors_go_through_the_fast_path() {
     let pod = &net.pods[0];
     let scratch = Scratch::new("pmtu");
     manifests(scratch.dir.path());
-    let daemon = start(&net.node, &scratch, &[]);
+    let daemon = start(&net.node, &scratch, &[], "l3lb.log");
     for (ip, client, mtu) in [
         (SERVICE_V4, "10.1.0.2", CLIENT_MTU_V4),
         (SERVICE_V6, "fd01::2", CLIENT_MTU_V6),
@@ -469,7 +380,7 @@ fn client_ip_affinity_keeps_a_client_on_one_pod() {
         "sticky",
         fixtures::documents([sticky.yaml(), endpoints.yaml()]),
     );
-    let daemon = start(&net.node, &scratch, &[]);
+    let daemon = start(&net.node, &scratch, &[], "l3lb.log");
     let service = SocketAddr::new(STICKY_V4.parse().unwrap(), 80);
     assert!(
         wait_until(DEADLINE, || pod_for_new_connection(&net.client, service)
@@ -569,7 +480,7 @@ fn jumbo_frames_through_native_xdp() {
         "jumbo",
         fixtures::documents([jumbo.yaml(), endpoints.yaml()]),
     );
-    let daemon = start(&net.node, &scratch, &["--xdp-mode", "native"]);
+    let daemon = start(&net.node, &scratch, &["--xdp-mode", "native"], "l3lb.log");
     let link = net.node.ip(&["link", "show", "uplink"]);
     assert!(
         link.contains(&format!("mtu {JUMBO_MTU}"))
@@ -627,7 +538,7 @@ fn fragmented_datagrams_reach_the_pod_whole() {
         "frag",
         fixtures::documents([big.yaml(), endpoints.yaml()]),
     );
-    let daemon = start(&net.node, &scratch, &[]);
+    let daemon = start(&net.node, &scratch, &[], "l3lb.log");
     let service = SocketAddr::new(FRAGMENTED_V4.parse().unwrap(), 80);
     let before = reasons(&scratch);
     for size in [3000, 3000, 2000] {
