@@ -11,7 +11,7 @@ use super::resources::{RESOURCES, ResIdx, ResourceDef};
 use super::route::Route;
 use super::selector::Filter;
 use super::server::{ApiRequest, Inner, RespBody, json_response, lock};
-use super::store::{meta_mut, meta_str, random_suffix};
+use super::store::{Store, meta_mut, meta_str, random_suffix};
 use super::validate;
 
 /// The field manager of a write: `fieldManager` if given, else (as upstream) the client's
@@ -211,14 +211,29 @@ pub(super) fn replace(
         return Err(ApiError::not_found(def, name));
     };
     check_precondition(def, name, &body, &old)?;
-    let mut new = scoped_update(def, route, &old, body);
+    commit_update(&mut store, route, &key.1, name, &old, body, req)
+}
+
+/// The end both update verbs share: keep what the (sub)resource may not change, record the
+/// writer's fields, validate, store.
+fn commit_update(
+    store: &mut Store,
+    route: &Route,
+    ns: &str,
+    name: &str,
+    old: &Value,
+    intended: Value,
+    req: &ApiRequest,
+) -> Result<Response<RespBody>, ApiError> {
+    let def = &RESOURCES[route.res];
+    let mut new = scoped_update(def, route, old, intended);
     managed::record(
-        Some(&old),
+        Some(old),
         &mut new,
         &writer(req, route.subresource.as_deref()),
     );
     validate::check(def, &new)?;
-    let obj = store.replace(route.res, &key.1, name, &old, new, req.dry_run());
+    let obj = store.replace(route.res, ns, name, old, new, req.dry_run());
     Ok(json_response(StatusCode::OK, &obj))
 }
 
@@ -271,15 +286,7 @@ pub(super) fn patch(
             None => meta.remove(field),
         };
     }
-    let mut new = scoped_update(def, route, &old, merged);
-    managed::record(
-        Some(&old),
-        &mut new,
-        &writer(req, route.subresource.as_deref()),
-    );
-    validate::check(def, &new)?;
-    let obj = store.replace(route.res, &key.1, name, &old, new, req.dry_run());
-    Ok(json_response(StatusCode::OK, &obj))
+    commit_update(&mut store, route, &key.1, name, &old, merged, req)
 }
 
 /// DeleteOptions preconditions, if the client sent a body.

@@ -224,10 +224,35 @@ pub fn ipv4(
 
 /// An ICMP echo request with a valid checksum.
 pub fn icmpv4_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'];
+    icmpv4_packet(
+        src,
+        dst,
+        vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'],
+    )
+}
+
+/// `icmp` (its checksum field zero) with its checksum filled in, in an IPv4 packet.
+fn icmpv4_packet(src: Ipv4Addr, dst: Ipv4Addr, mut icmp: Vec<u8>) -> Vec<u8> {
     let sum = checksum(0, &icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     Ipv4::new(PROTO_ICMP, src, dst).packet(&icmp)
+}
+
+/// `icmp` (its checksum field zero) with its checksum over the IPv6 pseudo-header filled in, in
+/// an IPv6 frame.
+fn icmpv6_packet(src: Ipv6Addr, dst: Ipv6Addr, mut icmp: Vec<u8>) -> Vec<u8> {
+    let sum = checksum(pseudo_header_v6(src, dst, PROTO_ICMPV6, icmp.len()), &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    ipv6_frame(PROTO_ICMPV6, src, dst, &icmp)
+}
+
+/// An ICMP (v4 or v6) error message, checksum zero: `kind`, `code`, the 4 bytes of `rest`, then
+/// `quote`.
+fn icmp_error_message(kind: u8, code: u8, rest: u32, quote: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    icmp
 }
 
 fn ipv6_frame(next_header: u8, src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
@@ -294,10 +319,11 @@ pub fn ipv6_with_extension(
 
 /// An ICMPv6 echo request with a valid checksum.
 pub fn icmpv6_echo(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
-    let mut icmp = vec![128, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'];
-    let sum = checksum(pseudo_header_v6(src, dst, PROTO_ICMPV6, icmp.len()), &icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    ipv6_frame(PROTO_ICMPV6, src, dst, &icmp)
+    icmpv6_packet(
+        src,
+        dst,
+        vec![128, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'],
+    )
 }
 
 /// An ICMPv4 error from `src` to `dst`: `kind`/`code`, the 4 bytes after the checksum (`rest`:
@@ -311,12 +337,7 @@ pub fn icmpv4_error(
     rest: u32,
     quote: &[u8],
 ) -> Vec<u8> {
-    let mut icmp = vec![kind, code, 0, 0];
-    icmp.extend_from_slice(&rest.to_be_bytes());
-    icmp.extend_from_slice(quote);
-    let sum = checksum(0, &icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    Ipv4::new(PROTO_ICMP, src, dst).packet(&icmp)
+    icmpv4_packet(src, dst, icmp_error_message(kind, code, rest, quote))
 }
 
 /// An ICMPv6 error (`kind` 1 unreachable, 2 packet too big with the MTU in `rest`, 3 time
@@ -329,12 +350,7 @@ pub fn icmpv6_error(
     rest: u32,
     quote: &[u8],
 ) -> Vec<u8> {
-    let mut icmp = vec![kind, code, 0, 0];
-    icmp.extend_from_slice(&rest.to_be_bytes());
-    icmp.extend_from_slice(quote);
-    let sum = checksum(pseudo_header_v6(src, dst, PROTO_ICMPV6, icmp.len()), &icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    ipv6_frame(PROTO_ICMPV6, src, dst, &icmp)
+    icmpv6_packet(src, dst, icmp_error_message(kind, code, rest, quote))
 }
 
 /// A UDP datagram from `src` to `dst` (valid checksum over all of it) as IPv4 fragments: the
