@@ -1,7 +1,7 @@
 //! What the fast path's end-to-end tests share: namespaces whose IPv6 addresses are usable at
-//! once, a manifest directory and a pin root per test (removed when it ends), the daemon started
-//! in a node with the fast path on its `uplink`, and its counters read back through
-//! `l3lb inspect`.
+//! once, the client's link to the router, a manifest directory and a pin root per test (removed
+//! when it ends), the daemon started in a node with the fast path on its `uplink`, and its
+//! counters read back through `l3lb inspect`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     daemon::{L3lb, l3lb_binary},
-    netns::{NetNs, sh},
+    netns::{self, NetNs, sh},
 };
 
 /// How long the daemon may take to load the fast path.
@@ -36,6 +36,23 @@ pub fn namespace(tag: &str) -> NetNs {
         ],
     );
     ns
+}
+
+/// The client's end of the e2e topologies: `client` (`eth0`: 10.1.0.2/24, fd01::2/64) linked to
+/// `router` (`to-client`: 10.1.0.1/24, fd01::1/64), with its default routes via the router.
+pub fn client_behind(router: &NetNs, client: &NetNs) {
+    netns::veth_pair(
+        client,
+        "eth0",
+        "10.1.0.2/24",
+        router,
+        "to-client",
+        "10.1.0.1/24",
+    );
+    client.ip(&["addr", "add", "fd01::2/64", "dev", "eth0", "nodad"]);
+    router.ip(&["addr", "add", "fd01::1/64", "dev", "to-client", "nodad"]);
+    client.ip(&["route", "add", "default", "via", "10.1.0.1"]);
+    client.ip(&["-6", "route", "add", "default", "via", "fd01::1"]);
 }
 
 /// A manifest directory and a pin root of the test's own, removed when it ends.

@@ -26,7 +26,9 @@ use std::{
 
 use l3lb_tests::{
     daemon::L3lb,
-    fastpath::{Scratch, inspect, namespace, packets, reasons, start, sysctl, write_manifest},
+    fastpath::{
+        Scratch, client_behind, inspect, namespace, packets, reasons, start, sysctl, write_manifest,
+    },
     netns::{self, NetNs, sh},
     privileged,
     traffic::{Connection, ask, serve_pod},
@@ -62,18 +64,7 @@ fn topology(uplink: Uplink) -> Net {
     let client = namespace("fc");
     let router = namespace("fr");
     let node = namespace("fn");
-    netns::veth_pair(
-        &client,
-        "eth0",
-        "10.1.0.2/24",
-        &router,
-        "to-client",
-        "10.1.0.1/24",
-    );
-    client.ip(&["addr", "add", "fd01::2/64", "dev", "eth0", "nodad"]);
-    router.ip(&["addr", "add", "fd01::1/64", "dev", "to-client", "nodad"]);
-    client.ip(&["route", "add", "default", "via", "10.1.0.1"]);
-    client.ip(&["-6", "route", "add", "default", "via", "fd01::1"]);
+    client_behind(&router, &client);
     match uplink {
         Uplink::Numbered => {
             netns::veth_pair(

@@ -29,7 +29,9 @@ use std::{
 };
 
 use l3lb_tests::{
-    fastpath::{Scratch, namespace, packets, reasons, start, sysctl, write_manifest},
+    fastpath::{
+        Scratch, client_behind, namespace, packets, reasons, start, sysctl, write_manifest,
+    },
     fixtures::{self, endpoint, port, service, slice},
     netns::{self, NetNs},
     privileged,
@@ -80,18 +82,7 @@ fn topology(links: Links) -> Net {
     let client = namespace("mc");
     let router = namespace("mr");
     let node = namespace("mn");
-    netns::veth_pair(
-        &client,
-        "eth0",
-        "10.1.0.2/24",
-        &router,
-        "to-client",
-        "10.1.0.1/24",
-    );
-    client.ip(&["addr", "add", "fd01::2/64", "dev", "eth0", "nodad"]);
-    router.ip(&["addr", "add", "fd01::1/64", "dev", "to-client", "nodad"]);
-    client.ip(&["route", "add", "default", "via", "10.1.0.1"]);
-    client.ip(&["-6", "route", "add", "default", "via", "fd01::1"]);
+    client_behind(&router, &client);
     if links == Links::NarrowToClient {
         // Only the router's side is narrow: the client keeps advertising a 1500-byte path (its
         // MSS), so the pod's full-size segments meet the narrow link at the router, which must
