@@ -1,7 +1,7 @@
 //! A running `l3lb` under test: started with its log captured to a file, searched by polling,
 //! and killed on drop so a failing test leaves no daemon behind.
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -98,6 +98,37 @@ impl L3lb {
     /// the status code and body, or `None` when nothing answers.
     pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
         l3lb::status_client::get(addr.parse().ok()?, path).ok()
+    }
+
+    /// The daemon on `node` with the kube source against the API server in `kubeconfig`, the
+    /// test prefixes (10.0.100.0/24, 2001:db8:100::/64) on `interface`, a 2 s lease in
+    /// `l3lb-system` and its HTTP endpoint on `metrics`.
+    pub fn kube(
+        node: &str,
+        interface: &str,
+        kubeconfig: &Path,
+        metrics: &str,
+        log: PathBuf,
+    ) -> L3lb {
+        let mut command = Command::new(l3lb_binary());
+        command.args(["run", "--metrics-addr", metrics, "--node-name", node]);
+        command.args(["--prefix", "10.0.100.0/24,2001:db8:100::/64"]);
+        command.args(["--interface", interface, "--source", "kube", "--kubeconfig"]);
+        command.arg(kubeconfig);
+        command.args(["--lease-namespace", "l3lb-system", "--lease-duration", "2s"]);
+        L3lb::spawn(command, log)
+    }
+
+    /// The value of one sample (name with labels, as exposed) on `/metrics` at `addr`.
+    pub fn metric(addr: &str, sample: &str) -> Option<f64> {
+        let (_, body) = L3lb::get(addr, "/metrics")?;
+        body.lines().find_map(|line| {
+            line.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     /// SIGTERM, then waits for a clean exit; returns whether it exited successfully.

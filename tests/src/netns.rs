@@ -98,6 +98,29 @@ impl NetNs {
     }
 }
 
+/// `ip -n NS …` for a namespace whose guard stays elsewhere: a scenario run on another thread
+/// (inside the namespace, with [`NetNs::run_inside`]) reads addresses while the test keeps the
+/// guard that deletes the namespace.
+pub struct IpIn(String);
+
+impl IpIn {
+    pub fn of(ns: &NetNs) -> IpIn {
+        IpIn(ns.name().to_owned())
+    }
+
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = sh(Command::new("ip").args(["-n", &self.0]).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether `interface` carries exactly `cidr` (`10.0.100.7/32`).
+    pub fn has_address(&self, interface: &str, cidr: &str) -> bool {
+        self.ip(&["-o", "addr", "show", "dev", interface])
+            .split_whitespace()
+            .any(|word| word == cidr)
+    }
+}
+
 /// [`NetNs::tx_checksum_off`] in the caller's namespace.
 pub fn tx_checksum_off(iface: &str) {
     #[repr(C)]

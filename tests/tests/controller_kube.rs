@@ -4,13 +4,13 @@
 //!
 //! The whole scenario runs on a thread inside the namespace, so the fake server listens on the
 //! namespace's 127.0.0.1 and the daemon (a child of that thread) shares it.
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use l3lb_tests::{
     daemon::{L3lb, l3lb_binary},
     fake_api::{FakeApiServer, WatchCache},
     fixtures::{self, endpoint, port},
-    netns::{NetNs, sh},
+    netns::{IpIn, NetNs},
     privileged, wait_until,
 };
 use serde_json::{Value, json};
@@ -46,59 +46,6 @@ fn scratch(tag: &str) -> tempfile::TempDir {
         .expect("creating a scratch directory")
 }
 
-fn start_l3lb(
-    node: &str,
-    interface: &str,
-    kubeconfig: &std::path::Path,
-    metrics: &str,
-    log: PathBuf,
-) -> L3lb {
-    let mut command = Command::new(l3lb_binary());
-    command.args(["run", "--metrics-addr", metrics]);
-    command.args([
-        "--node-name",
-        node,
-        "--prefix",
-        "10.0.100.0/24,2001:db8:100::/64",
-    ]);
-    command.args(["--interface", interface, "--source", "kube", "--kubeconfig"]);
-    command.arg(kubeconfig);
-    command.args(["--lease-namespace", "l3lb-system", "--lease-duration", "2s"]);
-    L3lb::spawn(command, log)
-}
-
-/// `ip -n NS …`, usable from inside the scenario thread (the guard stays with the test).
-struct Ip(String);
-
-impl Ip {
-    fn of(ns: &NetNs) -> Ip {
-        Ip(ns.name().to_owned())
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let out = sh(Command::new("ip").args(["-n", &self.0]).args(args));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-fn has_address(ns: &Ip, interface: &str, cidr: &str) -> bool {
-    ns.ip(&["-o", "addr", "show", "dev", interface])
-        .split_whitespace()
-        .any(|word| word == cidr)
-}
-
-/// The value of one sample (name with labels, as exposed) on `/metrics`.
-fn metric(addr: &str, sample: &str) -> Option<f64> {
-    let (_, body) = L3lb::get(addr, "/metrics")?;
-    body.lines().find_map(|line| {
-        line.strip_prefix(sample)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 fn has_event(server: &FakeApiServer, service: &str, reason: &str, note_contains: &str) -> bool {
     server.events().iter().any(|event| {
         event.pointer("/regarding/name").and_then(Value::as_str) == Some(service)
@@ -127,14 +74,14 @@ fn follows_the_api_and_fails_static() {
         return;
     }
     let ns = NetNs::new("ctlkube");
-    let oracle = Ip::of(&ns);
+    let oracle = IpIn::of(&ns);
     ns.run_inside(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(scenario(oracle));
     });
 }
 
-async fn scenario(ns: Ip) {
+async fn scenario(ns: IpIn) {
     let scratch = scratch("ctlkube");
     let server = FakeApiServer::start().await;
     server.enforce_rbac();
@@ -150,16 +97,15 @@ async fn scenario(ns: Ip) {
     ns.ip(&["addr", "add", "10.0.0.20/32", "dev", "lo"]); // the node's own loopback: not ours
 
     const HTTP: &str = "127.0.0.1:9474";
-    let mut daemon = start_l3lb(
+    let mut daemon = L3lb::kube(
         "node-a",
         "lo",
         &kubeconfig,
         HTTP,
         scratch.path().join("l3lb.log"),
     );
-    let converged = |cidr: &str, present: bool| {
-        wait_until(CONVERGE, || has_address(&ns, "lo", cidr) == present)
-    };
+    let converged =
+        |cidr: &str, present: bool| wait_until(CONVERGE, || ns.has_address("lo", cidr) == present);
 
     // A ready endpoint here: announced, both families.
     assert!(
@@ -178,7 +124,7 @@ async fn scenario(ns: Ip) {
         "ready once converged"
     );
     assert!(
-        wait_until(CONVERGE, || metric(HTTP, "l3lb_announced_addresses")
+        wait_until(CONVERGE, || L3lb::metric(HTTP, "l3lb_announced_addresses")
             == Some(2.0)),
         "metrics count the announced addresses: {:?}",
         L3lb::get(HTTP, "/metrics")
@@ -220,7 +166,7 @@ async fn scenario(ns: Ip) {
         daemon.log()
     );
     daemon.wait_for_log("forfeiting address 10.0.100.7", CONVERGE);
-    assert!(wait_until(CONVERGE, || metric(
+    assert!(wait_until(CONVERGE, || L3lb::metric(
         HTTP,
         "l3lb_announced_addresses"
     ) == Some(0.0)));
@@ -250,12 +196,13 @@ async fn scenario(ns: Ip) {
         daemon.log()
     );
     assert!(
-        has_address(&ns, "lo", "10.0.100.7/32"),
+        ns.has_address("lo", "10.0.100.7/32"),
         "fail static: still announced"
     );
-    assert!(has_address(&ns, "lo", "2001:db8:100::7/128"));
+    assert!(ns.has_address("lo", "2001:db8:100::7/128"));
     assert!(
-        metric(HTTP, "l3lb_watch_errors_total{resource=\"services\"}").is_some_and(|n| n >= 1.0),
+        L3lb::metric(HTTP, "l3lb_watch_errors_total{resource=\"services\"}")
+            .is_some_and(|n| n >= 1.0),
         "watch errors counted"
     );
 
@@ -308,19 +255,16 @@ async fn scenario(ns: Ip) {
 
     // SIGTERM without --retain-on-exit: owned addresses go, foreign ones stay.
     assert!(daemon.terminate(), "clean exit; log:\n{}", daemon.log());
+    assert!(!ns.has_address("lo", "10.0.100.7/32"), "withdrawn on exit");
     assert!(
-        !has_address(&ns, "lo", "10.0.100.7/32"),
+        !ns.has_address("lo", "2001:db8:100::7/128"),
         "withdrawn on exit"
     );
     assert!(
-        !has_address(&ns, "lo", "2001:db8:100::7/128"),
-        "withdrawn on exit"
-    );
-    assert!(
-        has_address(&ns, "lo", "10.0.0.20/32"),
+        ns.has_address("lo", "10.0.0.20/32"),
         "the node's own address untouched"
     );
-    assert!(has_address(&ns, "lo", "127.0.0.1/8"));
+    assert!(ns.has_address("lo", "127.0.0.1/8"));
 
     // It (re)listed through streaming lists, never from the watch cache's resourceVersion=0.
     let log = server.request_log();
@@ -382,28 +326,28 @@ fn one_status_writer_and_failover() {
         return;
     }
     let ns = NetNs::new("ctllease");
-    let oracle = Ip::of(&ns);
+    let oracle = IpIn::of(&ns);
     ns.run_inside(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(failover(oracle));
     });
 }
 
-async fn failover(ns: Ip) {
+async fn failover(ns: IpIn) {
     let scratch = scratch("ctllease");
     let server = FakeApiServer::start().await;
     server.enforce_rbac();
     let kubeconfig = scratch.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
     two_node_interfaces(&ns);
-    let mut a = start_l3lb(
+    let mut a = L3lb::kube(
         "node-a",
         "node-a0",
         &kubeconfig,
         "127.0.0.1:9474",
         scratch.path().join("a.log"),
     );
-    let mut b = start_l3lb(
+    let mut b = L3lb::kube(
         "node-b",
         "node-b0",
         &kubeconfig,
@@ -424,8 +368,9 @@ async fn failover(ns: Ip) {
         ((&mut b, "127.0.0.1:9475"), (&mut a, "127.0.0.1:9474"))
     };
     assert!(
-        wait_until(CONVERGE, || metric(leader_http, "l3lb_leader") == Some(1.0)
-            && metric(follower_http, "l3lb_leader") == Some(0.0)),
+        wait_until(CONVERGE, || L3lb::metric(leader_http, "l3lb_leader")
+            == Some(1.0)
+            && L3lb::metric(follower_http, "l3lb_leader") == Some(0.0)),
         "the leader gauge says who leads"
     );
 
@@ -473,7 +418,7 @@ async fn failover(ns: Ip) {
         server.events()
     );
     assert!(
-        wait_until(CONVERGE, || metric(follower_http, "l3lb_leader")
+        wait_until(CONVERGE, || L3lb::metric(follower_http, "l3lb_leader")
             == Some(1.0)),
         "the new leader's gauge"
     );
@@ -489,7 +434,7 @@ async fn failover(ns: Ip) {
     // time out and the leader steps down rather than keep a flag nobody can confirm.
     server.set_response_delay(Duration::from_secs(3));
     assert!(
-        wait_until(CONVERGE, || metric(follower_http, "l3lb_leader")
+        wait_until(CONVERGE, || L3lb::metric(follower_http, "l3lb_leader")
             == Some(0.0)),
         "a leader that cannot renew steps down; log:\n{}",
         follower.log()
@@ -505,7 +450,7 @@ async fn failover(ns: Ip) {
 
 /// Two "nodes" in one namespace, each on its own interface (a veth end: this kernel has no dummy
 /// driver), both reaching the server.
-fn two_node_interfaces(ns: &Ip) {
+fn two_node_interfaces(ns: &IpIn) {
     for (interface, peer) in [("node-a0", "node-a1"), ("node-b0", "node-b1")] {
         ns.ip(&[
             "link", "add", interface, "type", "veth", "peer", "name", peer,
@@ -557,14 +502,14 @@ fn status_l3lb_wrote_is_no_request() {
         return;
     }
     let ns = NetNs::new("ctlstatus");
-    let oracle = Ip::of(&ns);
+    let oracle = IpIn::of(&ns);
     ns.run_inside(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(own_status(oracle));
     });
 }
 
-async fn own_status(ns: Ip) {
+async fn own_status(ns: IpIn) {
     let scratch = scratch("ctlstatus");
     let server = FakeApiServer::start().await;
     server.enforce_rbac();
@@ -573,14 +518,14 @@ async fn own_status(ns: Ip) {
     two_node_interfaces(&ns);
     server.apply(service("web", "10.0.100.7"));
     server.apply(slice_on_both("web"));
-    let mut a = start_l3lb(
+    let mut a = L3lb::kube(
         "node-a",
         "node-a0",
         &kubeconfig,
         "127.0.0.1:9474",
         scratch.path().join("a.log"),
     );
-    let mut b = start_l3lb(
+    let mut b = L3lb::kube(
         "node-b",
         "node-b0",
         &kubeconfig,
@@ -589,8 +534,7 @@ async fn own_status(ns: Ip) {
     );
     let on_both = |cidr: &str, present: bool| {
         wait_until(CONVERGE, || {
-            has_address(&ns, "node-a0", cidr) == present
-                && has_address(&ns, "node-b0", cidr) == present
+            ns.has_address("node-a0", cidr) == present && ns.has_address("node-b0", cidr) == present
         })
     };
     assert!(
@@ -770,7 +714,7 @@ async fn many_services() {
         stale_by: 50,
         unpaginated_cache_lists: true,
     });
-    let mut daemon = start_l3lb(
+    let mut daemon = L3lb::kube(
         "node-a",
         "lo",
         &kubeconfig,

@@ -4,13 +4,13 @@
 //! on its interface; a new leader keeps every allocation, even after a status wipe; an exhausted
 //! pool is visible as an Event, a condition, a metric and the pool's status; a deleted Service's
 //! address goes to the next; a new, preferred pool moves nothing.
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::time::Duration;
 
 use l3lb_tests::{
-    daemon::{L3lb, l3lb_binary},
+    daemon::L3lb,
     fake_api::FakeApiServer,
     fixtures::{self, endpoint, port},
-    netns::{NetNs, sh},
+    netns::{IpIn, NetNs},
     privileged, wait_until,
 };
 use serde_json::{Value, json};
@@ -46,48 +46,6 @@ fn slice(service: &str, node: &str) -> Value {
         )
         .port(port("TCP", 8080))
         .json()
-}
-
-fn start_l3lb(
-    node: &str,
-    interface: &str,
-    kubeconfig: &std::path::Path,
-    http: &str,
-    log: PathBuf,
-) -> L3lb {
-    let mut command = Command::new(l3lb_binary());
-    command.args(["run", "--metrics-addr", http, "--node-name", node]);
-    command.args(["--prefix", "10.0.100.0/24,2001:db8:100::/64"]);
-    command.args(["--interface", interface, "--source", "kube", "--kubeconfig"]);
-    command.arg(kubeconfig);
-    command.args(["--lease-namespace", "l3lb-system", "--lease-duration", "2s"]);
-    L3lb::spawn(command, log)
-}
-
-struct Ip(String);
-
-impl Ip {
-    fn ip(&self, args: &[&str]) -> String {
-        let out = sh(Command::new("ip").args(["-n", &self.0]).args(args));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn has(&self, interface: &str, cidr: &str) -> bool {
-        self.ip(&["-o", "addr", "show", "dev", interface])
-            .split_whitespace()
-            .any(|word| word == cidr)
-    }
-}
-
-fn metric(addr: &str, sample: &str) -> Option<f64> {
-    let (_, body) = L3lb::get(addr, "/metrics")?;
-    body.lines().find_map(|line| {
-        line.strip_prefix(sample)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 fn svc(server: &FakeApiServer, name: &str) -> Value {
@@ -155,14 +113,14 @@ fn services_without_an_ip_get_one_from_a_pool() {
         return;
     }
     let ns = NetNs::new("pools");
-    let oracle = Ip(ns.name().to_owned());
+    let oracle = IpIn::of(&ns);
     ns.run_inside(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(scenario(oracle));
     });
 }
 
-async fn scenario(ns: Ip) {
+async fn scenario(ns: IpIn) {
     let scratch = tempfile::Builder::new()
         .prefix("l3lb-pools-")
         .tempdir()
@@ -183,14 +141,14 @@ async fn scenario(ns: Ip) {
 
     const A: &str = "127.0.0.1:9484";
     const B: &str = "127.0.0.1:9485";
-    let mut a = start_l3lb(
+    let mut a = L3lb::kube(
         "node-a",
         "node-a0",
         &kubeconfig,
         A,
         scratch.path().join("a.log"),
     );
-    let mut b = start_l3lb(
+    let mut b = L3lb::kube(
         "node-b",
         "node-b0",
         &kubeconfig,
@@ -226,11 +184,14 @@ async fn scenario(ns: Ip) {
     );
     // Only the node with the ready pod announces it.
     assert!(
-        wait_until(CONVERGE, || ns.has("node-a0", "10.0.100.32/32")),
+        wait_until(CONVERGE, || ns.has_address("node-a0", "10.0.100.32/32")),
         "node-a announces the allocation; {}",
         logs(&a, &b)
     );
-    assert!(!ns.has("node-b0", "10.0.100.32/32"), "node-b has no pod");
+    assert!(
+        !ns.has_address("node-b0", "10.0.100.32/32"),
+        "node-b has no pod"
+    );
     // Written once: later events (the node's Announced Event, pool status, renewals) change
     // nothing, so no second status write.
     let pool_used = |server: &FakeApiServer| {
@@ -294,12 +255,13 @@ async fn scenario(ns: Ip) {
     );
     let available = "l3lb_pool_addresses_available{pool=\"small\",family=\"IPv4\"}";
     assert!(
-        wait_until(CONVERGE, || metric(leader_http, available) == Some(0.0)),
+        wait_until(CONVERGE, || L3lb::metric(leader_http, available)
+            == Some(0.0)),
         "the leader's metric: {:?}",
         L3lb::get(leader_http, "/metrics")
     );
     assert_eq!(
-        metric(
+        L3lb::metric(
             leader_http,
             "l3lb_pool_addresses_in_use{pool=\"small\",family=\"IPv4\"}"
         ),
@@ -315,7 +277,7 @@ async fn scenario(ns: Ip) {
         "pool status shows the exhaustion"
     );
     assert_eq!(
-        metric(follower_http, available),
+        L3lb::metric(follower_http, available),
         None,
         "only the leader allocates"
     );
