@@ -705,18 +705,15 @@ fn flow_hash_is_deterministic() {
     assert_eq!(lb.reasons()[Reason::Rescheduled as usize].packets, 0);
 }
 
-#[test]
-fn replies_are_translated_back() {
-    if !privileged("replies_are_translated_back") {
-        return;
-    }
-    let mut lb = Lb::load();
-    let client = Ipv4Addr::new(192, 0, 2, 40);
-    let client6: Ipv6Addr = "2001:db8::40".parse().unwrap();
-    let service = Ipv4Addr::new(10, 96, 0, 40);
-    let service6: Ipv6Addr = "fd00:96::40".parse().unwrap();
-    let pod = Ipv4Addr::new(10, 244, 4, 5);
-    let pod6: Ipv6Addr = "fd00:244::45".parse().unwrap();
+/// The services of the translation tests, one backend each (ids 1–4): TCP 80 and UDP 53 on
+/// `service` to `pod` 8080 and 5353, TCP 443 and UDP 53 on `service6` to `pod6` 8443 and 5353.
+fn one_pod_services(
+    lb: &mut Lb,
+    service: Ipv4Addr,
+    service6: Ipv6Addr,
+    pod: Ipv4Addr,
+    pod6: Ipv6Addr,
+) {
     lb.add_service(
         ServiceKey::new(service.into(), 80, PROTO_TCP),
         1,
@@ -737,6 +734,21 @@ fn replies_are_translated_back() {
         4,
         &[(4, pod6.into(), 5353)],
     );
+}
+
+#[test]
+fn replies_are_translated_back() {
+    if !privileged("replies_are_translated_back") {
+        return;
+    }
+    let mut lb = Lb::load();
+    let client = Ipv4Addr::new(192, 0, 2, 40);
+    let client6: Ipv6Addr = "2001:db8::40".parse().unwrap();
+    let service = Ipv4Addr::new(10, 96, 0, 40);
+    let service6: Ipv6Addr = "fd00:96::40".parse().unwrap();
+    let pod = Ipv4Addr::new(10, 244, 4, 5);
+    let pod6: Ipv6Addr = "fd00:244::45".parse().unwrap();
+    one_pod_services(&mut lb, service, service6, pod, pod6);
 
     struct Reply {
         description: &'static str,
@@ -1114,26 +1126,7 @@ fn icmp_errors_follow_their_flow() {
     let service6: Ipv6Addr = "fd00:96::50".parse().unwrap();
     let pod = Ipv4Addr::new(10, 244, 5, 5);
     let pod6: Ipv6Addr = "fd00:244::55".parse().unwrap();
-    lb.add_service(
-        ServiceKey::new(service.into(), 80, PROTO_TCP),
-        1,
-        &[(1, pod.into(), 8080)],
-    );
-    lb.add_service(
-        ServiceKey::new(service.into(), 53, PROTO_UDP),
-        2,
-        &[(2, pod.into(), 5353)],
-    );
-    lb.add_service(
-        ServiceKey::new(service6.into(), 443, PROTO_TCP),
-        3,
-        &[(3, pod6.into(), 8443)],
-    );
-    lb.add_service(
-        ServiceKey::new(service6.into(), 53, PROTO_UDP),
-        4,
-        &[(4, pod6.into(), 5353)],
-    );
+    one_pod_services(&mut lb, service, service6, pod, pod6);
     // The flows: client ports 44000.. to each service.
     for request in [
         frames::ipv4(PROTO_TCP, client, service, 44000, 80, b"GET /"),
