@@ -1,9 +1,10 @@
 //! End to end on the lab (`l3lb_tests::lab`): a router and three nodes running FRR in network
-//! namespaces, a real `l3lb` per node, pods, and a client. Each test drives manifests and checks
+//! namespaces, a real `l3lb` per node with its fast path (one test runs the nodes the
+//! `--no-xdp` way, with nftables DNAT), pods, and a client. Each test drives manifests and checks
 //! what the router ends up with: the ECMP route to a service IP goes through exactly the nodes
 //! that host a ready pod, and the client's connections land only on those pods.
 //!
-//! Needs root, FRR, nftables and curl, and `target/debug/l3lb` (`cargo build -p l3lb`; `cargo
+//! Needs root, FRR, nftables, bpftool and curl, and `target/debug/l3lb` (`cargo build -p l3lb`; `cargo
 //! xtask test` builds it). Labs are heavy (eight FRR daemons each), so the tests take turns.
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -26,9 +27,14 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("an IP address")
 }
 
-/// A lab of its own for one test (unique namespace names), after the previous test's lab is
-/// gone. The guard must outlive the lab: declare it first.
+/// A lab of its own for one test (unique namespace names), with the fast path, after the
+/// previous test's lab is gone. The guard must outlive the lab: declare it first.
 fn lab_for(tag: &str, l3lb_args: &[&str]) -> (MutexGuard<'static, ()>, Lab) {
+    lab_with(tag, l3lb_args, true)
+}
+
+/// [`lab_for`], with the fast path or with the nodes' nftables DNAT instead.
+fn lab_with(tag: &str, l3lb_args: &[&str], fast_path: bool) -> (MutexGuard<'static, ()>, Lab) {
     let turn = ONE_LAB_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -38,6 +44,7 @@ fn lab_for(tag: &str, l3lb_args: &[&str]) -> (MutexGuard<'static, ()>, Lab) {
     }
     let mut options = LabOptions::new(&format!("l3lb-e2e-{}-{tag}", std::process::id()));
     options.l3lb_args = l3lb_args.iter().map(|arg| arg.to_string()).collect();
+    options.fast_path = fast_path;
     let lab = Lab::up(options).unwrap_or_else(|err| panic!("bringing the lab up: {err}"));
     (turn, lab)
 }
@@ -67,7 +74,7 @@ fn web(ips: &[&str], endpoints: Vec<Endpoint>) -> Service {
 
 /// Opens connections from the client to `ip` (each from a new source port) until every node in
 /// `hosts` answered at least once; every connection must land on one of them, and the pods must
-/// see the client's own address (the nodes DNAT, nothing SNATs).
+/// see the client's own address (the fast path or the nodes' DNAT translate the destination only).
 fn landings(lab: &mut Lab, ip: IpAddr, hosts: &[usize]) -> BTreeMap<String, usize> {
     let hosts: BTreeSet<String> = hosts.iter().map(|&node| lab::node_name(node)).collect();
     let client = match ip {
@@ -286,6 +293,116 @@ fn only_service_host_routes_reach_the_router() {
         pods,
         ["mixed-a", "mixed-a2", "mixed-b"].map(String::from).into()
     );
+}
+
+/// The fast path does the nodes' work: no node has a DNAT rule, each node's per-service counters
+/// grow with the connections it takes, and a client behind a link narrower than it says downloads
+/// 1 MiB from every node's pod in both families, the pods learning the path MTU from the
+/// router's ICMP errors, which the fast path hands to them.
+#[test]
+fn the_fast_path_carries_the_service_and_path_mtu_discovery() {
+    if !l3lb_tests::privileged("lab_e2e::the_fast_path_carries_the_service_and_path_mtu_discovery")
+    {
+        return;
+    }
+    let (_turn, mut lab) = lab_for("fastpath", &[]);
+    let (v4, v6) = (ip("10.0.100.7"), ip("2001:db8:100::7"));
+    let (at, _) = lab.apply(&web(
+        &["10.0.100.7", "2001:db8:100::7"],
+        vec![
+            Endpoint::ready("web-a", 0),
+            Endpoint::ready("web-b", 1),
+            Endpoint::ready("web-c", 2),
+        ],
+    ));
+    converge(&lab, v4, &[0, 1, 2], at);
+    converge(&lab, v6, &[0, 1, 2], at);
+    for node in 0..lab.nodes() {
+        assert_eq!(lab.dnat_rules(node), Vec::<String>::new(), "node {node}");
+    }
+    let steered = |lab: &Lab| -> Vec<u64> {
+        (0..lab.nodes())
+            .map(|node| {
+                let count = |ip| {
+                    lab.steered_packets(node, ip)
+                        .unwrap_or_else(|err| panic!("{err}"))
+                };
+                count(v4) + count(v6)
+            })
+            .collect()
+    };
+    let before = steered(&lab);
+    let mut landed = landings(&mut lab, v4, &[0, 1, 2]);
+    for (node, count) in landings(&mut lab, v6, &[0, 1, 2]) {
+        *landed.entry(node).or_default() += count;
+    }
+    let after = steered(&lab);
+    for node in 0..lab.nodes() {
+        // A connection is at least its SYN, the ACK of the reply, the request and a FIN.
+        let connections = landed[&lab::node_name(node)] as u64;
+        assert!(
+            after[node] - before[node] >= 4 * connections,
+            "{}'s fast path steered {} packets for {connections} connections",
+            lab::node_name(node),
+            after[node] - before[node]
+        );
+    }
+
+    // Each download hashes onto some node by its source port; until every pod learned the
+    // client's path MTU in both families, keep downloading (each one must complete).
+    let (mtu_v4, mtu_v6) = lab::CLIENT_LINK_MTU;
+    let wanted = [
+        (v4, IpAddr::V4(lab::CLIENT_IPV4), mtu_v4),
+        (v6, IpAddr::V6(lab::CLIENT_IPV6), mtu_v6),
+    ];
+    let pods = ["web-a", "web-b", "web-c"];
+    let learned = |lab: &Lab, client: IpAddr, mtu: u32| {
+        pods.iter()
+            .filter(|pod| lab.pod_path_mtu(pod, client) == Some(mtu))
+            .count()
+    };
+    for (service, client, mtu) in wanted {
+        let mut downloads = 0;
+        while learned(&lab, client, mtu) < pods.len() {
+            assert!(
+                downloads < 60,
+                "after {downloads} downloads from {service}, only {} of the pods learned MTU \
+                 {mtu} towards {client}\n{}",
+                learned(&lab, client, mtu),
+                lab.diagnostics()
+            );
+            let download = lab
+                .client_download(service, 1 << 20)
+                .unwrap_or_else(|err| panic!("{err}\n{}", lab.diagnostics()));
+            assert_eq!(download.bytes, 1 << 20);
+            downloads += 1;
+        }
+        eprintln!("{downloads} downloads from {service} taught every pod MTU {mtu}");
+    }
+}
+
+/// `cargo xtask lab --no-xdp`: without the fast path, the nodes DNAT with nftables (kube-proxy's
+/// way) and the service still works, path MTU discovery included (conntrack relates the ICMP
+/// errors).
+#[test]
+fn without_the_fast_path_the_nodes_dnat() {
+    if !l3lb_tests::privileged("lab_e2e::without_the_fast_path_the_nodes_dnat") {
+        return;
+    }
+    let (_turn, mut lab) = lab_with("nft", &[], false);
+    let v4 = ip("10.0.100.7");
+    let (at, _) = lab.apply(&web(
+        &["10.0.100.7"],
+        vec![Endpoint::ready("web-a", 0), Endpoint::ready("web-c", 2)],
+    ));
+    converge(&lab, v4, &[0, 2], at);
+    assert!(!lab.dnat_rules(0).is_empty(), "node-a has no DNAT rule");
+    assert!(!lab.pin_root(0).exists(), "l3lb pinned maps without --xdp");
+    landings(&mut lab, v4, &[0, 2]);
+    let download = lab
+        .client_download(v4, 1 << 20)
+        .unwrap_or_else(|err| panic!("{err}\n{}", lab.diagnostics()));
+    assert_eq!(download.bytes, 1 << 20);
 }
 
 /// A restart with `--retain-on-exit` is hitless: SIGTERM leaves the addresses on `lo`, the new

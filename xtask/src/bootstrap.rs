@@ -28,11 +28,13 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// What `cargo xtask lab` runs: FRR (bgpd and zebra, in /usr/lib/frr) on the router and the nodes,
-/// nftables for the nodes' DNAT to their pods, curl as the client.
+/// nftables for the nodes' DNAT to their pods (`--no-xdp`; with the fast path, to show there is
+/// none), bpftool to show a pinned map, curl as the client.
 pub const LAB_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("frr", "bgpd"),
     ("nftables", "nft"),
+    ("bpftool", "bpftool"),
     ("iputils-ping", "ping"),
     ("curl", "curl"),
 ];

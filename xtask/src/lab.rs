@@ -1,8 +1,8 @@
 //! `cargo xtask lab`: a BGP anycast fabric in network namespaces on this machine (a router and
-//! three nodes running FRR, one l3lb per node, pods and a client), walked through a service's
-//! life while showing routes, logs, client connections and convergence times. The lab itself is
-//! the `l3lb-lab` binary of the test crate (`tests/src/lab.rs`); this only prepares the machine,
-//! builds, and runs it.
+//! three nodes running FRR, one l3lb per node with its fast path, pods and a client), walked
+//! through a service's life while showing routes, logs, client connections, the fast path's maps
+//! and counters, and convergence times. The lab itself is the `l3lb-lab` binary of the test crate
+//! (`tests/src/lab/`); this only prepares the machine, builds, and runs it.
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
@@ -14,6 +14,10 @@ pub struct Options {
     /// Leave the lab running at the end (and print how to get into it).
     #[arg(long)]
     keep: bool,
+    /// The nodes DNAT to their pods with nftables (kube-proxy's way) instead of running l3lb's
+    /// fast path (`l3lb run --xdp`).
+    #[arg(long)]
+    no_xdp: bool,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -39,10 +43,14 @@ pub fn run(options: &Options) -> Result<()> {
         Some(Action::Down) => {
             lab.arg("down");
         }
-        None if options.keep => {
-            lab.arg("--keep");
+        None => {
+            if options.keep {
+                lab.arg("--keep");
+            }
+            if options.no_xdp {
+                lab.arg("--no-xdp");
+            }
         }
-        None => {}
     }
     // Ctrl-C reaches the whole foreground process group: the lab catches it and tears itself
     // down, which takes a moment. Wait for that instead of dying first and returning the prompt

@@ -255,11 +255,11 @@ pub fn render(report: &Report) -> String {
             interfaces.join(", ")
         );
     }
-    let _ = writeln!(out, "\n{:<20} {:>12} {:>14}", "REASON", "PACKETS", "BYTES");
+    let _ = writeln!(out, "\n{:<22} {:>12} {:>14}", "REASON", "PACKETS", "BYTES");
     for (reason, counter) in &report.reasons {
         let _ = writeln!(
             out,
-            "{reason:<20} {:>12} {:>14}",
+            "{reason:<22} {:>12} {:>14}",
             counter.packets, counter.bytes
         );
     }

@@ -1,5 +1,7 @@
 //! A pod of the lab: answers every HTTP request on `[::]:PORT` (IPv4 too) with its own name, its
-//! node, and the client address it saw, so a test can tell where a connection landed.
+//! node, and the client address it saw, so a test can tell where a connection landed; `GET
+//! /bytes/N` gets N bytes instead (up to 64 MiB), a download large enough to need path MTU
+//! discovery.
 //!
 //! `lab-pod --name web-a --node node-a [--port 80] [--ready FILE]` (FILE is created once it
 //! listens).
@@ -63,10 +65,13 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Reads the request head (whatever it asks for) and answers `pod=… node=… peer=…`.
+/// The largest `GET /bytes/N` served.
+const MAX_DOWNLOAD: usize = 64 << 20;
+
+/// Reads the request head and answers `pod=… node=… peer=…`, or N bytes for `GET /bytes/N`.
 fn serve(mut stream: TcpStream, name: &str, node: &str) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     let mut request = Vec::new();
     let mut buffer = [0u8; 1024];
     while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < 8192 {
@@ -78,12 +83,25 @@ fn serve(mut stream: TcpStream, name: &str, node: &str) {
     let peer = stream
         .peer_addr()
         .map_or_else(|err| err.to_string(), |peer| unmapped(peer).to_string());
-    let body = format!("pod={name} node={node} peer={peer}\n");
-    let response = format!(
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let body = match download_size(&request) {
+        Some(size) => vec![b'x'; size],
+        None => format!("pod={name} node={node} peer={peer}\n").into_bytes(),
+    };
+    let head = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let _ = stream.write_all(response.as_bytes());
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(&body));
+}
+
+/// N of a `GET /bytes/N` request line, if that is what it asks for.
+fn download_size(request: &[u8]) -> Option<usize> {
+    let line = request.split(|&b| b == b'\r').next()?;
+    let path = std::str::from_utf8(line).ok()?.split(' ').nth(1)?;
+    let size: usize = path.strip_prefix("/bytes/")?.parse().ok()?;
+    Some(size.min(MAX_DOWNLOAD))
 }
 
 /// IPv4 clients show up as `::ffff:a.b.c.d` on a dual-stack socket; report them as IPv4.
@@ -94,5 +112,29 @@ fn unmapped(peer: SocketAddr) -> SocketAddr {
             None => peer,
         },
         IpAddr::V4(_) => peer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_get_bytes_n_asks_for_a_download() {
+        assert_eq!(
+            download_size(b"GET /bytes/1048576 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(1 << 20)
+        );
+        assert_eq!(
+            download_size(b"GET /bytes/999999999999 HTTP/1.1\r\n\r\n"),
+            Some(MAX_DOWNLOAD)
+        );
+        for other in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET /bytes/x HTTP/1.1\r\n",
+            b"",
+        ] {
+            assert_eq!(download_size(other), None);
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The client behind the router: HTTP requests to service IPs with `curl`, answered by a pod.
-use std::{net::IpAddr, os::unix::process::CommandExt as _, process::Stdio};
+use std::{net::IpAddr, os::unix::process::CommandExt as _, process::Stdio, time::Duration};
 
 use super::SERVICE_PORT;
 use crate::netns::NetNs;
@@ -15,37 +15,74 @@ pub struct Reply {
     pub local_port: u16,
 }
 
-/// One `GET /` from the client (namespace `client`) to `ip` from source port `port`.
-pub(super) fn get(client: &NetNs, ip: IpAddr, port: u16) -> Result<Reply, String> {
-    let url = match ip {
-        IpAddr::V4(_) => format!("http://{ip}:{SERVICE_PORT}/"),
-        IpAddr::V6(_) => format!("http://[{ip}]:{SERVICE_PORT}/"),
-    };
+/// A download the client made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Download {
+    pub bytes: u64,
+    pub took: Duration,
+}
+
+fn url(ip: IpAddr, path: &str) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("http://{ip}:{SERVICE_PORT}{path}"),
+        IpAddr::V6(_) => format!("http://[{ip}]:{SERVICE_PORT}{path}"),
+    }
+}
+
+/// `curl -sS --max-time <seconds> <args>` in the client's namespace; its stdout.
+fn curl(client: &NetNs, seconds: u32, args: &[&str]) -> Result<String, String> {
     let out = client
         .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "3",
-            "--local-port",
-            &port.to_string(),
-            &url,
-        ])
+        .args(["-sS", "--max-time", &seconds.to_string()])
+        .args(args)
         .stdin(Stdio::null())
         .process_group(0)
         .output()
         .map_err(|err| format!("starting curl: {err}"))?;
     if !out.status.success() {
         return Err(format!(
-            "curl {url} from port {port}: {}",
+            "curl {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    parse(&String::from_utf8_lossy(&out.stdout), port).ok_or_else(|| {
-        format!(
-            "curl {url}: unexpected answer {:?}",
-            String::from_utf8_lossy(&out.stdout)
-        )
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One `GET /` from the client (namespace `client`) to `ip` from source port `port`.
+pub(super) fn get(client: &NetNs, ip: IpAddr, port: u16) -> Result<Reply, String> {
+    let url = url(ip, "/");
+    let body = curl(client, 3, &["--local-port", &port.to_string(), &url])?;
+    parse(&body, port).ok_or_else(|| format!("curl {url}: unexpected answer {body:?}"))
+}
+
+/// `GET /bytes/<bytes>` from the client to `ip`: a response far larger than the path MTU.
+pub(super) fn download(client: &NetNs, ip: IpAddr, bytes: u64) -> Result<Download, String> {
+    let url = url(ip, &format!("/bytes/{bytes}"));
+    let written = curl(
+        client,
+        20,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download} %{time_total}",
+            &url,
+        ],
+    )?;
+    let mut fields = written.split_whitespace();
+    let (Some(Ok(got)), Some(Ok(seconds))) = (
+        fields.next().map(str::parse::<u64>),
+        fields.next().map(str::parse::<f64>),
+    ) else {
+        return Err(format!("curl {url}: unexpected -w output {written:?}"));
+    };
+    if got != bytes {
+        return Err(format!("curl {url}: {got} of {bytes} bytes"));
+    }
+    Ok(Download {
+        bytes: got,
+        took: Duration::from_secs_f64(seconds),
     })
 }
 

@@ -15,10 +15,17 @@
 //! with one ECMP route per service IP across the nodes that host a ready pod.
 //!
 //! Pods are namespaces behind their node (a veth, a /30 and a /64 each) running `lab-pod`, which
-//! answers HTTP with its own name. For a request to a service IP to reach a pod, each node DNATs
-//! `service IP:80` to its local pods with one nftables rule per service IP: what kube-proxy does
+//! answers HTTP with its own name (or with N bytes for `GET /bytes/N`). A request to a service IP
+//! reaches a pod through l3lb's fast path by default (`l3lb run --xdp` on the node's uplink, maps
+//! pinned under `/sys/fs/bpf/<lab>/<node>`): no DNAT rule exists on any node, and the pod sees
+//! the client's address. With [`LabOptions::fast_path`] off, each node instead DNATs
+//! `service IP:80` to its local pods with one nftables rule per service IP, as kube-proxy does
 //! with `externalTrafficPolicy: Local`. (Routing the service IP on to a pod that also holds it
 //! does not work: the node has the IP on its own `lo`, so the local table delivers it first.)
+//!
+//! The router's link to the client is narrower than the rest (MTU 1400, IPv6 1280) while the
+//! client's own end says 1500: large replies need path MTU discovery, whose ICMP errors the
+//! router sends to the service address, and the node must hand them to the pod.
 //!
 //! Dropping the [`Lab`] stops every process gracefully (SIGTERM, then SIGKILL after a deadline),
 //! deletes the namespaces, FRR's crash-log directories and the temp dir, also when a test fails
@@ -27,9 +34,10 @@
 //!
 //! The parts, one file each: `topology` (namespaces, links, addresses), `frr` (configs, daemons,
 //! sessions, the router's routes), `node` (a node and its l3lb), `pods`, `proxy` (the nodes'
-//! DNAT), `manifests` (what the l3lbs read), `client` (requests from the client) and `teardown`
+//! DNAT without the fast path), `fastpath` (what the fast path shows), `manifests` (what the l3lbs read), `client` (requests from the client) and `teardown`
 //! (state file, keep, down, drop); [`Lab`] composes them.
 mod client;
+mod fastpath;
 mod frr;
 mod manifests;
 mod node;
@@ -49,7 +57,7 @@ use std::{
 };
 
 pub use self::{
-    client::Reply,
+    client::{Download, Reply},
     frr::{NOT_A_NODE, RouterView, nodes_label},
     manifests::{Endpoint, Service, pool as pool_manifest},
     teardown::STATE_DIR,
@@ -75,6 +83,9 @@ pub const FIRST_NODE_ASN: u32 = 65001;
 /// The client's addresses (behind the router), as the pods see them: the nodes DNAT, not SNAT.
 pub const CLIENT_IPV4: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
 pub const CLIENT_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 2);
+/// The MTU of the router's link to the client (IPv4, IPv6) while the client's own end and every
+/// other link say 1500: a pod's full-size replies need path MTU discovery to reach the client.
+pub const CLIENT_LINK_MTU: (u32, u32) = (1400, 1280);
 /// The port every service and pod listens on.
 pub const SERVICE_PORT: u16 = 80;
 /// Name of the lab `cargo xtask lab` runs (its namespaces are `l3lb-lab-…`).
@@ -88,6 +99,9 @@ pub struct LabOptions {
     pub nodes: usize,
     /// Extra arguments for every `l3lb run` (e.g. `--retain-on-exit`).
     pub l3lb_args: Vec<String>,
+    /// Every node runs `l3lb run --xdp` and the fast path takes service traffic to the pods
+    /// (the default); off, the nodes DNAT with nftables instead (kube-proxy's way).
+    pub fast_path: bool,
     pub l3lb: PathBuf,
     pub pod_server: PathBuf,
     /// When set (by a signal handler), every wait gives up with [`LabError::Interrupted`].
@@ -103,6 +117,7 @@ impl LabOptions {
             name: name.to_owned(),
             nodes: 3,
             l3lb_args: Vec::new(),
+            fast_path: true,
             l3lb: l3lb_binary(),
             pod_server: pod_binary(),
             cancel: None,
@@ -170,6 +185,11 @@ impl Lab {
             )));
         }
         let name = options.name.clone();
+        if fastpath::lab_pins(&name).is_none() {
+            return Err(LabError::Failed(format!(
+                "a lab's name is letters, digits, '-' and '_' (not {name:?})"
+            )));
+        }
         let taken: Vec<String> = namespaces_of(&name);
         if !taken.is_empty() {
             return Err(LabError::Failed(format!(
@@ -240,7 +260,12 @@ impl Lab {
         }
         lab.save_state();
 
-        say("one l3lb per node, all reading the lab's manifest directory");
+        say(if lab.options.fast_path {
+            "one l3lb per node with the fast path on its uplink, all reading the lab's manifest \
+             directory"
+        } else {
+            "one l3lb per node, all reading the lab's manifest directory; nftables DNAT to the pods"
+        });
         lab.update_proxy();
         for index in 0..lab.nodes.len() {
             lab.start_l3lb(index)?;
@@ -414,6 +439,12 @@ impl Lab {
         client::get(&self.client, ip, port)
     }
 
+    /// A `bytes`-long download from the client to `ip`, through the router's narrow link to
+    /// the client (see [`CLIENT_LINK_MTU`]).
+    pub fn client_download(&self, ip: IpAddr, bytes: u64) -> Result<Download, String> {
+        client::download(&self.client, ip, bytes)
+    }
+
     /// Stops a node's l3lb with SIGTERM and waits for it to exit.
     pub fn stop_l3lb(&mut self, node: usize) -> Result<ExitStatus, LabError> {
         self.nodes[node].stop_l3lb()
@@ -421,10 +452,12 @@ impl Lab {
 
     /// Starts a node's l3lb (again), logging to its log file, and waits until it has started.
     pub fn start_l3lb(&mut self, node: usize) -> Result<(), LabError> {
+        let pin_root = self.pin_root(node);
         let how = L3lbCommand {
             binary: &self.options.l3lb,
             extra_args: &self.options.l3lb_args,
             manifests: self.manifests.dir(),
+            pin_root: self.options.fast_path.then_some(pin_root.as_path()),
             cancel: self.options.cancel,
         };
         self.nodes[node].start_l3lb(&how)
@@ -484,8 +517,12 @@ impl Lab {
         self.pods.wait_ready(name)
     }
 
-    /// Rewrites every node's DNAT table from the Services.
+    /// Rewrites every node's DNAT table from the Services (without the fast path, which needs
+    /// none).
     fn update_proxy(&self) {
+        if self.options.fast_path {
+            return;
+        }
         for (index, node) in self.nodes.iter().enumerate() {
             let script = proxy::script(index, self.services.values(), |pod| {
                 self.pods.get(pod).map(|pod| pod.addresses)

@@ -32,8 +32,13 @@ pub(super) struct L3lbCommand<'a> {
     pub binary: &'a Path,
     pub extra_args: &'a [String],
     pub manifests: &'a Path,
+    /// With the fast path: where the node's l3lb pins its maps and links.
+    pub pin_root: Option<&'a Path>,
     pub cancel: Option<&'static AtomicBool>,
 }
+
+/// What l3lb logs once its fast path is attached and its maps are pinned.
+const FAST_PATH_READY: &str = "fast path ready";
 
 impl Node {
     /// Node `index` of lab `lab`: namespace `<lab>-node-x` and directory `<lab_dir>/node-x`.
@@ -52,7 +57,9 @@ impl Node {
         }
     }
 
-    /// Starts l3lb (again), logging to the node's log file, and waits until it has started.
+    /// Starts l3lb (again), logging to the node's log file, and waits until it has started (and,
+    /// with the fast path, until that is attached: until then service traffic would reach the
+    /// node's own stack).
     pub fn start_l3lb(&mut self, how: &L3lbCommand<'_>) -> Result<(), LabError> {
         assert!(self.l3lb.is_none(), "l3lb already runs on {}", self.name);
         let prefixes = SERVICE_PREFIXES.join(",");
@@ -65,9 +72,13 @@ impl Node {
         let mut command = self.ns.command(&how.binary.to_string_lossy());
         command
             .args(["run", "--node-name", &self.name, "--prefix", &prefixes])
-            .args(["--interface", "lo", "--source", &source])
-            .args(how.extra_args)
-            .env("NO_COLOR", "1");
+            .args(["--interface", "lo", "--source", &source]);
+        if let Some(pin_root) = how.pin_root {
+            command
+                .args(["--xdp", "--xdp-iface", "uplink", "--pin-root"])
+                .arg(pin_root);
+        }
+        command.args(how.extra_args).env("NO_COLOR", "1");
         writeln!(log, "==> lab: {}", describe(&command)).expect("writing the l3lb log");
         let started_at = log.metadata().map(|meta| meta.len()).unwrap_or(0);
         self.l3lb = Some(spawn_logged(&mut command, &log));
@@ -81,13 +92,23 @@ impl Node {
                     tail(&self.log, 30)
                 ))));
             }
-            let written = fs::metadata(&self.log).map(|meta| meta.len()).unwrap_or(0);
-            (written > started_at).then_some(Ok(()))
+            let since_start = since(&self.log, started_at);
+            let started = match how.pin_root {
+                Some(_) => since_start.contains(FAST_PATH_READY),
+                None => !since_start.is_empty(),
+            };
+            started.then_some(Ok(()))
         })
         .map_err(|err| match err {
-            LabError::Timeout(_) => {
-                LabError::Timeout(format!("l3lb on {name} logged nothing within 10 s"))
-            }
+            LabError::Timeout(_) => LabError::Timeout(format!(
+                "l3lb on {name} did not log {:?} within 10 s:\n{}",
+                if how.pin_root.is_some() {
+                    FAST_PATH_READY
+                } else {
+                    "anything"
+                },
+                tail(&self.log, 30)
+            )),
             other => other,
         })?
     }
@@ -140,15 +161,7 @@ impl Node {
 
     /// The lines l3lb logged since the last call.
     pub fn new_log_lines(&mut self) -> Vec<String> {
-        let Ok(mut file) = fs::File::open(&self.log) else {
-            return Vec::new();
-        };
-        let mut text = String::new();
-        if file.seek(SeekFrom::Start(self.log_offset)).is_err()
-            || file.read_to_string(&mut text).is_err()
-        {
-            return Vec::new();
-        }
+        let text = since(&self.log, self.log_offset);
         // Only whole lines; a line being written is read next time.
         let complete = text.rfind('\n').map_or(0, |end| end + 1);
         self.log_offset += complete as u64;
@@ -172,4 +185,16 @@ impl Node {
         }
         addresses
     }
+}
+
+/// What `log` holds from byte `offset` on.
+fn since(log: &Path, offset: u64) -> String {
+    let Ok(mut file) = fs::File::open(log) else {
+        return String::new();
+    };
+    let mut text = String::new();
+    if file.seek(SeekFrom::Start(offset)).is_err() || file.read_to_string(&mut text).is_err() {
+        return String::new();
+    }
+    text
 }

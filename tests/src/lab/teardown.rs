@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{
-    Lab, SERVICE_PREFIXES, frr,
+    Lab, SERVICE_PREFIXES, fastpath, frr,
     process::{alive, signal},
 };
 use crate::netns::NetNs;
@@ -121,8 +121,8 @@ impl Lab {
     }
 
     /// Tears down a lab left running (by [`Lab::keep`], or by a process that died): every
-    /// process in its namespaces, the namespaces, FRR's crash-log directories, its temp dir and
-    /// state file. Returns what it removed.
+    /// process in its namespaces, the namespaces, FRR's crash-log directories, the fast path's
+    /// pins, its temp dir and state file. Returns what it removed.
     pub fn down(name: &str) -> Vec<String> {
         let state = State::load(name);
         let mut namespaces: BTreeSet<String> = state.namespaces.iter().cloned().collect();
@@ -145,6 +145,9 @@ impl Lab {
         for namespace in &namespaces {
             drop(NetNs::existing(namespace));
             removed.push(format!("namespace {namespace}"));
+        }
+        if let Some(pins) = fastpath::remove_pins(name) {
+            removed.push(pins.display().to_string());
         }
         if let Some(dir) = &state.dir {
             // Only ever a directory the lab made itself.
@@ -188,12 +191,15 @@ impl Lab {
         removed
     }
 
-    /// What a lab named `name` left behind: namespaces and its state file.
+    /// What a lab named `name` left behind: namespaces, its state file and pins.
     pub fn leftovers(name: &str) -> Vec<String> {
         let mut left = namespaces_of(name);
         let state_file = State::file(name);
         if state_file.exists() {
             left.push(state_file.display().to_string());
+        }
+        if let Some(pins) = fastpath::lab_pins(name).filter(|pins| pins.exists()) {
+            left.push(pins.display().to_string());
         }
         left
     }
@@ -242,6 +248,8 @@ impl Drop for Lab {
         }
         let frr_pids: Vec<i32> = self.frr.iter().map(|child| child.id() as i32).collect();
         frr::remove_tmp(&frr_pids);
+        // The l3lbs remove their pins on SIGTERM, but not with `--retain-on-exit` or when killed.
+        fastpath::remove_pins(self.name());
         let _ = fs::remove_file(State::file(self.name()));
         let _ = fs::remove_dir(STATE_DIR); // only when no other lab's state is in it
         // The namespaces (fields) are deleted next, then the temp dir.

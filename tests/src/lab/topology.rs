@@ -6,7 +6,9 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use super::{CLIENT_IPV4, CLIENT_IPV6, FIRST_NODE_ASN, ROUTER_ASN, SERVICE_PREFIXES};
+use super::{
+    CLIENT_IPV4, CLIENT_IPV6, CLIENT_LINK_MTU, FIRST_NODE_ASN, ROUTER_ASN, SERVICE_PREFIXES,
+};
 use crate::netns::{self, NetNs};
 
 /// The ranges the nodes peer from (the router's `bgp listen range`).
@@ -77,9 +79,15 @@ pub(super) fn wire_router_and_client(router: &NetNs, client: &NetNs) {
             ("net.ipv4.ip_forward", "1"),
             ("net.ipv6.conf.all.forwarding", "1"),
             // Spread flows over the ECMP nexthops by ports too, not only by addresses: the lab
-            // has one client address.
-            ("net.ipv4.fib_multipath_hash_policy", "1"),
-            ("net.ipv6.fib_multipath_hash_policy", "1"),
+            // has one client address. Policy 3 with these fields (addresses, protocol, ports) is
+            // the 5-tuple hash computed from the packet itself, and symmetric: the ICMP errors
+            // the router sends about a pod's reply hash onto the node that holds the flow.
+            // Policy 1 prefers a hash the packet already carries (the sender's socket hash
+            // here, a NIC's RSS hash on hardware), and then sent some of them elsewhere.
+            ("net.ipv4.fib_multipath_hash_policy", "3"),
+            ("net.ipv4.fib_multipath_hash_fields", "0x0037"),
+            ("net.ipv6.fib_multipath_hash_policy", "3"),
+            ("net.ipv6.fib_multipath_hash_fields", "0x0037"),
             // Replies come back from whichever node the flow hashed to.
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
@@ -104,6 +112,14 @@ pub(super) fn wire_router_and_client(router: &NetNs, client: &NetNs) {
         "to-client",
     ]);
     client.ip(&["addr", "add", &format!("{CLIENT_IPV6}/64"), "dev", "uplink"]);
+    // Narrower towards the client than the client itself says: full-size replies from the pods
+    // make the router send "fragmentation needed" / "packet too big" to the service address.
+    let (mtu_v4, mtu_v6) = CLIENT_LINK_MTU;
+    router.ip(&["link", "set", "to-client", "mtu", &mtu_v4.to_string()]);
+    sysctl(
+        router,
+        &[("net.ipv6.conf.to-client.mtu", &mtu_v6.to_string())],
+    );
     default_routes(client, ROUTER_CLIENT_IPV4, ROUTER_CLIENT_IPV6);
 }
 
@@ -218,9 +234,11 @@ pub(super) fn describe(name: &str, nodes: &[&str]) -> String {
          router\n",
         "client"
     );
+    let (mtu_v4, mtu_v6) = CLIENT_LINK_MTU;
     out += &format!(
         "  {:<8} {:<22} AS {ROUTER_ASN}, to-client {ROUTER_CLIENT_IPV4}/24 \
-         {ROUTER_CLIENT_IPV6}/64, listens for BGP from {NODE_LINKS_V4} and {NODE_LINKS_V6}\n",
+         {ROUTER_CLIENT_IPV6}/64 (MTU {mtu_v4}, IPv6 {mtu_v6}: narrower than the client says), \
+         listens for BGP from {NODE_LINKS_V4} and {NODE_LINKS_V6}\n",
         "router",
         format!("{name}-router")
     );

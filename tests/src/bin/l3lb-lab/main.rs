@@ -1,13 +1,16 @@
 //! `cargo xtask lab`: builds a BGP anycast fabric in network namespaces (a router, three nodes
-//! running FRR and l3lb, pods, a client), then walks one service through its life while showing
-//! what the router learns and how fast: 3 replicas (ECMP over 3 nodes), one node drained, scaled
-//! to 1, deleted. Then a Service that names no IP gets one from an `L3lbIPPool`. Everything is
+//! running FRR and l3lb with its fast path, pods, a client), then walks one service through its
+//! life while showing what the router learns and how fast: 3 replicas (ECMP over 3 nodes), one
+//! node drained, scaled to 1, deleted. On the first step it shows the fast path at work
+//! (`fast_path`). Then a Service that names no IP gets one from an `L3lbIPPool`. Everything is
 //! torn down at the end, on failure and on Ctrl-C.
 //!
 //! ```text
-//! l3lb-lab [--keep] [--name NAME] [--nodes N]   run the demo (--keep: leave the lab up)
-//! l3lb-lab down [--name NAME]                    tear down a lab left up by --keep
+//! l3lb-lab [--keep] [--no-xdp] [--name NAME] [--nodes N]   run the demo (--keep: leave it up)
+//! l3lb-lab down [--name NAME]                               tear down a lab left up by --keep
 //! ```
+mod fast_path;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -42,6 +45,9 @@ struct Args {
     /// Leave the lab up at the end.
     #[arg(long)]
     keep: bool,
+    /// Nodes DNAT to their pods with nftables (kube-proxy's way) instead of l3lb's fast path.
+    #[arg(long)]
+    no_xdp: bool,
     /// The lab's name (its namespaces, processes and temp dir carry it).
     #[arg(long, global = true, default_value = lab::DEFAULT_NAME)]
     name: String,
@@ -203,16 +209,26 @@ fn demo(args: &Args) -> Result<(), LabError> {
     options.nodes = nodes;
     options.cancel = Some(&INTERRUPTED);
     options.progress = true;
+    options.fast_path = !args.no_xdp;
     let mut lab = Lab::up(options)?;
     println!(
         "  up in {} ms, all BGP sessions established\n",
         lab.age().as_millis()
     );
     println!("== topology\n{}", lab.topology());
-    println!(
-        "  pods answer `GET /` with their name; each node DNATs {SERVICE_V4}:80 and \
-         [{SERVICE_V6}]:80 to its own ready pods (kube-proxy, externalTrafficPolicy: Local)\n"
-    );
+    if lab.fast_path() {
+        println!(
+            "  pods answer `GET /` with their name; each node's fast path (l3lb --xdp) takes \
+             {SERVICE_V4}:80 and [{SERVICE_V6}]:80 from its uplink straight into its own ready \
+             pods (externalTrafficPolicy: Local), keeping the client's address\n"
+        );
+    } else {
+        println!(
+            "  pods answer `GET /` with their name; each node DNATs {SERVICE_V4}:80 and \
+             [{SERVICE_V6}]:80 to its own ready pods with nftables (kube-proxy, \
+             externalTrafficPolicy: Local)\n"
+        );
+    }
     for node in 0..nodes {
         lab.new_log_lines(node); // startup lines are not news
     }
@@ -276,6 +292,9 @@ fn demo(args: &Args) -> Result<(), LabError> {
         println!("  the router's kernel routes:");
         print_indented(&lab.router_kernel_routes(), "    ");
         client_checks(&mut lab, v4, v6, &set)?;
+        if number == 0 && lab.fast_path() {
+            fast_path::tour(&mut lab, SERVICE, v4, v6)?;
+        }
         println!();
     }
 
