@@ -26,7 +26,9 @@ use crate::{
     flow::select,
     maps::{L3LB_FRAGMENTS, L3LB_SERVICES, count, count_service},
     nat::decrement_ttl,
-    parse::{ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_LEN, IPV4_SRC, L4_DPORT, Packet},
+    parse::{
+        ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_FRAGMENT, IPV4_ID, IPV4_LEN, IPV4_SRC, L4_DPORT, Packet,
+    },
     tc_ingress::redirect,
 };
 
@@ -49,7 +51,7 @@ pub const FRAGMENT: i32 = i32::MIN + 1;
 #[inline(never)]
 pub fn forward(ctx: &TcContext, bytes: u64) -> i32 {
     let ether_type: u16 = ctx.load(12).unwrap_or(0);
-    let frag: u16 = ctx.load(ETH_LEN + 6).unwrap_or(0);
+    let frag: u16 = ctx.load(ETH_LEN + IPV4_FRAGMENT).unwrap_or(0);
     if ether_type != ETH_P_IPV4_BE {
         count(Reason::Fragment, bytes);
         return TC_ACT_OK;
@@ -167,7 +169,7 @@ fn finish(ctx: &TcContext, packet: &mut Packet, backend: &Backend, frag: u64, by
     }
     if u16::from_be(frag as u16) & IPV4_MF != 0 {
         // The datagram's key, in the flow key's place: its IP ID where the source port was.
-        let Ok(id) = ctx.load::<u16>(ETH_LEN + 4) else {
+        let Ok(id) = ctx.load::<u16>(ETH_LEN + IPV4_ID) else {
             count(Reason::Truncated, bytes);
             return TC_ACT_OK;
         };

@@ -29,14 +29,16 @@
 //! beyond the linear area and take the variable offsets that IPv4 options give.
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_skb_load_bytes, programs::TcContext};
 use l3lb_common::{BACKEND_DELIVERY, FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP};
+use network_types::icmp::Icmpv4Hdr;
 
 use crate::{
     csum::CsumDelta,
     maps::{L3LB_BACKENDS, L3LB_FLOWS, L3LB_REPLIES},
     nat::decrement_ttl,
     parse::{
-        ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_LEN, IPV4_SRC, IPV6_DST, IPV6_LEN, IPV6_SRC, L4_DPORT,
-        L4_SPORT, Packet, TCP_CHECK, UDP_CHECK,
+        ETH_LEN, ETH_TYPE, IPV4_CHECK, IPV4_DST, IPV4_FRAGMENT, IPV4_LEN, IPV4_PROTO, IPV4_SRC,
+        IPV4_TOTAL_LENGTH, IPV6_DST, IPV6_LEN, IPV6_NEXT_HEADER, IPV6_PAYLOAD_LENGTH, IPV6_SRC,
+        L4_DPORT, L4_SPORT, Packet, TCP_CHECK, UDP_CHECK,
     },
     tc_ingress::redirect,
 };
@@ -46,8 +48,9 @@ const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
 /// ICMP header: type, code, checksum, and 4 bytes (unused, or the next-hop MTU).
-const ICMP_LEN: usize = 8;
-const ICMP_CHECK: usize = 2;
+/// The ICMP header up to the quote; v4 and v6 share its layout.
+const ICMP_LEN: usize = Icmpv4Hdr::LEN;
+const ICMP_CHECK: usize = core::mem::offset_of!(Icmpv4Hdr, check);
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMPV6_DEST_UNREACH: u8 = 1;
@@ -141,7 +144,7 @@ fn parse_error(ctx: &TcContext, direction: Direction, quote: &mut Quote) -> bool
 fn parse_into(ctx: &TcContext, direction: Direction, quote: &mut Quote) -> Option<()> {
     // One buffer, reloaded header by header: every separate load would take its own stack slot.
     let mut buf = [0u8; IPV6_LEN];
-    let ether_type: u16 = load(ctx, 12)?;
+    let ether_type: u16 = load(ctx, ETH_TYPE)?;
     let key = &mut quote.key;
     let mut outer = [0u8; 16];
     let (icmp, inner_l3, inner_l4, ip_end);
@@ -149,11 +152,19 @@ fn parse_into(ctx: &TcContext, direction: Direction, quote: &mut Quote) -> Optio
         load_into(ctx, ETH_LEN, &mut buf, IPV4_LEN)?;
         let ihl = usize::from(buf[0] & 0x0f);
         // A fragmented error is left alone: its quote may be in another fragment.
-        let frag = u16::from_be_bytes([buf[6], buf[7]]);
-        if buf[0] >> 4 != 4 || ihl < 5 || frag & IPV4_MF_OFFSET != 0 || buf[9] != PROTO_ICMP {
+        let frag = u16::from_be_bytes([buf[IPV4_FRAGMENT], buf[IPV4_FRAGMENT + 1]]);
+        if buf[0] >> 4 != 4
+            || ihl < 5
+            || frag & IPV4_MF_OFFSET != 0
+            || buf[IPV4_PROTO] != PROTO_ICMP
+        {
             return None;
         }
-        ip_end = ETH_LEN + usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+        ip_end = ETH_LEN
+            + usize::from(u16::from_be_bytes([
+                buf[IPV4_TOTAL_LENGTH],
+                buf[IPV4_TOTAL_LENGTH + 1],
+            ]));
         let at = if direction == Direction::ToPod {
             IPV4_DST
         } else {
@@ -168,21 +179,26 @@ fn parse_into(ctx: &TcContext, direction: Direction, quote: &mut Quote) -> Optio
         inner_l3 = icmp + ICMP_LEN;
         load_into(ctx, inner_l3, &mut buf, IPV4_LEN)?;
         let inner_ihl = usize::from(buf[0] & 0x0f);
-        let frag = u16::from_be_bytes([buf[6], buf[7]]);
+        let frag = u16::from_be_bytes([buf[IPV4_FRAGMENT], buf[IPV4_FRAGMENT + 1]]);
         if buf[0] >> 4 != 4 || inner_ihl < 5 || frag & IPV4_OFFSET != 0 {
             return None;
         }
-        key.proto = buf[9];
+        key.proto = buf[IPV4_PROTO];
         key.family = FAMILY_IPV4;
         key.dst[..4].copy_from_slice(&buf[IPV4_SRC..IPV4_SRC + 4]);
         key.src[..4].copy_from_slice(&buf[IPV4_DST..IPV4_DST + 4]);
         inner_l4 = inner_l3 + inner_ihl * 4;
     } else if ether_type == ETH_P_IPV6_BE {
         load_into(ctx, ETH_LEN, &mut buf, IPV6_LEN)?;
-        if buf[0] >> 4 != 6 || buf[6] != PROTO_ICMPV6 {
+        if buf[0] >> 4 != 6 || buf[IPV6_NEXT_HEADER] != PROTO_ICMPV6 {
             return None;
         }
-        ip_end = ETH_LEN + IPV6_LEN + usize::from(u16::from_be_bytes([buf[4], buf[5]]));
+        ip_end = ETH_LEN
+            + IPV6_LEN
+            + usize::from(u16::from_be_bytes([
+                buf[IPV6_PAYLOAD_LENGTH],
+                buf[IPV6_PAYLOAD_LENGTH + 1],
+            ]));
         let at = if direction == Direction::ToPod {
             IPV6_DST
         } else {
@@ -203,7 +219,7 @@ fn parse_into(ctx: &TcContext, direction: Direction, quote: &mut Quote) -> Optio
             return None;
         }
         // Extension headers in the quote are not walked (as on the forward path).
-        key.proto = buf[6];
+        key.proto = buf[IPV6_NEXT_HEADER];
         key.family = FAMILY_IPV6;
         key.dst.copy_from_slice(&buf[IPV6_SRC..IPV6_SRC + 16]);
         key.src.copy_from_slice(&buf[IPV6_DST..IPV6_DST + 16]);

@@ -2,30 +2,56 @@
 //! packet memory between `data` and `data_end`, with a bounds check the verifier can follow
 //! before every access. Anything the fast path does not steer comes back as the [`Reason`] it
 //! passes with.
+use core::mem::offset_of;
+
 use l3lb_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
-pub const ETH_LEN: usize = 14;
-pub const IPV4_LEN: usize = 20;
-pub const IPV6_LEN: usize = 40;
-pub const TCP_LEN: usize = 20;
-pub const UDP_LEN: usize = 8;
+// Header sizes and field offsets, from `network-types`' wire layouts. The programs read and
+// write single fields at these offsets rather than whole header structs: each access then gets
+// its own bounds check at a constant offset, which the verifier follows, and nothing is copied
+// to the stack (the programs sit close to its 512-byte limit).
+pub const ETH_LEN: usize = EthHdr::LEN;
+pub const IPV4_LEN: usize = Ipv4Hdr::LEN;
+pub const IPV6_LEN: usize = Ipv6Hdr::LEN;
+pub const TCP_LEN: usize = TcpHdr::LEN;
+pub const UDP_LEN: usize = UdpHdr::LEN;
 
-/// Offset of the checksum within the IPv4 header.
-pub const IPV4_CHECK: usize = 10;
-/// Offsets of the TTL (IPv4) and the hop limit (IPv6).
-pub const IPV4_TTL: usize = 8;
-pub const IPV6_HOP_LIMIT: usize = 7;
-/// Offsets of the addresses within the IPv4 and IPv6 headers.
-pub const IPV4_SRC: usize = 12;
-pub const IPV4_DST: usize = 16;
-pub const IPV6_SRC: usize = 8;
-pub const IPV6_DST: usize = 24;
+/// Offset of the EtherType within the Ethernet header.
+pub const ETH_TYPE: usize = offset_of!(EthHdr, ether_type);
+/// Offsets within the IPv4 header.
+pub const IPV4_TOTAL_LENGTH: usize = offset_of!(Ipv4Hdr, tot_len);
+pub const IPV4_ID: usize = offset_of!(Ipv4Hdr, id);
+pub const IPV4_FRAGMENT: usize = offset_of!(Ipv4Hdr, frags);
+pub const IPV4_TTL: usize = offset_of!(Ipv4Hdr, ttl);
+pub const IPV4_PROTO: usize = offset_of!(Ipv4Hdr, proto);
+pub const IPV4_CHECK: usize = offset_of!(Ipv4Hdr, check);
+pub const IPV4_SRC: usize = offset_of!(Ipv4Hdr, src_addr);
+pub const IPV4_DST: usize = offset_of!(Ipv4Hdr, dst_addr);
+/// Offsets within the IPv6 header.
+pub const IPV6_PAYLOAD_LENGTH: usize = offset_of!(Ipv6Hdr, payload_len);
+pub const IPV6_NEXT_HEADER: usize = offset_of!(Ipv6Hdr, next_hdr);
+pub const IPV6_HOP_LIMIT: usize = offset_of!(Ipv6Hdr, hop_limit);
+pub const IPV6_SRC: usize = offset_of!(Ipv6Hdr, src_addr);
+pub const IPV6_DST: usize = offset_of!(Ipv6Hdr, dst_addr);
 /// Offsets of the ports within the TCP and UDP headers (the same for both).
-pub const L4_SPORT: usize = 0;
-pub const L4_DPORT: usize = 2;
+pub const L4_SPORT: usize = offset_of!(UdpHdr, src);
+pub const L4_DPORT: usize = offset_of!(UdpHdr, dst);
+const _: () = assert!(
+    offset_of!(TcpHdr, source) == L4_SPORT && offset_of!(TcpHdr, dest) == L4_DPORT,
+    "TCP and UDP ports sit at the same offsets"
+);
 /// Offsets of the checksum within the TCP and UDP headers.
-pub const TCP_CHECK: usize = 16;
-pub const UDP_CHECK: usize = 6;
+pub const TCP_CHECK: usize = offset_of!(TcpHdr, check);
+pub const UDP_CHECK: usize = offset_of!(UdpHdr, check);
+/// Offset of the UDP length, and of the TCP data offset (its high nibble).
+pub const UDP_LENGTH: usize = offset_of!(UdpHdr, len);
+pub const TCP_DATA_OFFSET: usize = offset_of!(TcpHdr, _bitfield_1);
 
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
@@ -101,7 +127,7 @@ fn is_ipv6_extension(next_header: u8) -> bool {
 /// is not trustworthy: a BIG TCP GSO packet carries 0 there.
 #[inline(always)]
 pub fn parse<const CHECK_IP_LENGTH: bool>(data: usize, data_end: usize) -> Result<Packet, Reason> {
-    let ether_type: u16 = read(data, data_end, 12)?;
+    let ether_type: u16 = read(data, data_end, ETH_TYPE)?;
     let l3 = ETH_LEN;
     let mut key = FlowKey::default();
     let l4;
@@ -120,19 +146,19 @@ pub fn parse<const CHECK_IP_LENGTH: bool>(data: usize, data_end: usize) -> Resul
         if vihl >> 4 != 4 || ihl < 5 {
             return Err(Reason::Truncated);
         }
-        let frags: [u8; 2] = read(data, data_end, l3 + 6)?;
+        let frags: [u8; 2] = read(data, data_end, l3 + IPV4_FRAGMENT)?;
         if u16::from_be_bytes(frags) & IPV4_MF_OFFSET != 0 {
             return Err(Reason::Fragment);
         }
         let header_len = ihl * 4;
-        let proto: u8 = read(data, data_end, l3 + 9)?;
+        let proto: u8 = read(data, data_end, l3 + IPV4_PROTO)?;
         let l4_min = match proto {
             PROTO_TCP => TCP_LEN,
             PROTO_UDP => UDP_LEN,
             _ => return Err(Reason::NotTcpUdp),
         };
         if CHECK_IP_LENGTH {
-            let tot_len: [u8; 2] = read(data, data_end, l3 + 2)?;
+            let tot_len: [u8; 2] = read(data, data_end, l3 + IPV4_TOTAL_LENGTH)?;
             if (u16::from_be_bytes(tot_len) as usize) < header_len + l4_min {
                 return Err(Reason::Truncated);
             }
@@ -152,7 +178,7 @@ pub fn parse<const CHECK_IP_LENGTH: bool>(data: usize, data_end: usize) -> Resul
         if version >> 4 != 6 {
             return Err(Reason::Truncated);
         }
-        let next_header: u8 = read(data, data_end, l3 + 6)?;
+        let next_header: u8 = read(data, data_end, l3 + IPV6_NEXT_HEADER)?;
         let l4_min = match next_header {
             PROTO_TCP => TCP_LEN,
             PROTO_UDP => UDP_LEN,
@@ -160,7 +186,7 @@ pub fn parse<const CHECK_IP_LENGTH: bool>(data: usize, data_end: usize) -> Resul
             _ => return Err(Reason::NotTcpUdp),
         };
         if CHECK_IP_LENGTH {
-            let payload_len: [u8; 2] = read(data, data_end, l3 + 4)?;
+            let payload_len: [u8; 2] = read(data, data_end, l3 + IPV6_PAYLOAD_LENGTH)?;
             if (u16::from_be_bytes(payload_len) as usize) < l4_min {
                 return Err(Reason::Truncated);
             }
@@ -206,7 +232,7 @@ pub fn validate(
 ) -> Result<(), Reason> {
     let l3 = packet.l3;
     let ip_end = if packet.key.family == FAMILY_IPV4 {
-        let total: [u8; 2] = read(data, data_end, l3 + 2)?;
+        let total: [u8; 2] = read(data, data_end, l3 + IPV4_TOTAL_LENGTH)?;
         let header_len = packet.l4 - l3;
         // The header's one's-complement sum, options included, must be all ones. Words are
         // summed as read (RFC 1071 §2(B): byte order does not matter).
@@ -227,7 +253,7 @@ pub fn validate(
         }
         l3 + u16::from_be_bytes(total) as usize
     } else {
-        let payload: [u8; 2] = read(data, data_end, l3 + 4)?;
+        let payload: [u8; 2] = read(data, data_end, l3 + IPV6_PAYLOAD_LENGTH)?;
         l3 + IPV6_LEN + u16::from_be_bytes(payload) as usize
     };
     if ip_end > frame_len || ip_end < packet.l4 {
@@ -235,12 +261,12 @@ pub fn validate(
     }
     let l4_len = ip_end - packet.l4;
     if packet.key.proto == PROTO_UDP {
-        let udp_len: [u8; 2] = read(data, data_end, packet.l4 + 4)?;
+        let udp_len: [u8; 2] = read(data, data_end, packet.l4 + UDP_LENGTH)?;
         if u16::from_be_bytes(udp_len) as usize != l4_len {
             return Err(Reason::Truncated);
         }
     } else {
-        let offset: u8 = read(data, data_end, packet.l4 + 12)?;
+        let offset: u8 = read(data, data_end, packet.l4 + TCP_DATA_OFFSET)?;
         let header_len = usize::from(offset >> 4) * 4;
         if header_len < TCP_LEN || header_len > l4_len {
             return Err(Reason::Truncated);
