@@ -35,12 +35,14 @@ pub enum Reason {
     NotTcpUdp = 3,
     /// TCP/UDP to an address/port/protocol that is no service here.
     NotService = 4,
-    /// A fragment the fast path does not translate: a later IPv4 fragment of no datagram whose
-    /// first fragment it steered (also one that arrived before its first), an IPv4 fragment of
-    /// neither TCP nor UDP, or any fragment on the XDP path. (Fragments of steered datagrams
-    /// are counted by the way they went, like whole packets.)
+    /// A fragment the fast path does not translate: a later fragment (IPv4, or IPv6 with its
+    /// fragment header right after the IPv6 header) of no datagram whose first fragment it
+    /// steered (also one that arrived before its first), a fragment of neither TCP nor UDP, or
+    /// any fragment on the XDP path. (Fragments of steered datagrams are counted by the way
+    /// they went, like whole packets.)
     Fragment = 5,
-    /// IPv6 with extension headers, which the program does not walk.
+    /// IPv6 with extension headers (other than a fragment header right after the IPv6 header),
+    /// which the program does not walk.
     Ipv6Extension = 6,
     /// Malformed: shorter than the headers or the length it announces, an IPv4 header it cannot
     /// parse or whose checksum is wrong, a UDP length that disagrees with the IP length, a TCP
@@ -289,7 +291,7 @@ pub mod capacity {
     pub const BACKENDS: u32 = 65_536;
     /// Tracked flows (LRU: the least recently used are evicted when full).
     pub const FLOWS: u32 = 262_144;
-    /// IPv4 datagrams in flight as fragments (LRU; an entry lives until evicted).
+    /// Datagrams in flight as fragments, both families (LRU; an entry lives until evicted).
     pub const FRAGMENTS: u32 = 8_192;
     /// Clients with session affinity, across services (LRU).
     pub const AFFINITY: u32 = 65_536;

@@ -1,38 +1,47 @@
-//! IPv4 fragments of service datagrams, on the uplinks' TC ingress. Only a datagram's first
-//! fragment carries the ports, so it is steered like a whole packet (its UDP/TCP checksum,
-//! which covers the whole datagram, is updated incrementally: the delta needs none of the rest)
-//! and its backend remembered under (source, destination, protocol, IP ID) in `L3LB_FRAGMENTS`,
-//! as Cilium does; later fragments with the same identity get the same destination address
-//! (the IP header checksum is all they carry) and the same delivery. The pod reassembles the
-//! datagram. kube-proxy gets the same from conntrack's defragmentation.
+//! Fragments of service datagrams, on the uplinks' TC ingress: IPv4 fragments, and IPv6 ones
+//! whose fragment header directly follows the IPv6 header (what senders emit; other extension
+//! headers pass, as everywhere). Only a datagram's first fragment carries the ports, so it is
+//! steered like a whole packet (its UDP/TCP checksum, which covers the whole datagram, is
+//! updated incrementally: the delta needs none of the rest) and its backend remembered under
+//! (source, destination, protocol, fragment ID) in `L3LB_FRAGMENTS`, as Cilium does; later
+//! fragments with the same identity get the same destination address (the IPv4 header checksum
+//! is all they carry; IPv6 has none) and the same delivery. The pod reassembles the datagram.
+//! kube-proxy gets the same from conntrack's defragmentation.
 //!
 //! A later fragment with no entry (one that arrived before its first fragment, or belongs to no
 //! steered datagram) passes untouched and is counted as `Fragment`: the kernel then has a
 //! datagram it cannot complete, which times out in its reassembly queue. Reordering that puts
 //! a later fragment first is rare on a routed path; buffering it here is not possible in TC.
 //!
-//! Not handled yet: IPv6 fragment headers (passed as `Ipv6Extension`), fragments on the XDP
-//! path, and a pod's fragmented replies (they leave untranslated, as before).
+//! Not handled: fragments on the XDP path (passed, counted as `Fragment`), and a pod's
+//! fragmented replies (they leave untranslated).
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK},
     programs::TcContext,
 };
 use l3lb_common::{
-    BACKEND_DELIVERY, Backend, FAMILY_IPV4, FlowKey, PROTO_TCP, PROTO_UDP, Reason, ServiceEntry,
-    ServiceKey,
+    BACKEND_DELIVERY, Backend, FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP, Reason,
+    ServiceEntry, ServiceKey,
 };
 
 use crate::{
     flow::select,
     maps::{L3LB_FRAGMENTS, L3LB_SERVICES, count, count_service},
-    nat::decrement_ttl,
+    nat::{End, decrement_ttl, rewrite, ttl},
     parse::{
-        ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_FRAGMENT, IPV4_ID, IPV4_LEN, IPV4_SRC, L4_DPORT, Packet,
+        ETH_LEN, ETH_TYPE, IPV4_CHECK, IPV4_DST, IPV4_FRAGMENT, IPV4_ID, IPV4_LEN, IPV4_SRC,
+        IPV6_DST, IPV6_LEN, IPV6_SRC, L4_DPORT, Packet,
     },
     tc_ingress::redirect,
 };
 
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
+/// The IPv6 fragment header (RFC 8200 §4.5): next header, reserved, offset and M flag, ID.
+const IPV6_FRAGMENT_LEN: usize = 8;
+/// The fragment offset bits (host order) of its offset/flags field, and the M flag.
+const IPV6_OFFSET: u16 = 0xfff8;
+const IPV6_MORE: u16 = 0x0001;
 /// The fragment offset bits of the flags/offset field (host order).
 const IPV4_OFFSET: u16 = 0x1fff;
 /// The "more fragments" flag.
@@ -45,17 +54,29 @@ pub const FRAGMENT: i32 = i32::MIN + 1;
 
 /// Steers a fragment of a service datagram, counted; returns the TC verdict.
 ///
+/// Inlined into the entry point, so that each family's chain starts right below it: one more
+/// frame in between would push the chain past BPF's 512 bytes.
+#[inline(always)]
+pub fn forward(ctx: &TcContext, bytes: u64) -> i32 {
+    let ether_type: u16 = ctx.load(ETH_TYPE).unwrap_or(0);
+    if ether_type == ETH_P_IPV6_BE {
+        forward_v6(ctx, bytes)
+    } else if ether_type == ETH_P_IPV4_BE {
+        forward_v4(ctx, bytes)
+    } else {
+        count(Reason::Fragment, bytes);
+        TC_ACT_OK
+    }
+}
+
+/// An IPv4 fragment; returns the TC verdict, counted.
+///
 /// The steps of a first fragment are calls of their own, made one after the other from here:
 /// nested or inlined, their stack frames (the backend choice's above all) would add up past
 /// BPF's 512 bytes for the call chain. What they share lives in this frame.
 #[inline(never)]
-pub fn forward(ctx: &TcContext, bytes: u64) -> i32 {
-    let ether_type: u16 = ctx.load(12).unwrap_or(0);
+fn forward_v4(ctx: &TcContext, bytes: u64) -> i32 {
     let frag: u16 = ctx.load(ETH_LEN + IPV4_FRAGMENT).unwrap_or(0);
-    if ether_type != ETH_P_IPV4_BE {
-        count(Reason::Fragment, bytes);
-        return TC_ACT_OK;
-    }
     if u16::from_be(frag) & IPV4_OFFSET != 0 {
         return later(ctx, bytes);
     }
@@ -265,7 +286,7 @@ fn rewrite_destination(ctx: &TcContext, old: &[u8; 16], new: &[u8; 16]) -> Resul
 fn deliver(ctx: &TcContext, backend: &Backend) -> (i32, Reason) {
     let packet = Packet {
         key: FlowKey {
-            family: FAMILY_IPV4,
+            family: backend.family,
             ..FlowKey::default()
         },
         l3: ETH_LEN,
@@ -275,4 +296,171 @@ fn deliver(ctx: &TcContext, backend: &Backend) -> (i32, Reason) {
         return (TC_ACT_OK, Reason::Forwarded);
     }
     redirect(backend)
+}
+
+/// An IPv6 fragment (its fragment header right after the IPv6 header; the parser sends no
+/// other here); returns the TC verdict, counted. Its own call chain, laid out as the IPv4 one.
+#[inline(never)]
+fn forward_v6(ctx: &TcContext, bytes: u64) -> i32 {
+    let mut packet = Packet {
+        key: FlowKey::default(),
+        l3: ETH_LEN,
+        l4: ETH_LEN + IPV6_LEN + IPV6_FRAGMENT_LEN,
+    };
+    // The offset/flags field and the ID, once the addresses and protocol are in the key.
+    let mut fragment = Fragment6::default();
+    let reason = datagram_v6(ctx, &mut packet.key, &mut fragment);
+    if reason != DONE {
+        count(Reason::Fragment, bytes);
+        return TC_ACT_OK;
+    }
+    if fragment.offset_flags & IPV6_OFFSET != 0 {
+        return later_v6(ctx, &packet.key, &fragment, bytes);
+    }
+    let mut service = ServiceEntry::default();
+    let mut backend = Backend::default();
+    let mut reason = prepare_v6(ctx, &mut packet, &mut service);
+    if reason == DONE {
+        reason = pick(&packet.key, &service, bytes, &mut backend);
+    }
+    if reason != DONE {
+        count(reason_of(reason), bytes);
+        return TC_ACT_OK;
+    }
+    let action = finish_v6(ctx, &mut packet, &backend, &fragment, bytes);
+    count_service(service.id, bytes);
+    action
+}
+
+/// What an IPv6 fragment header says besides the next header.
+#[derive(Default)]
+struct Fragment6 {
+    /// Offset (in 8-byte units, shifted left by 3) and the M flag, host order.
+    offset_flags: u16,
+    /// The identification, as on the wire.
+    id: [u8; 4],
+}
+
+/// The datagram's addresses and protocol into `key`, the fragment header into `fragment`.
+/// Returns [`DONE`], or `Fragment` for what is not a TCP/UDP fragment the program can follow.
+#[inline(never)]
+fn datagram_v6(ctx: &TcContext, key: &mut FlowKey, fragment: &mut Fragment6) -> u32 {
+    let Ok(header) = ctx.load::<[u8; IPV6_FRAGMENT_LEN]>(ETH_LEN + IPV6_LEN) else {
+        return Reason::Fragment as u32;
+    };
+    let proto = header[0];
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Reason::Fragment as u32;
+    }
+    let (Ok(src), Ok(dst)) = (
+        ctx.load::<[u8; 16]>(ETH_LEN + IPV6_SRC),
+        ctx.load::<[u8; 16]>(ETH_LEN + IPV6_DST),
+    ) else {
+        return Reason::Fragment as u32;
+    };
+    key.src = src;
+    key.dst = dst;
+    key.proto = proto;
+    key.family = FAMILY_IPV6;
+    fragment.offset_flags = u16::from_be_bytes([header[2], header[3]]);
+    fragment.id = [header[4], header[5], header[6], header[7]];
+    DONE
+}
+
+/// The datagram's key in `L3LB_FRAGMENTS`: its addresses and protocol, the 32-bit ID where the
+/// ports are (IPv4 entries hold a 16-bit ID and the family tells them apart).
+#[inline(always)]
+fn datagram_key_v6(key: &FlowKey, fragment: &Fragment6) -> FlowKey {
+    FlowKey {
+        sport_be: u16::from_ne_bytes([fragment.id[0], fragment.id[1]]),
+        dport_be: u16::from_ne_bytes([fragment.id[2], fragment.id[3]]),
+        ..*key
+    }
+}
+
+/// The first fragment's ports into `packet`, its service into `service`. Returns [`DONE`] or
+/// the reason it passes.
+#[inline(never)]
+fn prepare_v6(ctx: &TcContext, packet: &mut Packet, service: &mut ServiceEntry) -> u32 {
+    let Ok(ports) = ctx.load::<[u16; 2]>(packet.l4) else {
+        return Reason::Fragment as u32;
+    };
+    packet.key.sport_be = ports[0];
+    packet.key.dport_be = ports[1];
+    let service_key = ServiceKey {
+        addr: packet.key.dst,
+        port_be: ports[1],
+        proto: packet.key.proto,
+        family: FAMILY_IPV6,
+    };
+    // SAFETY: copied out at once.
+    match unsafe { L3LB_SERVICES.get(service_key) } {
+        Some(entry) => {
+            *service = *entry;
+            DONE
+        }
+        None => Reason::NotService as u32,
+    }
+}
+
+/// Rewrites the first fragment to `backend` (nat.rs's rewrite: the fragment header sits
+/// between the IPv6 and the TCP/UDP header, which `packet.l4` accounts for), remembers the
+/// datagram's backend when more fragments follow, delivers it, and counts it.
+#[inline(never)]
+fn finish_v6(
+    ctx: &TcContext,
+    packet: &mut Packet,
+    backend: &Backend,
+    fragment: &Fragment6,
+    bytes: u64,
+) -> i32 {
+    // The headers up to the ports must be in the linear area for direct access.
+    let end = (packet.l4 + 4) as u32;
+    if (ctx.data_end() - ctx.data()) < end as usize && ctx.pull_data(end).is_err() {
+        count(Reason::Truncated, bytes);
+        return TC_ACT_OK;
+    }
+    let direct = backend.flags & BACKEND_DELIVERY != 0 && ttl(ctx, packet).unwrap_or(0) > 1;
+    if rewrite(
+        ctx,
+        packet,
+        End::Destination,
+        &backend.addr,
+        backend.port_be,
+        direct,
+    )
+    .is_err()
+    {
+        count(Reason::Truncated, bytes);
+        return TC_ACT_OK;
+    }
+    if fragment.offset_flags & IPV6_MORE != 0 {
+        let datagram = datagram_key_v6(&packet.key, fragment);
+        let _ = L3LB_FRAGMENTS.insert(datagram, *backend, u64::from(BPF_ANY));
+    }
+    let (action, reason) = if direct {
+        redirect(backend)
+    } else {
+        (TC_ACT_OK, Reason::Forwarded)
+    };
+    count(reason, bytes);
+    action
+}
+
+/// A later IPv6 fragment: only the destination address (IPv6 has no header checksum).
+#[inline(never)]
+fn later_v6(ctx: &TcContext, key: &FlowKey, fragment: &Fragment6, bytes: u64) -> i32 {
+    let datagram = datagram_key_v6(key, fragment);
+    // SAFETY: copied out at once.
+    let Some(backend) = (unsafe { L3LB_FRAGMENTS.get(datagram) }).copied() else {
+        count(Reason::Fragment, bytes);
+        return TC_ACT_OK;
+    };
+    if ctx.store(ETH_LEN + IPV6_DST, &backend.addr, 0).is_err() {
+        count(Reason::Truncated, bytes);
+        return TC_ACT_OK;
+    }
+    let (action, reason) = deliver(ctx, &backend);
+    count(reason, bytes);
+    action
 }

@@ -46,10 +46,11 @@ pub static L3LB_REPLIES: LruHashMap<FlowKey, ReplyNat, { capacity::FLOWS as usiz
 pub static L3LB_AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY as usize }> =
     LruHashMap::new();
 
-/// IPv4 datagrams in flight as fragments, whose first fragment was steered: the backend each
-/// went to, so later fragments (which carry no ports) follow it (frag.rs). The key is a
-/// `FlowKey` of the datagram's addresses and protocol with the IP ID in `sport_be` (network
-/// order) and 0 in `dport_be`. LRU: a datagram's entry goes when newer ones push it out.
+/// Datagrams in flight as fragments, whose first fragment was steered: the backend each went
+/// to, so later fragments (which carry no ports) follow it (frag.rs). The key is a `FlowKey` of
+/// the datagram's addresses, protocol and family with its fragment ID where the ports are
+/// (network order): IPv4's 16-bit ID in `sport_be` and 0 in `dport_be`, IPv6's 32-bit one across
+/// both. LRU: a datagram's entry goes when newer ones push it out.
 #[btf_map]
 pub static L3LB_FRAGMENTS: LruHashMap<FlowKey, Backend, { capacity::FRAGMENTS as usize }> =
     LruHashMap::new();

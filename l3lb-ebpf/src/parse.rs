@@ -56,6 +56,9 @@ pub const TCP_DATA_OFFSET: usize = offset_of!(TcpHdr, _bitfield_1);
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 
+/// The IPv6 fragment header's next-header value.
+const IPV6_FRAGMENT_HEADER: u8 = 44;
+
 /// IPv4 "more fragments" flag and fragment offset, in host order of the flags/offset field.
 const IPV4_MF_OFFSET: u16 = 0x3fff;
 
@@ -182,6 +185,8 @@ pub fn parse<const CHECK_IP_LENGTH: bool>(data: usize, data_end: usize) -> Resul
         let l4_min = match next_header {
             PROTO_TCP => TCP_LEN,
             PROTO_UDP => UDP_LEN,
+            // A fragment header right after the IPv6 header: frag.rs follows the datagram.
+            IPV6_FRAGMENT_HEADER => return Err(Reason::Fragment),
             other if is_ipv6_extension(other) => return Err(Reason::Ipv6Extension),
             _ => return Err(Reason::NotTcpUdp),
         };

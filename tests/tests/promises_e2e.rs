@@ -14,7 +14,7 @@
 //!   service's, so the client's connected socket sees the refusal.
 //! - `sessionAffinity: ClientIP`: a client's connections all go to one of two local pods while
 //!   the affinity lasts, and may go elsewhere once it has timed out.
-//! - Fragments: 3000-byte UDP datagrams over 1500-byte links reach the pod whole.
+//! - Fragments: 3000-byte UDP datagrams over 1500-byte links reach the pod whole, IPv4 and IPv6.
 //! - Jumbo frames: on 9000-byte links the XDP program (frags-aware) attaches natively, and an
 //!   8000-byte UDP datagram reaches the pod whole through the service.
 use std::{
@@ -421,7 +421,8 @@ fn serve_sizes(pod: &NetNs, stop: Arc<AtomicBool>) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         netns::enter(&pod);
-        let udp = UdpSocket::bind("0.0.0.0:8080").expect("pod UDP socket");
+        // [::] takes IPv4 too (IPV6_V6ONLY is off by default).
+        let udp = UdpSocket::bind("[::]:8080").expect("pod UDP socket");
         udp.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
         ready_tx.send(()).unwrap();
@@ -441,7 +442,12 @@ fn serve_sizes(pod: &NetNs, stop: Arc<AtomicBool>) {
 /// service address.
 fn send_datagram(client: &NetNs, service: SocketAddr, size: usize) -> Option<String> {
     client.run_inside(move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+        let any = if service.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = UdpSocket::bind(any).ok()?;
         socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         socket.send_to(&vec![0x42u8; size], service).ok()?;
         let mut buffer = [0u8; 64];
@@ -507,6 +513,7 @@ fn jumbo_frames_through_native_xdp() {
 }
 
 const FRAGMENTED_V4: &str = "10.0.100.12";
+const FRAGMENTED_V6: &str = "2001:db8:100::12";
 
 #[test]
 fn fragmented_datagrams_reach_the_pod_whole() {
@@ -519,27 +526,39 @@ fn fragmented_datagrams_reach_the_pod_whole() {
     let scratch = Scratch::new("frag");
     let big = service("frag")
         .load_balancer()
-        .annotated_ips(FRAGMENTED_V4)
+        .annotated_ips(&format!("{FRAGMENTED_V4},{FRAGMENTED_V6}"))
         .port(port("UDP", 80).named("data").target(8080));
-    let endpoints = slice("frag-4", "frag", "IPv4")
-        .endpoint(endpoint([POD_V4]).node("node-a").ready(true))
-        .port(port("UDP", 8080).named("data"));
+    let endpoints = |name: &str, family: &str, address: &str| {
+        slice(name, "frag", family)
+            .endpoint(endpoint([address]).node("node-a").ready(true))
+            .port(port("UDP", 8080).named("data"))
+            .yaml()
+    };
     write_manifest(
         scratch.dir.path(),
         "frag",
-        fixtures::documents([big.yaml(), endpoints.yaml()]),
+        fixtures::documents([
+            big.yaml(),
+            endpoints("frag-4", "IPv4", POD_V4),
+            endpoints("frag-6", "IPv6", POD_V6),
+        ]),
     );
     let daemon = start(&net.node, &scratch, &[], "l3lb.log");
-    let service = SocketAddr::new(FRAGMENTED_V4.parse().unwrap(), 80);
     let before = reasons(&scratch);
-    for size in [3000, 3000, 2000] {
+    for (ip, size) in [
+        (FRAGMENTED_V4, 3000),
+        (FRAGMENTED_V4, 2000),
+        (FRAGMENTED_V6, 3000),
+        (FRAGMENTED_V6, 2000),
+    ] {
+        let service = SocketAddr::new(ip.parse().unwrap(), 80);
         let mut answer = None;
         assert!(
             wait_until(DEADLINE, || {
                 answer = send_datagram(&net.client, service, size);
                 answer.is_some()
             }),
-            "an answer to a {size}-byte datagram; counters {}\nlog:\n{}",
+            "an answer to a {size}-byte datagram to {service}; counters {}\nlog:\n{}",
             reasons(&scratch),
             daemon.log()
         );
@@ -554,7 +573,7 @@ fn fragmented_datagrams_reach_the_pod_whole() {
         packets(reasons, "redirect_peer") + packets(reasons, "forwarded")
     };
     assert!(
-        steered(&after) - steered(&before) >= 6,
+        steered(&after) - steered(&before) >= 8,
         "every fragment took the fast path: {after}"
     );
     stop.store(true, Ordering::Relaxed);

@@ -428,7 +428,7 @@ fn xdp_cases() {
         case("IPv4 later fragment (offset 185)", v4_udp.clone().frag(185).packet(b"rest of a datagram"), XDP_PASS, Untouched, Fragment),
         case("IPv4 middle fragment (MF, offset 1)", v4_udp.clone().frag(frames::IPV4_MF | 1).packet(b"middle of a datagram"), XDP_PASS, Untouched, Fragment),
         case("IPv6 hop-by-hop header before TCP", frames::ipv6_with_extension(frames::IPV6_HOP_BY_HOP, PROTO_TCP, client6, service6, 40013, 443, b"x"), XDP_PASS, Untouched, Ipv6Extension),
-        case("IPv6 fragment header before UDP", frames::ipv6_with_extension(frames::IPV6_FRAGMENT, PROTO_UDP, client6, service6, 40014, 53, b"x"), XDP_PASS, Untouched, Ipv6Extension),
+        case("IPv6 fragment header before UDP", frames::ipv6_with_extension(frames::IPV6_FRAGMENT, PROTO_UDP, client6, service6, 40014, 53, b"x"), XDP_PASS, Untouched, Fragment),
         case("Ethernet header only", cut(tcp(40015, 80), frames::ETH_LEN), XDP_PASS, Untouched, Truncated),
         case("IPv4 header cut short", cut(tcp(40016, 80), frames::ETH_LEN + 10), XDP_PASS, Untouched, Truncated),
         case("IPv4 options cut short", cut(v4_tcp.clone().options(&[1; 12]).segment(40017, 80, b""), frames::ETH_LEN + 24), XDP_PASS, Untouched, Truncated),
@@ -1019,84 +1019,118 @@ fn client_ip_affinity_keeps_a_client_on_one_pod() {
     );
 }
 
-/// IPv4 fragments through the uplink's TC ingress: the first fragment of a service datagram is
-/// steered like a whole packet, later ones follow it; each output is compared byte for byte
-/// with the fragment of the same datagram sent to the pod directly.
+/// Fragments through the uplink's TC ingress, IPv4 and IPv6: the first fragment of a service
+/// datagram is steered like a whole packet, later ones follow it; each output is compared byte
+/// for byte with the fragment of the same datagram sent to the pod directly.
 #[test]
 fn fragments_follow_their_first() {
     if !privileged("fragments_follow_their_first") {
         return;
     }
-    const TC_ACT_OK: u32 = 0;
     let mut lb = Lb::load();
-    let client = Ipv4Addr::new(192, 0, 2, 70);
-    let service = Ipv4Addr::new(10, 96, 0, 70);
-    let pod = Ipv4Addr::new(10, 244, 7, 5);
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let (client, service, pod) = (
+        Ipv4Addr::new(192, 0, 2, 70),
+        Ipv4Addr::new(10, 96, 0, 70),
+        Ipv4Addr::new(10, 244, 7, 5),
+    );
     lb.add_service(
         ServiceKey::new(service.into(), 53, PROTO_UDP),
         1,
         &[(1, pod.into(), 5353)],
     );
-    let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     // Each datagram its own IP ID (the client port's), as a sender numbers them.
-    let to_service = |sport: u16| {
-        frames::ipv4_udp_fragments((client, service, sport), sport, 53, &payload, 1480)
-    };
-    let to_pod =
-        |sport: u16| frames::ipv4_udp_fragments((client, pod, sport), sport, 5353, &payload, 1480);
+    fragments_case(
+        &lb,
+        |sport, to: Option<Ipv4Addr>| {
+            let (dst, dport) = to.map_or((service, 53), |pod| (pod, 5353));
+            frames::ipv4_udp_fragments((client, dst, sport), sport, dport, &payload, 1480)
+        },
+        (1, pod),
+        Ipv4Addr::new(10, 96, 0, 99),
+    );
 
-    let run = |lb: &Lb, frame: &[u8]| {
+    let (client6, service6, pod6): (Ipv6Addr, Ipv6Addr, Ipv6Addr) = (
+        "2001:db8:2::70".parse().unwrap(),
+        "2001:db8:100::70".parse().unwrap(),
+        "fd00:244:7::5".parse().unwrap(),
+    );
+    lb.add_service(
+        ServiceKey::new(service6.into(), 53, PROTO_UDP),
+        2,
+        &[(2, pod6.into(), 5353)],
+    );
+    fragments_case(
+        &lb,
+        |sport, to: Option<Ipv6Addr>| {
+            let (dst, dport) = to.map_or((service6, 53), |pod| (pod, 5353));
+            let id = 0x5eed_0000 | u32::from(sport);
+            frames::ipv6_udp_fragments((client6, dst, id), sport, dport, &payload, 1448)
+        },
+        (2, pod6),
+        "2001:db8:100::99".parse().unwrap(),
+    );
+}
+
+/// One family of [`fragments_follow_their_first`]: `fragments(sport, None)` are a datagram's
+/// two fragments to the service (ID from `sport`), `fragments(sport, Some(addr))` the same
+/// datagram to `addr` on the pod's port; `pod` is the one backend of service `service_id`,
+/// `other` an address of no service.
+fn fragments_case<A: Copy>(
+    lb: &Lb,
+    fragments: impl Fn(u16, Option<A>) -> [Vec<u8>; 2],
+    (service_id, pod): (u32, A),
+    other: A,
+) {
+    const TC_ACT_OK: u32 = 0;
+    let run = |frame: &[u8]| {
         let before = lb.reasons();
         let (verdict, out) = lb.run_tc(program_names::TC_INGRESS, frame);
         assert_eq!(verdict, TC_ACT_OK);
-        let counted = delta(&before, &lb.reasons());
-        (out, counted)
+        (out, delta(&before, &lb.reasons()))
     };
+    let ipv4 = |frame: &[u8]| frames::layout(frame).family == 4;
 
     // In order: both fragments steered, and counted as forwarded (no delivery flags here).
-    let [first, second] = to_service(46000);
-    let [first_sent, second_sent] = to_pod(46000);
-    let (out, counted) = run(&lb, &first);
+    let [first, second] = fragments(46000, None);
+    let [first_sent, second_sent] = fragments(46000, Some(pod));
+    let (out, counted) = run(&first);
     assert_eq!(
         out, first_sent,
         "the first fragment goes to the pod, UDP checksum and all"
     );
-    assert!(frames::ipv4_header_checksum_ok(&out));
+    assert!(!ipv4(&out) || frames::ipv4_header_checksum_ok(&out));
     assert_eq!(counted, vec![(Reason::Forwarded, 1, first.len() as u64)]);
-    let (out, counted) = run(&lb, &second);
+    let (out, counted) = run(&second);
     assert_eq!(out, second_sent, "the later fragment follows it");
-    assert!(frames::ipv4_header_checksum_ok(&out));
+    assert!(!ipv4(&out) || frames::ipv4_header_checksum_ok(&out));
     assert_eq!(counted, vec![(Reason::Forwarded, 1, second.len() as u64)]);
     assert_eq!(
-        lb.service_counter(1).packets,
+        lb.service_counter(service_id).packets,
         1,
         "the service counts the first"
     );
 
     // A later fragment arriving before its first: untouched, counted as a fragment.
-    let [first, second] = to_service(46001);
-    let [first_sent, _] = to_pod(46001);
-    let (out, counted) = run(&lb, &second);
+    let [first, second] = fragments(46001, None);
+    let [first_sent, _] = fragments(46001, Some(pod));
+    let (out, counted) = run(&second);
     assert_eq!(out, second, "untouched");
     assert_eq!(counted, vec![(Reason::Fragment, 1, second.len() as u64)]);
-    let (out, _) = run(&lb, &first);
+    let (out, _) = run(&first);
     assert_eq!(out, first_sent, "its first still goes to the pod");
 
     // Fragments of no service, and a later fragment of an unknown datagram, pass untouched.
-    let [other_first, other_second] = frames::ipv4_udp_fragments(
-        (client, Ipv4Addr::new(10, 96, 0, 99), 46002),
-        46002,
-        53,
-        &payload,
-        1480,
-    );
-    let (out, counted) = run(&lb, &other_first);
+    let [other_first, other_second] = fragments(46002, Some(other));
+    let (out, counted) = run(&other_first);
     assert_eq!(out, other_first);
+    // Sent to `other` on the pod's port: a service address nowhere, so the service lookup
+    // misses.
     assert_eq!(
         counted,
         vec![(Reason::NotService, 1, other_first.len() as u64)]
     );
-    let (out, counted) = run(&lb, &other_second);
+    let (out, counted) = run(&other_second);
     assert_eq!(out, other_second);
     assert_eq!(
         counted,

@@ -3,6 +3,7 @@
 //!
 //! Builders: [`ipv4`]/[`ipv6`] for plain TCP/UDP, [`Ipv4`] for everything else IPv4 can carry
 //! (options, fragments, other protocols, no UDP checksum), [`ipv6_with_extension`],
+//! [`ipv4_udp_fragments`]/[`ipv6_udp_fragments`],
 //! [`icmpv4_echo`], [`icmpv6_echo`], [`vlan_tagged`], [`arp_request`]. Readers: [`layout`],
 //! [`destination`]/[`source`], [`set_destination`]/[`set_source`], [`checksums_ok`],
 //! [`without_checksums`].
@@ -375,6 +376,31 @@ pub fn ipv4_udp_fragments(
         ip.clone().frag(IPV4_MF).packet(&segment[..first_len]),
         ip.frag((first_len / 8) as u16)
             .packet(&segment[first_len..]),
+    ]
+}
+
+/// [`ipv4_udp_fragments`] for IPv6: each fragment an IPv6 header, a fragment header (RFC 8200
+/// §4.5, ID `id`) and its part of the datagram (`first_len` a multiple of 8).
+pub fn ipv6_udp_fragments(
+    (src, dst, id): (Ipv6Addr, Ipv6Addr, u32),
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    first_len: usize,
+) -> [Vec<u8>; 2] {
+    assert!(first_len.is_multiple_of(8) && first_len < UDP_LEN + payload.len());
+    let segment = segment_v6(PROTO_UDP, src, dst, sport, dport, payload);
+    let fragment = |offset: usize, more: bool, part: &[u8]| {
+        let offset_flags = (offset / 8) as u16 * 8 | u16::from(more);
+        let mut body = vec![PROTO_UDP, 0];
+        body.extend_from_slice(&offset_flags.to_be_bytes());
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(part);
+        ipv6_frame(IPV6_FRAGMENT, src, dst, &body)
+    };
+    [
+        fragment(0, true, &segment[..first_len]),
+        fragment(first_len, false, &segment[first_len..]),
     ]
 }
 
