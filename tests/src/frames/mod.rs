@@ -391,7 +391,7 @@ pub fn ipv6_udp_fragments(
     assert!(first_len.is_multiple_of(8) && first_len < UDP_LEN + payload.len());
     let segment = segment_v6(PROTO_UDP, src, dst, sport, dport, payload);
     let fragment = |offset: usize, more: bool, part: &[u8]| {
-        let offset_flags = (offset / 8) as u16 * 8 | u16::from(more);
+        let offset_flags = ((offset / 8) as u16 * 8) | u16::from(more);
         let mut body = vec![PROTO_UDP, 0];
         body.extend_from_slice(&offset_flags.to_be_bytes());
         body.extend_from_slice(&id.to_be_bytes());
