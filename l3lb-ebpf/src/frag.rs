@@ -13,8 +13,8 @@
 //! datagram it cannot complete, which times out in its reassembly queue. Reordering that puts
 //! a later fragment first is rare on a routed path; buffering it here is not possible in TC.
 //!
-//! Not handled: fragments on the XDP path (passed, counted as `Fragment`), and a pod's
-//! fragmented replies (they leave untranslated).
+//! Not handled: fragments on the XDP path (passed, counted as `Fragment`). A pod's fragmented
+//! replies are frag_reply.rs's.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK},
     programs::TcContext,
@@ -35,17 +35,17 @@ use crate::{
     tc_ingress::redirect,
 };
 
-const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
+pub const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
+pub const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 /// The IPv6 fragment header (RFC 8200 §4.5): next header, reserved, offset and M flag, ID.
-const IPV6_FRAGMENT_LEN: usize = 8;
+pub const IPV6_FRAGMENT_LEN: usize = 8;
 /// The fragment offset bits (host order) of its offset/flags field, and the M flag.
-const IPV6_OFFSET: u16 = 0xfff8;
-const IPV6_MORE: u16 = 0x0001;
+pub const IPV6_OFFSET: u16 = 0xfff8;
+pub const IPV6_MORE: u16 = 0x0001;
 /// The fragment offset bits of the flags/offset field (host order).
-const IPV4_OFFSET: u16 = 0x1fff;
+pub const IPV4_OFFSET: u16 = 0x1fff;
 /// The "more fragments" flag.
-const IPV4_MF: u16 = 0x2000;
+pub const IPV4_MF: u16 = 0x2000;
 
 /// What the forward path returns (uncounted) for a fragment, which the entry point then hands
 /// to [`forward`]: a separate BPF-to-BPF call, whose stack frame is not added to the forward
@@ -104,7 +104,7 @@ fn forward_v4(ctx: &TcContext, bytes: u64) -> i32 {
 }
 
 /// A step went through.
-const DONE: u32 = u32::MAX;
+pub const DONE: u32 = u32::MAX;
 
 /// The `Reason` a step returned as a number (one of the three it can give).
 #[inline(always)]
@@ -120,7 +120,7 @@ fn reason_of(reason: u32) -> Reason {
 
 /// The fixed IPv4 header of a TCP/UDP fragment, or `Fragment` (left untouched).
 #[inline(always)]
-fn header(ctx: &TcContext) -> Result<[u8; IPV4_LEN], Reason> {
+pub fn header(ctx: &TcContext) -> Result<[u8; IPV4_LEN], Reason> {
     let head: [u8; IPV4_LEN] = ctx.load(ETH_LEN).map_err(|_| Reason::Fragment)?;
     let proto = head[9];
     if head[0] >> 4 != 4 || head[0] & 0x0f < 5 || (proto != PROTO_TCP && proto != PROTO_UDP) {
@@ -131,7 +131,7 @@ fn header(ctx: &TcContext) -> Result<[u8; IPV4_LEN], Reason> {
 
 /// The datagram's addresses and protocol from `head` into `key` (ports left as they are).
 #[inline(always)]
-fn fill(key: &mut FlowKey, head: &[u8; IPV4_LEN]) {
+pub fn fill(key: &mut FlowKey, head: &[u8; IPV4_LEN]) {
     key.proto = head[9];
     key.family = FAMILY_IPV4;
     key.src[..4].copy_from_slice(&head[IPV4_SRC..IPV4_SRC + 4]);
@@ -334,17 +334,17 @@ fn forward_v6(ctx: &TcContext, bytes: u64) -> i32 {
 
 /// What an IPv6 fragment header says besides the next header.
 #[derive(Default)]
-struct Fragment6 {
+pub struct Fragment6 {
     /// Offset (in 8-byte units, shifted left by 3) and the M flag, host order.
-    offset_flags: u16,
+    pub offset_flags: u16,
     /// The identification, as on the wire.
-    id: [u8; 4],
+    pub id: [u8; 4],
 }
 
 /// The datagram's addresses and protocol into `key`, the fragment header into `fragment`.
 /// Returns [`DONE`], or `Fragment` for what is not a TCP/UDP fragment the program can follow.
 #[inline(never)]
-fn datagram_v6(ctx: &TcContext, key: &mut FlowKey, fragment: &mut Fragment6) -> u32 {
+pub fn datagram_v6(ctx: &TcContext, key: &mut FlowKey, fragment: &mut Fragment6) -> u32 {
     let Ok(header) = ctx.load::<[u8; IPV6_FRAGMENT_LEN]>(ETH_LEN + IPV6_LEN) else {
         return Reason::Fragment as u32;
     };
@@ -370,7 +370,7 @@ fn datagram_v6(ctx: &TcContext, key: &mut FlowKey, fragment: &mut Fragment6) -> 
 /// The datagram's key in `L3LB_FRAGMENTS`: its addresses and protocol, the 32-bit ID where the
 /// ports are (IPv4 entries hold a 16-bit ID and the family tells them apart).
 #[inline(always)]
-fn datagram_key_v6(key: &FlowKey, fragment: &Fragment6) -> FlowKey {
+pub fn datagram_key_v6(key: &FlowKey, fragment: &Fragment6) -> FlowKey {
     FlowKey {
         sport_be: u16::from_ne_bytes([fragment.id[0], fragment.id[1]]),
         dport_be: u16::from_ne_bytes([fragment.id[2], fragment.id[3]]),

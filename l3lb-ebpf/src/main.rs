@@ -11,8 +11,9 @@
 //!   leaves the pod, then straight out of the uplink.
 //! - `l3lb_tc_egress` (tc_egress.rs), TC egress on the uplinks: replies the kernel routed.
 //!
-//! ICMP errors about steered flows (PMTU discovery) follow their flow both ways (icmp.rs); IPv4
-//! fragments of service datagrams follow their first fragment (frag.rs).
+//! ICMP errors about steered flows (PMTU discovery) follow their flow both ways (icmp.rs);
+//! fragments of service datagrams follow their first fragment (frag.rs), and so do the
+//! fragments of a pod's replies (frag_reply.rs).
 //!
 //! One concern per file besides: maps.rs (every map and counter), parse.rs (headers), flow.rs
 //! (backend choice and flow memory), hash.rs (the flow hash), csum.rs (incremental checksums
@@ -25,6 +26,7 @@ mod affinity;
 mod csum;
 mod flow;
 mod frag;
+mod frag_reply;
 mod hash;
 mod icmp;
 mod maps;

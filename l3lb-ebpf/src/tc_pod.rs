@@ -24,7 +24,7 @@ use aya_ebpf::{
 use l3lb_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, Reason};
 
 use crate::{
-    icmp,
+    frag, frag_reply, icmp,
     maps::{L3LB_REPLIES, count},
     nat::{End, decrement_ttl, parse_skb, rewrite},
     parse::{ETH_LEN, IPV4_DST, IPV4_SRC, IPV6_DST, IPV6_SRC, Packet},
@@ -37,11 +37,14 @@ const AF_INET6: u8 = 10;
 pub fn l3lb_tc_pod(ctx: TcContext) -> i32 {
     match reply(&ctx) {
         icmp::NOT_TCP_UDP => icmp_error(&ctx),
+        // Fragments of a reply to a steered flow follow their first (frag_reply.rs).
+        frag::FRAGMENT => frag_reply::reply(&ctx),
         action => action,
     }
 }
 
-/// The reply path, counted; [`icmp::NOT_TCP_UDP`] for a packet that is neither TCP nor UDP.
+/// The reply path, counted; [`icmp::NOT_TCP_UDP`] / [`frag::FRAGMENT`] (uncounted) for a
+/// packet that is neither TCP nor UDP / a fragment.
 /// A call of its own, for the stack (see there).
 #[inline(never)]
 fn reply(ctx: &TcContext) -> i32 {
@@ -49,6 +52,7 @@ fn reply(ctx: &TcContext) -> i32 {
     let packet = match parse_skb::<false>(ctx) {
         Ok(packet) => packet,
         Err(Reason::NotTcpUdp) => return icmp::NOT_TCP_UDP,
+        Err(Reason::Fragment) => return frag::FRAGMENT,
         Err(_) => return TC_ACT_OK,
     };
     match try_l3lb_tc_pod(ctx, packet) {
@@ -147,7 +151,7 @@ fn translated_icmp(ctx: &TcContext) -> Option<(i32, Reason)> {
 /// it is to go to the kernel's routing instead (no route, forwarding off, too big for the
 /// uplink, a TTL that runs out here, or a helper that refused).
 #[inline(always)]
-fn send_out(ctx: &TcContext, mut fib: FibLookup, packet: &Packet) -> bool {
+pub fn send_out(ctx: &TcContext, mut fib: FibLookup, packet: &Packet) -> bool {
     // SAFETY: the parameter block is on this stack frame with the size given.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -204,7 +208,7 @@ fn send_out(ctx: &TcContext, mut fib: FibLookup, packet: &Packet) -> bool {
 /// on the pod's interface. `tot_len` stays 0 so the kernel checks the skb itself against the
 /// egress MTU (which lets GSO packets through, to be segmented on the way out).
 #[inline(always)]
-fn fib_params(
+pub fn fib_params(
     ctx: &TcContext,
     family: u8,
     proto: u8,

@@ -14,7 +14,8 @@
 //!   service's, so the client's connected socket sees the refusal.
 //! - `sessionAffinity: ClientIP`: a client's connections all go to one of two local pods while
 //!   the affinity lasts, and may go elsewhere once it has timed out.
-//! - Fragments: 3000-byte UDP datagrams over 1500-byte links reach the pod whole, IPv4 and IPv6.
+//! - Fragments: 3000-byte UDP datagrams over 1500-byte links reach the pod whole, and the pod's
+//!   3000-byte replies the client, IPv4 and IPv6.
 //! - Jumbo frames: on 9000-byte links the XDP program (frags-aware) attaches natively, and an
 //!   8000-byte UDP datagram reaches the pod whole through the service.
 use std::{
@@ -415,7 +416,12 @@ fn client_ip_affinity_keeps_a_client_on_one_pod() {
 const JUMBO_V4: &str = "10.0.100.11";
 const JUMBO_DATAGRAM: usize = 8000;
 
-/// A UDP server on 8080 inside `pod` that answers each datagram with its size.
+/// What asks [`serve_sizes`] for a [`BIG_REPLY`]-byte answer.
+const BIG_REPLY_ASK: &[u8] = b"big reply, please";
+const BIG_REPLY: usize = 3000;
+
+/// A UDP server on 8080 inside `pod` that answers each datagram with its size (or, asked with
+/// [`BIG_REPLY_ASK`], with [`BIG_REPLY`] bytes).
 fn serve_sizes(pod: &NetNs, stop: Arc<AtomicBool>) {
     let pod = pod.name().to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -429,7 +435,12 @@ fn serve_sizes(pod: &NetNs, stop: Arc<AtomicBool>) {
         let mut buffer = vec![0u8; 65536];
         while !stop.load(Ordering::Relaxed) {
             if let Ok((n, peer)) = udp.recv_from(&mut buffer) {
-                let _ = udp.send_to(format!("{n} bytes").as_bytes(), peer);
+                let answer = match buffer[..n].strip_prefix(BIG_REPLY_ASK) {
+                    // A reply larger than the pod's link: it leaves the pod as fragments.
+                    Some(_) => vec![0x42u8; BIG_REPLY],
+                    None => format!("{n} bytes").into_bytes(),
+                };
+                let _ = udp.send_to(&answer, peer);
             }
         }
     });
@@ -453,6 +464,24 @@ fn send_datagram(client: &NetNs, service: SocketAddr, size: usize) -> Option<Str
         let mut buffer = [0u8; 64];
         let (n, from) = socket.recv_from(&mut buffer).ok()?;
         (from == service).then(|| String::from_utf8_lossy(&buffer[..n]).into_owned())
+    })
+}
+
+/// Asks the pod behind `service` for a [`BIG_REPLY`] from inside `client`: the answer's size,
+/// if it came from the service address.
+fn big_reply(client: &NetNs, service: SocketAddr) -> Option<usize> {
+    client.run_inside(move || {
+        let any = if service.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = UdpSocket::bind(any).ok()?;
+        socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        socket.send_to(BIG_REPLY_ASK, service).ok()?;
+        let mut buffer = vec![0u8; 65536];
+        let (n, from) = socket.recv_from(&mut buffer).ok()?;
+        (from == service).then_some(n)
     })
 }
 
@@ -576,5 +605,27 @@ fn fragmented_datagrams_reach_the_pod_whole() {
         steered(&after) - steered(&before) >= 8,
         "every fragment took the fast path: {after}"
     );
+
+    // The other way: a reply too big for the pod's link leaves it as fragments, and every one
+    // must leave the node with the service's address for the client to reassemble it.
+    for ip in [FRAGMENTED_V4, FRAGMENTED_V6] {
+        let service = SocketAddr::new(ip.parse().unwrap(), 80);
+        let before = reasons(&scratch);
+        let mut size = None;
+        assert!(
+            wait_until(DEADLINE, || {
+                size = big_reply(&net.client, service);
+                size.is_some()
+            }),
+            "a {BIG_REPLY}-byte reply from {service}; counters {}",
+            reasons(&scratch)
+        );
+        assert_eq!(size, Some(BIG_REPLY), "the client got the reply whole");
+        let after = reasons(&scratch);
+        assert!(
+            packets(&after, "reply_redirected") - packets(&before, "reply_redirected") >= 3,
+            "the reply's fragments (and the request's reply path) took the fast path: {after}"
+        );
+    }
     stop.store(true, Ordering::Relaxed);
 }

@@ -7,7 +7,9 @@
 //!   verified by the independent routine in `l3lb_tests::frames`) and reason counter.
 //! - `pod_replies_leave_by_the_fib`: `l3lb_tc_pod` on a pod's reply, in a namespace whose FIB
 //!   knows the client (next hop resolved, not yet resolved, no route): the translated reply with
-//!   the next hop's MAC addresses and a redirect, or the kernel's routing.
+//!   the next hop's MAC addresses and a redirect, or the kernel's routing; and the fragments of
+//!   a reply too big for the pod's link, IPv4 and IPv6, compared byte for byte with the same
+//!   datagram's fragments sent from the service.
 //!
 //! Which interface a redirect targets is not visible to a test run (the kernel only records it
 //! for the redirect that follows a real receive); `tests/tests/fastpath_e2e.rs` shows the
@@ -560,5 +562,61 @@ fn pod_replies_leave_by_the_fib() {
         let (verdict, out) = result.unwrap();
         assert_eq!((verdict, out.as_slice()), (TC_ACT_OK, own.as_slice()));
         assert!(counted.is_empty(), "not counted: {counted:?}");
+
+        // A reply too big for the pod's link leaves as fragments: each gets the service as its
+        // source and leaves by the FIB, byte for byte the fragments of the same datagram sent
+        // from the service (TTL and MACs as the FIB says).
+        lb.service((service.into(), 53, PROTO_UDP), (pod.into(), 5353), peer);
+        // Two fragments that both fit the uplink (the builders make exactly two).
+        let payload: Vec<u8> = (0..2000u32).map(|i| (i % 253) as u8).collect();
+        let client = Ipv4Addr::new(192, 0, 2, 9);
+        let client6: Ipv6Addr = "2001:db8::9".parse().unwrap();
+        let request = frames::ipv4(PROTO_UDP, client, service, 41010, 53, b"q");
+        let request6 = frames::ipv6(PROTO_UDP, client6, service6, 41011, 80, b"q");
+        let cases = [
+            (
+                request,
+                frames::ipv4_udp_fragments((pod, client, 7), 5353, 41010, &payload, 1480),
+                frames::ipv4_udp_fragments((service, client, 7), 53, 41010, &payload, 1480),
+            ),
+            (
+                request6,
+                frames::ipv6_udp_fragments((pod6, client6, 7), 8080, 41011, &payload, 1448),
+                frames::ipv6_udp_fragments((service6, client6, 7), 80, 41011, &payload, 1448),
+            ),
+        ];
+        for (request, replies, expected) in cases {
+            let (verdict, _) = lb.run(program_names::TC_INGRESS, &request);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "the request created the flow");
+            // Pod's own fragments of another datagram: untouched and uncounted; a later
+            // fragment with no first before it: untouched, counted as a fragment.
+            let layout = frames::layout(&replies[0]);
+            let mut unknown = replies[1].clone();
+            let id_at = if layout.family == 4 {
+                frames::ETH_LEN + 4
+            } else {
+                frames::ETH_LEN + frames::IPV6_LEN + 4
+            };
+            unknown[id_at] ^= 0xff;
+            let mut result = None;
+            let counted = lb.counted(|| result = Some(lb.run(program_names::TC_POD, &unknown)));
+            assert_eq!(result.unwrap(), (TC_ACT_OK, unknown.clone()));
+            assert_eq!(counted, [(Reason::Fragment, 1)]);
+
+            for (reply, expected) in replies.iter().zip(&expected) {
+                let mut result = None;
+                let counted = lb.counted(|| result = Some(lb.run(program_names::TC_POD, reply)));
+                let (verdict, out) = result.unwrap();
+                assert_eq!(
+                    (verdict, counted.as_slice()),
+                    (TC_ACT_REDIRECT, &[(Reason::ReplyRedirected, 1)][..]),
+                    "family {}",
+                    layout.family
+                );
+                let mut expected = with_ttl(expected.clone(), frames::ttl(expected) - 1);
+                frames::set_macs(&mut expected, gateway_mac, uplink_mac);
+                assert_eq!(out, expected, "a fragment of the reply, translated");
+            }
+        }
     });
 }
