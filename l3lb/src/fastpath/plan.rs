@@ -6,7 +6,7 @@ use l3lb_common::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
     cluster::model::{ServiceKey, SliceSpec},
-    desired::DesiredState,
+    desired::{DesiredState, Reason},
 };
 
 /// A service address, port and protocol as packets carry them.
@@ -88,6 +88,10 @@ fn protocol_number(protocol: &str) -> Option<u8> {
 /// An IP that is no longer announced keeps its entry while local endpoints still serve: the
 /// routers stop sending new flows, but flows already here drain to their (terminating) pods
 /// instead of falling into the kernel, which no longer has the address.
+///
+/// Terminating pods take no new flows, except when no endpoint is ready anywhere and this node
+/// announces because its pods still serve (kube-proxy's rule): then they take them, or the
+/// node would attract connections it can only refuse.
 pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec<Target>> {
     let mut entries = BTreeMap::new();
     let (Some(spec), Some(decision)) = (state.service(key), state.decision(key)) else {
@@ -95,6 +99,7 @@ pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec
     };
     let slices: Vec<&SliceSpec> = state.slices_of(key).collect();
     let announced = decision.reason.announces();
+    let serving_takes_new_flows = decision.reason == Reason::ServingFallback;
     for ip in &decision.ips {
         for service_port in &spec.ports {
             let Some(proto) = protocol_number(&service_port.protocol) else {
@@ -123,7 +128,7 @@ pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec
                                 (address.is_ipv4() == ip.is_ipv4()).then_some(Target {
                                     ip: address,
                                     port: target_port?,
-                                    terminating: !endpoint.ready,
+                                    terminating: !endpoint.ready && !serving_takes_new_flows,
                                     delivery: Delivery::Stack,
                                 })
                             })
@@ -303,6 +308,29 @@ mod tests {
         let plan = plan_service(&state, &key);
         let http = &plan[&vip("10.0.100.7", 80, PROTO_TCP)];
         assert_eq!(http, &[target("10.244.1.5", 8080, true)]);
+    }
+
+    #[test]
+    fn serving_pods_take_new_flows_when_nothing_is_ready_anywhere() {
+        let mut state = state();
+        let mut draining = slice("v4", vec![endpoint("10.244.1.5", false)]);
+        draining.any_ready = false;
+        state.apply_all([
+            ClusterChange::ServiceApplied(service()),
+            ClusterChange::SliceApplied(draining),
+        ]);
+        let key = ServiceKey::new("default", "web");
+        assert_eq!(
+            state.decision(&key).unwrap().reason,
+            Reason::ServingFallback
+        );
+        let plan = plan_service(&state, &key);
+        let http = &plan[&vip("10.0.100.7", 80, PROTO_TCP)];
+        assert_eq!(
+            http,
+            &[target("10.244.1.5", 8080, false)],
+            "announced for them, so they take the new flows"
+        );
     }
 
     #[test]
