@@ -92,6 +92,10 @@ fn protocol_number(protocol: &str) -> Option<u8> {
 /// Terminating pods take no new flows, except when no endpoint is ready anywhere and this node
 /// announces because its pods still serve (kube-proxy's rule): then they take them, or the
 /// node would attract connections it can only refuse.
+///
+/// A pod that turns not ready keeps its TCP connections, as conntrack keeps them for kube-proxy
+/// (it has a target that takes no new flows); its UDP flows move to the ready pods, as
+/// kube-proxy clears the conntrack entries of UDP endpoints that stop serving.
 pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec<Target>> {
     let mut entries = BTreeMap::new();
     let (Some(spec), Some(decision)) = (state.service(key), state.decision(key)) else {
@@ -121,7 +125,7 @@ pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec
                     slice
                         .local
                         .iter()
-                        .filter(|e| e.ready || e.serving)
+                        .filter(move |e| e.ready || e.serving || proto != PROTO_UDP)
                         .flat_map(move |endpoint| {
                             endpoint.addresses.iter().filter_map(move |address| {
                                 let address: IpAddr = address.parse().ok()?;
@@ -330,6 +334,38 @@ mod tests {
             http,
             &[target("10.244.1.5", 8080, false)],
             "announced for them, so they take the new flows"
+        );
+    }
+
+    #[test]
+    fn a_pod_turning_not_ready_keeps_its_tcp_flows_and_loses_its_udp_ones() {
+        let mut state = state();
+        let not_ready = LocalEndpoint {
+            ready: false,
+            serving: false,
+            terminating: false,
+            ..endpoint("10.244.1.6", false)
+        };
+        state.apply_all([
+            ClusterChange::ServiceApplied(service()),
+            ClusterChange::SliceApplied(slice(
+                "v4",
+                vec![endpoint("10.244.1.5", true), not_ready],
+            )),
+        ]);
+        let plan = plan_service(&state, &ServiceKey::new("default", "web"));
+        assert_eq!(
+            plan[&vip("10.0.100.7", 80, PROTO_TCP)],
+            [
+                target("10.244.1.5", 8080, false),
+                target("10.244.1.6", 8080, true)
+            ],
+            "TCP: established connections stay, no new ones"
+        );
+        assert_eq!(
+            plan[&vip("10.0.100.7", 53, PROTO_UDP)],
+            [target("10.244.1.5", 5353, false)],
+            "UDP: its flows move on"
         );
     }
 

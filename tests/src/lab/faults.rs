@@ -56,14 +56,20 @@ impl Lab {
     /// Moves the manifest directory away, as an outage of the source: the l3lbs must keep what
     /// they announce.
     pub fn hide_manifests(&self) {
-        fs::rename(self.manifests.dir(), hidden(self.manifests.dir().to_owned()))
-            .expect("moving the manifest directory away");
+        fs::rename(
+            self.manifests.dir(),
+            hidden(self.manifests.dir().to_owned()),
+        )
+        .expect("moving the manifest directory away");
     }
 
     /// Brings the manifest directory back.
     pub fn restore_manifests(&self) {
-        fs::rename(hidden(self.manifests.dir().to_owned()), self.manifests.dir())
-            .expect("bringing the manifest directory back");
+        fs::rename(
+            hidden(self.manifests.dir().to_owned()),
+            self.manifests.dir(),
+        )
+        .expect("bringing the manifest directory back");
     }
 }
 

@@ -107,9 +107,9 @@ fn short_connections(timeline: &Mutex<Timeline>, seed: u64, stop: &AtomicBool) -
                 short.ok += 1;
                 short.misrouted_in_calm += 1;
                 if short.calm_examples.len() < 10 {
-                    short
-                        .calm_examples
-                        .push(format!("{ip}: answered on node {node:?}, expected {nodes:?}"));
+                    short.calm_examples.push(format!(
+                        "{ip}: answered on node {node:?}, expected {nodes:?}"
+                    ));
                 }
             }
             Err(_) if turbulent => short.failed_in_turbulence += 1,

@@ -131,7 +131,11 @@ fn schedule(
     let started = Instant::now();
     let mut pids: BTreeMap<usize, u32> = BTreeMap::new();
     while started.elapsed() < options.duration {
-        if options.lab.cancel.is_some_and(|flag| flag.load(Ordering::SeqCst)) {
+        if options
+            .lab
+            .cancel
+            .is_some_and(|flag| flag.load(Ordering::SeqCst))
+        {
             return Err(LabError::Interrupted);
         }
         sample_rss(lab, report, &mut pids);
@@ -140,7 +144,11 @@ fn schedule(
         let kind = change.kind(world);
         *report.changes.entry(kind).or_default() += 1;
         if options.progress {
-            println!("  {:>7.1} s  {kind}: {}", started.elapsed().as_secs_f64(), describe(&change));
+            println!(
+                "  {:>7.1} s  {kind}: {}",
+                started.elapsed().as_secs_f64(),
+                describe(&change)
+            );
         }
         match &change {
             Change::Apply(_) | Change::Delete(_) => {
@@ -160,7 +168,10 @@ fn schedule(
                 timeline.lock().expect("the timeline").excuse(*node, from);
                 let restarted = lab.restart_bgpd(*node);
                 let back = Instant::now();
-                timeline.lock().expect("the timeline").end_excuse(*node, back);
+                timeline
+                    .lock()
+                    .expect("the timeline")
+                    .end_excuse(*node, back);
                 restarted?;
                 report.bgpd_back.push(back - from);
             }

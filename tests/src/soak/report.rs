@@ -91,11 +91,7 @@ impl fmt::Display for Report {
              {} with a restarting bgpd's node excused",
             tally.samples, tally.in_allowance, tally.excused
         )?;
-        writeln!(
-            f,
-            "violations beyond the allowance: {}",
-            tally.violations
-        )?;
+        writeln!(f, "violations beyond the allowance: {}", tally.violations)?;
         for violation in &tally.examples {
             writeln!(
                 f,

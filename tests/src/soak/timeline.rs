@@ -85,7 +85,12 @@ impl Timeline {
 
     /// The expected routes from `at` on.
     pub fn update(&mut self, expected: Routes, at: Instant) {
-        let ips: BTreeSet<IpAddr> = self.expected.keys().chain(expected.keys()).copied().collect();
+        let ips: BTreeSet<IpAddr> = self
+            .expected
+            .keys()
+            .chain(expected.keys())
+            .copied()
+            .collect();
         for ip in ips {
             if self.expected.get(&ip) != expected.get(&ip) {
                 self.changed.insert(ip, at);
@@ -143,7 +148,9 @@ impl Timeline {
             let got = sample.get(&ip).unwrap_or(&empty);
             if want == got {
                 if let Some(made) = self.pending.remove(&ip) {
-                    self.tally.propagation.push(at.saturating_duration_since(made));
+                    self.tally
+                        .propagation
+                        .push(at.saturating_duration_since(made));
                 }
                 continue;
             }
@@ -154,7 +161,10 @@ impl Timeline {
                 in_allowance = true;
                 continue;
             }
-            if want.symmetric_difference(got).all(|node| excused.contains(node)) {
+            if want
+                .symmetric_difference(got)
+                .all(|node| excused.contains(node))
+            {
                 was_excused = true;
                 continue;
             }
@@ -196,7 +206,10 @@ mod tests {
         // A change: the old routes are fine for the allowance, then they are a violation.
         timeline.update(routes(&[("10.0.100.20", &[0])]), t0 + ms(1000));
         timeline.check(&routes(&[("10.0.100.20", &[0, 1])]), t0 + ms(1400));
-        assert_eq!((timeline.tally.in_allowance, timeline.tally.violations), (1, 0));
+        assert_eq!(
+            (timeline.tally.in_allowance, timeline.tally.violations),
+            (1, 0)
+        );
         timeline.check(&routes(&[("10.0.100.20", &[0, 1])]), t0 + ms(1600));
         assert_eq!(timeline.tally.violations, 1);
         assert_eq!(timeline.tally.examples[0].since_change, ms(600));
@@ -214,7 +227,10 @@ mod tests {
         assert_eq!((timeline.tally.excused, timeline.tally.violations), (1, 2));
         timeline.end_excuse(0, t0 + ms(3000));
         timeline.check(&routes(&[]), t0 + ms(3400));
-        assert_eq!(timeline.tally.violations, 2, "within the allowance after the excuse");
+        assert_eq!(
+            timeline.tally.violations, 2,
+            "within the allowance after the excuse"
+        );
         timeline.check(&routes(&[]), t0 + ms(3600));
         assert_eq!(timeline.tally.violations, 3);
         assert_eq!(timeline.tally.samples, 8);

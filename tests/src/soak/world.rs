@@ -249,7 +249,11 @@ impl World {
         if let Some(at) = self.idle_pods.iter().position(|(_, n)| *n == node) {
             return self.idle_pods.remove(at).0;
         }
-        let pod = format!("p{}-{}", self.next_pod, crate::lab::node_name(node)[5..].to_owned());
+        let pod = format!(
+            "p{}-{}",
+            self.next_pod,
+            crate::lab::node_name(node)[5..].to_owned()
+        );
         self.next_pod += 1;
         pod
     }
@@ -284,7 +288,10 @@ mod tests {
         );
         assert_eq!(announcing_nodes(&[draining(1), down(2)]), [1].into());
         assert_eq!(announcing_nodes(&[down(2)]), BTreeSet::new());
-        assert_eq!(announcing_nodes(&[ready(0), ready(0), ready(2)]), [0, 2].into());
+        assert_eq!(
+            announcing_nodes(&[ready(0), ready(0), ready(2)]),
+            [0, 2].into()
+        );
     }
 
     #[test]
