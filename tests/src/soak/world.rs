@@ -161,7 +161,7 @@ impl World {
         let v4 = format!("10.0.100.{slot}");
         let v6 = format!("2001:db8:100::{slot:x}");
         // Every other Service dual-stack.
-        let ips: Vec<&str> = if k % 2 == 0 {
+        let ips: Vec<&str> = if k.is_multiple_of(2) {
             vec![&v4, &v6]
         } else {
             vec![&v4]
