@@ -1,5 +1,5 @@
 //! `--source file:DIR`: Services and EndpointSlices read from YAML/JSON manifests in a directory,
-//! reloaded when the directory changes. It feeds the same path as the API watch, which is what
+//! reloaded when the directory changes (inotify says when, a slow poll is the safety net). It feeds the same path as the API watch, which is what
 //! the lab and the tests drive, and what serves static anycast without Kubernetes.
 //!
 //! `L3lbIPPool` documents in the same directory give Services without an IP one: there is no
@@ -26,9 +26,12 @@ use crate::{
     status::PoolReport,
 };
 
-/// How often the directory is checked for changes. Reading a directory's metadata is cheap, and a
-/// file edit shows up within this bound.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the directory is checked for changes when inotify says nothing: the safety net
+/// for what it cannot see (a directory replaced or back after an outage, network filesystems,
+/// a watch that failed). inotify brings every other change at once.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the directory is checked while no watch runs on it.
+const UNWATCHED_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -77,6 +80,10 @@ pub struct FileSource {
     load_balancer_class: String,
     /// Where the pools' state goes for `l3lb status`.
     pool_reports: Option<watch::Sender<Vec<PoolReport>>>,
+    /// The directory could not be listed last time (said once until it can again).
+    missing: bool,
+    /// The inotify watch could not start last time (said once).
+    watch_failed: bool,
 }
 
 impl FileSource {
@@ -89,6 +96,8 @@ impl FileSource {
             reported: BTreeMap::new(),
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
             pool_reports: None,
+            missing: false,
+            watch_failed: false,
         }
     }
 
@@ -105,11 +114,33 @@ impl FileSource {
     pub async fn run(mut self, changes: mpsc::Sender<ClusterChange>) {
         info!(dir = %self.dir.display(), "reading Services and EndpointSlices from files");
         let mut first = true;
-        let mut ticker = tokio::time::interval(self.poll_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (wake, mut woken) = mpsc::channel::<()>(1);
+        let mut watcher = None;
         loop {
-            ticker.tick().await;
-            if !self.rescan() && !first {
+            if !first {
+                // Without a watch (the directory gone, or inotify refused), poll as often as
+                // before there was one.
+                let pause = if watcher.is_some() {
+                    self.poll_interval
+                } else {
+                    UNWATCHED_POLL_INTERVAL
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    Some(()) = woken.recv() => {}
+                }
+            }
+            // (Re)started whenever there is none: at first, and after the directory was gone.
+            if watcher.is_none() {
+                watcher = self.watch(wake.clone());
+            }
+            let listed = self.rescan();
+            if self.missing {
+                // The watch went with the directory (inotify follows the inode); a new one
+                // starts when it is back.
+                watcher = None;
+            }
+            if !listed && !first {
                 continue;
             }
             first = false;
@@ -133,13 +164,52 @@ impl FileSource {
         }
     }
 
+    /// An inotify watch on the directory that wakes the loop on any change in it (a burst of
+    /// events makes one wake-up: the channel holds one); `None` (polling only) when it cannot
+    /// start, said once.
+    fn watch(&mut self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher as _;
+        let handler = move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = wake.try_send(());
+            }
+        };
+        let started = notify::recommended_watcher(handler).and_then(|mut watcher| {
+            watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+            Ok(watcher)
+        });
+        match started {
+            Ok(watcher) => {
+                self.watch_failed = false;
+                Some(watcher)
+            }
+            Err(err) => {
+                if !self.watch_failed && !self.missing {
+                    warn!(
+                        dir = %self.dir.display(),
+                        "cannot watch the manifests with inotify, polling every {:?}: {err}",
+                        self.poll_interval
+                    );
+                }
+                self.watch_failed = true;
+                None
+            }
+        }
+    }
+
     /// Re-reads files whose stamp changed; true when anything differs from before.
     fn rescan(&mut self) -> bool {
         let present = match manifest_files(&self.dir) {
-            Ok(present) => present,
+            Ok(present) => {
+                self.missing = false;
+                present
+            }
             Err(err) => {
                 // A missing directory reads as the last known state, not as "delete everything".
-                warn!(dir = %self.dir.display(), "cannot list manifests: {err}");
+                if !self.missing {
+                    warn!(dir = %self.dir.display(), "cannot list manifests: {err}");
+                }
+                self.missing = true;
                 return false;
             }
         };
@@ -465,6 +535,56 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].usage, "IPv4 2 used, 0 free of 2");
         assert_eq!(reports[0].allocations, ["default/alpha 10.0.100.33"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The Services of the next relist the source sends, waiting at most `within`.
+    async fn next_services(
+        changes: &mut mpsc::Receiver<ClusterChange>,
+        within: Duration,
+    ) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Ok(Some(ClusterChange::ServicesListed(services))) => return Some(services.len()),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_arrive_through_inotify_also_after_the_directory_was_away() {
+        let dir = tempfile_dir("inotify");
+        // An hour between polls: whatever arrives sooner came through the watch.
+        let source = FileSource::new(dir.clone(), "node-a".into(), Duration::from_secs(3600));
+        let (tx, mut changes) = mpsc::channel(16);
+        let task = tokio::spawn(source.run(tx));
+        let quick = Duration::from_secs(2);
+        assert_eq!(next_services(&mut changes, quick).await, Some(0), "first relist");
+
+        std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
+        assert_eq!(next_services(&mut changes, quick).await, Some(1), "a new file");
+
+        // An outage: the directory goes away and comes back. Nothing changes meanwhile (the
+        // last known state stands), and the watch starts again on the directory that returned.
+        let away = dir.with_extension("away");
+        std::fs::rename(&dir, &away).unwrap();
+        assert_eq!(
+            next_services(&mut changes, Duration::from_millis(500)).await,
+            None,
+            "a missing directory changes nothing"
+        );
+        // Changed as soon as it is back: without a watch the source polls every 100 ms, and
+        // with the new one it hears of it.
+        std::fs::rename(&away, &dir).unwrap();
+        std::fs::remove_file(dir.join("web.yaml")).unwrap();
+        assert_eq!(
+            next_services(&mut changes, quick).await,
+            Some(0),
+            "a change after the outage"
+        );
+        task.abort();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
