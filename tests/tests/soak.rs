@@ -29,7 +29,7 @@ fn the_router_follows_the_ready_pods_through_changes_and_faults() {
     let name = format!("l3lb-soak-{}", std::process::id());
     let report = soak::run(SoakOptions {
         lab: LabOptions::new(&name),
-        duration: Duration::from_secs(40),
+        duration: Duration::from_secs(60),
         seed,
         allowance: Duration::from_millis(500),
         progress: false,
@@ -43,4 +43,5 @@ fn the_router_follows_the_ready_pods_through_changes_and_faults() {
     assert_eq!(report.short.failed_in_calm, 0, "{report}");
     assert_eq!(report.short.misrouted_in_calm, 0, "{report}");
     assert!(report.short.ok >= 100, "{report}");
+    assert!(report.long.broken_in_calm.is_empty(), "{report}");
 }

@@ -561,10 +561,18 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
         let (tx, mut changes) = mpsc::channel(16);
         let task = tokio::spawn(source.run(tx));
         let quick = Duration::from_secs(2);
-        assert_eq!(next_services(&mut changes, quick).await, Some(0), "first relist");
+        assert_eq!(
+            next_services(&mut changes, quick).await,
+            Some(0),
+            "first relist"
+        );
 
         std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
-        assert_eq!(next_services(&mut changes, quick).await, Some(1), "a new file");
+        assert_eq!(
+            next_services(&mut changes, quick).await,
+            Some(1),
+            "a new file"
+        );
 
         // An outage: the directory goes away and comes back. Nothing changes meanwhile (the
         // last known state stands), and the watch starts again on the directory that returned.

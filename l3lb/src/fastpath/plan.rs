@@ -348,10 +348,7 @@ mod tests {
         };
         state.apply_all([
             ClusterChange::ServiceApplied(service()),
-            ClusterChange::SliceApplied(slice(
-                "v4",
-                vec![endpoint("10.244.1.5", true), not_ready],
-            )),
+            ClusterChange::SliceApplied(slice("v4", vec![endpoint("10.244.1.5", true), not_ready])),
         ]);
         let plan = plan_service(&state, &ServiceKey::new("default", "web"));
         assert_eq!(

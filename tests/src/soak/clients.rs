@@ -42,10 +42,33 @@ pub struct Long {
     pub opened: usize,
     /// Still open at the end.
     pub survived: usize,
-    /// Broken, by when: while the IP's nexthops changed (the router rehashes the flow onto
-    /// another node, whose pod knows nothing of it), or in calm; with their ages.
-    pub broken_in_turbulence: Vec<Duration>,
+    /// Broken while the routes changed, by why, with their ages.
+    pub broken: BTreeMap<Break, Vec<Duration>>,
+    /// Broken in calm: what happened, the first few.
     pub broken_in_calm: Vec<String>,
+}
+
+/// Why a long-lived connection broke while the routes changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Break {
+    /// Its node stopped announcing the IP (no ready pod there any more): the router sends its
+    /// packets to another node, whose pods know nothing of it.
+    Withdrawn,
+    /// Its node's bgpd restarted: the router dropped the node's routes meanwhile.
+    BgpdRestart,
+    /// Its node still announces, but the IP's nexthops changed and the router's hash moved the
+    /// flow to another node.
+    Rehashed,
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Break::Withdrawn => "its node withdrew the IP (no ready pod left there)",
+            Break::BgpdRestart => "its node's bgpd restarted",
+            Break::Rehashed => "the router rehashed it when the IP's nexthops changed",
+        })
+    }
 }
 
 /// Runs both kinds of clients in namespace `client` until `stop`.
@@ -159,6 +182,8 @@ fn get(ip: IpAddr) -> Result<Option<usize>, String> {
 
 struct Open {
     ip: IpAddr,
+    /// The node of the pod it reached.
+    node: usize,
     opened: Instant,
     /// When its last echo came back (or it opened).
     last_ok: Instant,
@@ -197,9 +222,24 @@ fn long_connections(timeline: &Mutex<Timeline>, seed: u64, stop: &AtomicBool) ->
                 connection.last_ok,
                 now,
             );
-            let at = timeline.lock().expect("the timeline").since_start(now);
-            if turbulent {
-                long.broken_in_turbulence.push(age);
+            let timeline = timeline.lock().expect("the timeline");
+            let at = timeline.since_start(now);
+            let why = if timeline.excused_during(connection.node, connection.last_ok, now) {
+                Some(Break::BgpdRestart)
+            } else if !turbulent {
+                None
+            } else if timeline
+                .expected()
+                .get(&connection.ip)
+                .is_none_or(|nodes| !nodes.contains(&connection.node))
+            {
+                Some(Break::Withdrawn)
+            } else {
+                Some(Break::Rehashed)
+            };
+            drop(timeline);
+            if let Some(why) = why {
+                long.broken.entry(why).or_default().push(age);
             } else if long.broken_in_calm.len() < 20 {
                 long.broken_in_calm.push(format!(
                     "at {at:.2} s, {} after {:.1} s: {err}",
@@ -223,11 +263,23 @@ fn connect_echo(ip: IpAddr) -> Result<Open, String> {
     stream
         .write_all(b"ECHO\r\n\r\n")
         .map_err(|err| err.to_string())?;
+    let mut reader = BufReader::new(stream);
+    let mut hello = String::new();
+    reader
+        .read_line(&mut hello)
+        .map_err(|err| err.to_string())?;
+    let node = hello
+        .trim()
+        .strip_prefix("node=node-")
+        .and_then(|letter| letter.bytes().next())
+        .map(|letter| usize::from(letter - b'a'))
+        .ok_or_else(|| format!("unexpected hello {hello:?}"))?;
     Ok(Open {
         ip,
+        node,
         opened: Instant::now(),
         last_ok: Instant::now(),
-        reader: BufReader::new(stream),
+        reader,
         sent: 0,
     })
 }

@@ -7,8 +7,8 @@
 //! The invariant, checked on every sample (`timeline`): each nexthop of a service route is a
 //! node that should announce it (a ready pod of the Service, or a serving one when none is
 //! ready anywhere) and each such node is a nexthop, except within the propagation allowance
-//! after a change, and for a node whose bgpd restarts (from its stop until the router has the
-//! session back, plus the allowance). An l3lb killed and restarted and a source outage get no
+//! after a change, and for a node whose bgpd restarts (from its stop until the router has its
+//! routes back, at most 15 s, plus the allowance). An l3lb killed and restarted and a source outage get no
 //! excuse: nothing may change at the router.
 //!
 //! The parts: `world` (the model, the schedule, the oracle), `timeline` (the check),
@@ -51,6 +51,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 const GAP: std::ops::Range<u64> = 200..1200;
 /// How long a killed l3lb stays down, and a source outage lasts.
 const DOWN: std::ops::Range<u64> = 300..2000;
+/// How long a node's routes may take to return after its bgpd restarted.
+const ROUTES_BACK: Duration = Duration::from_secs(15);
 /// How long the lab may take to show the first Services.
 const CONVERGE: Duration = Duration::from_secs(20);
 
@@ -167,6 +169,13 @@ fn schedule(
                 let from = Instant::now();
                 timeline.lock().expect("the timeline").excuse(*node, from);
                 let restarted = lab.restart_bgpd(*node);
+                // The node is excused until the router has its routes again (BGP's own timers
+                // decide when after the session is up), at most ROUTES_BACK.
+                let view = lab.router_view();
+                crate::wait_until(ROUTES_BACK, || {
+                    let want = timeline.lock().expect("the timeline").expected().clone();
+                    view.routes() == want
+                });
                 let back = Instant::now();
                 timeline
                     .lock()

@@ -17,7 +17,7 @@ pub struct Report {
     /// Changes made, by kind.
     pub changes: BTreeMap<&'static str, usize>,
     pub tally: Tally,
-    /// For each bgpd restart, the time from its stop until the router had every session back.
+    /// For each bgpd restart, the time from its stop until the router had the node's routes back.
     pub bgpd_back: Vec<Duration>,
     pub short: Short,
     pub long: Long,
@@ -42,12 +42,13 @@ impl Report {
         }
     }
 
-    /// The soak's verdict: no sample broke the invariant beyond the allowance, and no short
-    /// connection failed or went astray in calm.
+    /// The soak's verdict: no sample broke the invariant beyond the allowance, and no connection
+    /// failed, broke or went astray in calm.
     pub fn passed(&self) -> bool {
         self.tally.violations == 0
             && self.short.failed_in_calm == 0
             && self.short.misrouted_in_calm == 0
+            && self.long.broken_in_calm.is_empty()
     }
 }
 
@@ -91,12 +92,19 @@ impl fmt::Display for Report {
              {} with a restarting bgpd's node excused",
             tally.samples, tally.in_allowance, tally.excused
         )?;
-        writeln!(f, "violations beyond the allowance: {}", tally.violations)?;
+        writeln!(
+            f,
+            "samples with a violation beyond the allowance: {}",
+            tally.violations
+        )?;
         for violation in &tally.examples {
             writeln!(
                 f,
-                "  at {:.2} s: {} routed via {:?}, expected {:?} ({} ms after its last change)",
+                "  {:.2}–{:.2} s ({} samples): {} routed via {:?}, expected {:?} (began {} ms \
+                 after its last change)",
                 violation.at.as_secs_f64(),
+                violation.until.as_secs_f64(),
+                violation.samples,
                 violation.ip,
                 violation.got,
                 violation.want,
@@ -110,7 +118,7 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "bgpd restart → all sessions back at the router: {}",
+            "bgpd restart → the node's routes back at the router: {}",
             percentiles(&self.bgpd_back)
         )?;
         let short = &self.short;
@@ -124,16 +132,23 @@ impl fmt::Display for Report {
             writeln!(f, "  {example}")?;
         }
         let long = &self.long;
+        let broken: usize = long.broken.values().map(Vec::len).sum();
         writeln!(
             f,
-            "long-lived connections: {} opened, {} open at the end, {} broken while their IP's \
-             nexthops changed (ages: {}), {} broken in calm",
+            "long-lived connections: {} opened, {} open at the end, {broken} broken while the \
+             routes changed, {} broken in calm",
             long.opened,
             long.survived,
-            long.broken_in_turbulence.len(),
-            percentiles(&long.broken_in_turbulence),
             long.broken_in_calm.len()
         )?;
+        for (why, ages) in &long.broken {
+            writeln!(
+                f,
+                "  {:>5}  {why} (ages: {})",
+                ages.len(),
+                percentiles(ages)
+            )?;
+        }
         for example in &long.broken_in_calm {
             writeln!(f, "  {example}")?;
         }

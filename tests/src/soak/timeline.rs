@@ -13,16 +13,21 @@ use std::{
 
 pub type Routes = BTreeMap<IpAddr, BTreeSet<usize>>;
 
-/// A sample that broke the invariant.
+/// Samples of one IP closer than this belong to one stretch of violation.
+const SAMPLE_GAP: Duration = Duration::from_millis(200);
+
+/// A stretch of samples in which one IP broke the invariant.
 #[derive(Clone, Debug)]
 pub struct Violation {
     pub ip: IpAddr,
     pub want: BTreeSet<usize>,
     pub got: BTreeSet<usize>,
-    /// How long ago the IP's expected routes last changed.
+    /// How long after the IP's expected routes last changed it began.
     pub since_change: Duration,
-    /// When, from the soak's start.
+    /// When it began and when its last sample was, from the soak's start.
     pub at: Duration,
+    pub until: Duration,
+    pub samples: usize,
 }
 
 /// How the samples went.
@@ -33,8 +38,9 @@ pub struct Tally {
     pub in_allowance: usize,
     /// Samples where some IP differed only by nodes excused at the time.
     pub excused: usize,
+    /// Samples in which some IP broke the invariant.
     pub violations: usize,
-    /// The first violations, for the report.
+    /// The stretches they form (the first 50).
     pub examples: Vec<Violation>,
     /// For each change the router showed, the time from the change to the first sample that
     /// matched it.
@@ -128,6 +134,13 @@ impl Timeline {
         changed || excused
     }
 
+    /// Whether node `node` was excused at some time in `from`..`to`.
+    pub fn excused_during(&self, node: usize, from: Instant, to: Instant) -> bool {
+        self.excused.iter().any(|&(excused, start, end)| {
+            excused == node && start <= to && end.is_none_or(|end| end >= from)
+        })
+    }
+
     fn excused_at(&self, at: Instant) -> BTreeSet<usize> {
         self.excused
             .iter()
@@ -142,7 +155,7 @@ impl Timeline {
         let ips: BTreeSet<IpAddr> = self.expected.keys().chain(sample.keys()).copied().collect();
         let empty = BTreeSet::new();
         let excused = self.excused_at(at);
-        let (mut in_allowance, mut was_excused) = (false, false);
+        let (mut in_allowance, mut was_excused, mut violated) = (false, false, false);
         for ip in ips {
             let want = self.expected.get(&ip).unwrap_or(&empty);
             let got = sample.get(&ip).unwrap_or(&empty);
@@ -168,17 +181,32 @@ impl Timeline {
                 was_excused = true;
                 continue;
             }
-            self.tally.violations += 1;
-            if self.tally.examples.len() < 20 {
-                self.tally.examples.push(Violation {
+            violated = true;
+            let now = at.saturating_duration_since(self.started);
+            // The same IP still wrong since the last sample: the same stretch.
+            let stretches = self.tally.examples.len();
+            let ongoing = self.tally.examples.iter_mut().rev().find(|v| {
+                v.ip == ip && now.saturating_sub(v.until) <= SAMPLE_GAP && &v.want == want
+            });
+            match ongoing {
+                Some(stretch) => {
+                    stretch.until = now;
+                    stretch.samples += 1;
+                    stretch.got = got.clone();
+                }
+                None if stretches < 50 => self.tally.examples.push(Violation {
                     ip,
                     want: want.clone(),
                     got: got.clone(),
                     since_change,
-                    at: at.saturating_duration_since(self.started),
-                });
+                    at: now,
+                    until: now,
+                    samples: 1,
+                }),
+                None => {}
             }
         }
+        self.tally.violations += usize::from(violated);
         self.tally.in_allowance += usize::from(in_allowance);
         self.tally.excused += usize::from(was_excused);
     }
