@@ -12,8 +12,9 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::cluster::model::{
-    ClusterChange, IngressOwner, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
+use crate::{
+    cluster::model::{ClusterChange, IngressOwner, ServiceKey, ServiceSpec, SliceKey, SliceSpec},
+    weights::{self, Weights},
 };
 
 pub use crate::cluster::model::DEFAULT_LOAD_BALANCER_CLASS;
@@ -46,6 +47,8 @@ pub struct Policy {
     /// Also manage `spec.externalIPs` of any Service (the kube-gw style).
     pub external_ips: bool,
     pub status_ips: StatusIps,
+    /// Whether announced addresses carry a weight (see [`crate::weights`]).
+    pub weights: Weights,
 }
 
 /// Something wrong with one IP a Service asks for; the IP is not announced.
@@ -267,11 +270,15 @@ pub struct Outcome {
     /// Services whose spec or slices changed (a superset of `changed_services`): what the
     /// status writer re-examines.
     pub touched: BTreeSet<ServiceKey>,
+    /// Addresses announced before and after whose weight changed, with the new weight (only
+    /// with `--weights endpoints`).
+    pub reweighted: BTreeMap<IpAddr, u32>,
 }
 
 impl Outcome {
+    /// Whether the interface needs reconciling: an address to add or remove, or to re-weight.
     pub fn addresses_changed(&self) -> bool {
-        !self.assumed.is_empty() || !self.forfeited.is_empty()
+        !self.assumed.is_empty() || !self.forfeited.is_empty() || !self.reweighted.is_empty()
     }
 }
 
@@ -286,6 +293,8 @@ pub struct DesiredState {
     claims: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
     /// Each valid requested IP and the Services requesting it, announced here or not.
     requests: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// The weight of each announced IP (the keys of `claims`), with `--weights endpoints` only.
+    weights: BTreeMap<IpAddr, u32>,
 }
 
 impl DesiredState {
@@ -298,6 +307,7 @@ impl DesiredState {
             decisions: HashMap::new(),
             claims: BTreeMap::new(),
             requests: BTreeMap::new(),
+            weights: BTreeMap::new(),
         }
     }
 
@@ -308,6 +318,12 @@ impl DesiredState {
     /// The IPs this node should have on its interface.
     pub fn addresses(&self) -> BTreeSet<IpAddr> {
         self.claims.keys().copied().collect()
+    }
+
+    /// The weight of each address this node should have, with `--weights endpoints`; empty
+    /// with `--weights none`.
+    pub fn weights(&self) -> &BTreeMap<IpAddr, u32> {
+        &self.weights
     }
 
     /// IPs requested by more than one Service, with the Services.
@@ -450,6 +466,9 @@ impl DesiredState {
 
     fn recompute(&mut self, touched: BTreeSet<ServiceKey>) -> Outcome {
         let mut outcome = Outcome::default();
+        // Announced IPs of touched Services, before and after: their weights may have changed
+        // even when a decision did not (a pod replaced by one of the other family).
+        let mut reweigh = BTreeSet::new();
         for key in &touched {
             let key = key.clone();
             let new = self
@@ -460,14 +479,16 @@ impl DesiredState {
                 Some(decision) => self.decisions.insert(key.clone(), decision.clone()),
                 None => self.decisions.remove(&key),
             };
+            let new_ips: BTreeSet<IpAddr> =
+                new.iter().flat_map(|d| d.announced()).copied().collect();
+            reweigh.extend(new_ips.iter().copied());
             if old == new {
                 continue;
             }
             outcome.changed_services.insert(key.clone());
             let old_ips: BTreeSet<IpAddr> =
                 old.iter().flat_map(|d| d.announced()).copied().collect();
-            let new_ips: BTreeSet<IpAddr> =
-                new.iter().flat_map(|d| d.announced()).copied().collect();
+            reweigh.extend(old_ips.iter().copied());
 
             for ip in old_ips.difference(&new_ips) {
                 if let Some(claimants) = self.claims.get_mut(ip) {
@@ -525,8 +546,31 @@ impl DesiredState {
                 }
             }
         }
+        self.reweigh(reweigh, &mut outcome);
         outcome.touched = touched;
         outcome
+    }
+
+    /// Recomputes the weights of `ips` from the local endpoints of every Service claiming each.
+    fn reweigh(&mut self, ips: BTreeSet<IpAddr>, outcome: &mut Outcome) {
+        if self.policy.weights == Weights::None {
+            return;
+        }
+        for ip in ips {
+            let Some(claimants) = self.claims.get(&ip) else {
+                self.weights.remove(&ip);
+                continue;
+            };
+            let endpoints = claimants
+                .iter()
+                .flat_map(|service| self.slices_of(service))
+                .flat_map(|slice| slice.local.iter());
+            let weight = weights::weight(ip, endpoints);
+            let old = self.weights.insert(ip, weight);
+            if old.is_some_and(|old| old != weight) && !outcome.assumed.contains_key(&ip) {
+                outcome.reweighted.insert(ip, weight);
+            }
+        }
     }
 }
 
@@ -548,6 +592,7 @@ mod tests {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
             external_ips: true,
             status_ips: StatusIps::External,
+            weights: Weights::None,
         }
     }
 
@@ -922,5 +967,141 @@ mod tests {
             ..p.clone()
         };
         assert!(decide(&ignore, &svc, []).ips.is_empty());
+    }
+
+    fn weighted() -> Policy {
+        Policy {
+            weights: Weights::Endpoints,
+            ..policy(Mode::Pods)
+        }
+    }
+
+    fn ready_at(service: &str, name: &str, pods: &[&str]) -> SliceSpec {
+        let local = pods
+            .iter()
+            .map(|pod| LocalEndpoint {
+                addresses: vec![(*pod).into()],
+                ready: true,
+                serving: true,
+                terminating: false,
+            })
+            .collect();
+        slice(service, name, true, local)
+    }
+
+    #[test]
+    fn weights_follow_local_ready_endpoints_and_report_changes() {
+        let mut state = DesiredState::new(weighted());
+        let out = state.apply_all([
+            ClusterChange::ServiceApplied(lb("web", &["10.0.100.7", "2001:db8:100::7"])),
+            ClusterChange::SliceApplied(ready_at("web", "web-v4", &["10.244.1.2", "10.244.1.3"])),
+            ClusterChange::SliceApplied(ready_at("web", "web-v6", &["fd00:244::2", "fd00:244::3"])),
+        ]);
+        assert!(
+            out.reweighted.is_empty(),
+            "new addresses are assumed, not re-weighted"
+        );
+        // One slice per family with the same two pods: two, not four.
+        assert_eq!(
+            state.weights(),
+            &BTreeMap::from([(ip("10.0.100.7"), 2), (ip("2001:db8:100::7"), 2)])
+        );
+
+        // A third pod, IPv4 only so far.
+        let out = state.apply(ClusterChange::SliceApplied(ready_at(
+            "web",
+            "web-v4",
+            &["10.244.1.2", "10.244.1.3", "10.244.1.4"],
+        )));
+        assert_eq!(out.reweighted, BTreeMap::from([(ip("10.0.100.7"), 3)]));
+        assert!(
+            out.addresses_changed(),
+            "a weight change needs the interface reconciled"
+        );
+
+        // One pod starts terminating: not ready, no longer counted.
+        let mut draining = ready_at("web", "web-v4", &["10.244.1.2", "10.244.1.3", "10.244.1.4"]);
+        draining.local[2] = endpoint(false, true, true);
+        let out = state.apply(ClusterChange::SliceApplied(draining));
+        assert_eq!(out.reweighted, BTreeMap::from([(ip("10.0.100.7"), 2)]));
+
+        // Withdrawn: no weight left behind.
+        state.apply_all([
+            ClusterChange::SliceDeleted(ready_at("web", "web-v4", &[]).key),
+            ClusterChange::SliceDeleted(ready_at("web", "web-v6", &[]).key),
+        ]);
+        assert!(state.addresses().is_empty());
+        assert!(state.weights().is_empty());
+    }
+
+    #[test]
+    fn a_shared_ip_weighs_the_distinct_pods_of_all_its_services() {
+        let mut state = DesiredState::new(weighted());
+        state.apply_all([
+            ClusterChange::ServiceApplied(lb("dns-tcp", &["10.0.100.53"])),
+            ClusterChange::ServiceApplied(lb("dns-udp", &["10.0.100.53"])),
+            ClusterChange::SliceApplied(ready_at(
+                "dns-tcp",
+                "tcp-1",
+                &["10.244.1.2", "10.244.1.3"],
+            )),
+            ClusterChange::SliceApplied(ready_at(
+                "dns-udp",
+                "udp-1",
+                &["10.244.1.2", "10.244.1.3"],
+            )),
+        ]);
+        assert_eq!(
+            state.weights()[&ip("10.0.100.53")],
+            2,
+            "the same pods count once"
+        );
+
+        // A Service with its own pod joins the IP: it adds up.
+        let out = state.apply_all([
+            ClusterChange::ServiceApplied(lb("metrics", &["10.0.100.53"])),
+            ClusterChange::SliceApplied(ready_at("metrics", "m-1", &["10.244.1.9"])),
+        ]);
+        assert_eq!(out.reweighted, BTreeMap::from([(ip("10.0.100.53"), 3)]));
+
+        // It goes again: the other Services' pods still count, and the IP stays.
+        let out = state.apply(ClusterChange::ServiceDeleted(ServiceKey::new(
+            "default", "metrics",
+        )));
+        assert_eq!(out.reweighted, BTreeMap::from([(ip("10.0.100.53"), 2)]));
+        assert!(out.forfeited.is_empty());
+    }
+
+    #[test]
+    fn weights_are_clamped_and_absent_without_the_flag() {
+        let pods: Vec<String> = (0..70).map(|i| format!("10.244.2.{}", i + 2)).collect();
+        let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+        let changes = || {
+            [
+                ClusterChange::ServiceApplied(lb("big", &["10.0.100.8"])),
+                ClusterChange::SliceApplied(ready_at("big", "big-1", &pods)),
+            ]
+        };
+        let mut state = DesiredState::new(weighted());
+        state.apply_all(changes());
+        assert_eq!(state.weights()[&ip("10.0.100.8")], weights::MAX_WEIGHT);
+
+        // Announced with nothing ready anywhere (the serving fallback): the minimum.
+        let mut state = DesiredState::new(weighted());
+        state.apply_all([
+            ClusterChange::ServiceApplied(lb("last", &["10.0.100.9"])),
+            ClusterChange::SliceApplied(slice(
+                "last",
+                "last-1",
+                false,
+                vec![endpoint(false, true, true)],
+            )),
+        ]);
+        assert_eq!(state.weights()[&ip("10.0.100.9")], weights::MIN_WEIGHT);
+
+        let mut state = DesiredState::new(policy(Mode::Pods));
+        let out = state.apply_all(changes());
+        assert_eq!(state.addresses(), ips(&["10.0.100.8"]));
+        assert!(state.weights().is_empty() && out.reweighted.is_empty());
     }
 }

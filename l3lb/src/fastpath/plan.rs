@@ -174,6 +174,7 @@ mod tests {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
             external_ips: true,
             status_ips: Default::default(),
+            weights: Default::default(),
         })
     }
 
