@@ -19,6 +19,7 @@ use crate::{
     metrics::{AddressLabels, Component, Metrics},
     reconcile::{AddressEvents, AddressReconciler, ApplyError, Changes},
     status::{NodeReport, PoolReport, ReportRequest, ServiceReport},
+    weights::Weights,
 };
 
 /// Upper bound on changes folded into one recompute, so a relist storm still yields to the loop.
@@ -302,7 +303,10 @@ impl Controller {
     async fn reconcile(&mut self) -> Result<(), ()> {
         let desired = self.state.addresses();
         let started = Instant::now();
-        let result = self.addresses.apply(&desired).await;
+        let result = match self.state.policy().weights {
+            Weights::Endpoints => self.addresses.apply_weighted(self.state.weights()).await,
+            Weights::None => self.addresses.apply(&desired).await,
+        };
         self.outputs
             .metrics
             .reconcile_duration
@@ -360,6 +364,9 @@ impl Controller {
         for ip in &changes.removed {
             info!("forfeiting address {ip}");
         }
+        for (ip, weight) in &changes.reweighted {
+            info!("weighting address {ip} {weight}");
+        }
         for ip in &changes.unowned_removed {
             self.outputs
                 .metrics
@@ -405,6 +412,7 @@ impl Controller {
             synced: self.synced(),
             services_seen: self.state.services().count(),
             announced: self.state.addresses().into_iter().collect(),
+            weights: self.state.weights().clone(),
             services,
             pools: self
                 .outputs
