@@ -538,6 +538,24 @@ fn address_protocol_name_matches_the_daemon() {
 }
 
 #[test]
+fn frr_weights_snippet_is_what_frr_config_prints() {
+    let shipped = std::fs::read_to_string(root().join("deploy/frr/weights.conf"))
+        .expect("reading deploy/frr/weights.conf");
+    assert!(
+        shipped == l3lb::weights::frr_route_map(),
+        "deploy/frr/weights.conf differs from `l3lb frr-config`: regenerate it with \
+         `cargo run -p l3lb -- frr-config > deploy/frr/weights.conf`"
+    );
+    // It hooks into the service route-map node.conf really has.
+    let node = std::fs::read_to_string(root().join("deploy/frr/node.conf"))
+        .expect("reading deploy/frr/node.conf");
+    for entry in ["permit 10", "permit 20"] {
+        let line = format!("route-map {} {entry}", l3lb::weights::SERVICES_ROUTE_MAP);
+        assert!(node.contains(&line), "node.conf has no `{line}`");
+    }
+}
+
+#[test]
 fn containerfile_matches_the_workspace() {
     let containerfile =
         std::fs::read_to_string(root().join("Containerfile")).expect("reading Containerfile");
