@@ -1,0 +1,514 @@
+//! Weighted anycast end to end, with real FRR (zebra + bgpd, 8.4 here) in network namespaces: a
+//! router and two nodes, each node running the shipped `deploy/frr/node.conf` plus
+//! `deploy/frr/weights.conf` and `l3lb --weights endpoints` on a manifest directory.
+//!
+//! - node A with 2 ready pods and node B with 1: the router's kernel route to the service IP has
+//!   next-hop weights in the ratio 2:1, IPv4 and IPv6;
+//! - A scaled to 3, 4, 3, 4, 3: the ratio follows, while a sampler at the router (every ~10 ms)
+//!   sees the route with both next hops in every sample and `ip monitor route` sees it replaced,
+//!   never deleted: re-weighting never withdraws the route.
+//!
+//! It prints how long a weight change takes: from the manifest write to the node's address
+//! metric, and to the router's kernel route.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    net::IpAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use l3lb_tests::{
+    daemon::{L3lb, l3lb_binary},
+    fixtures::{self, endpoint, port, slice},
+    frr_fabric::{Frr, NODE_CONF, ROUTER_CONF, WEIGHTS_CONF, fill, nexthop_weights},
+    netns::{NetNs, veth_pair},
+    privileged, wait_until,
+};
+
+const V4: &str = "10.0.100.7";
+const V6: &str = "2001:db8:100::7";
+const PREFIXES: &str = "10.0.100.0/24,2001:db8:100::/64";
+const NODES: [&str; 2] = ["a", "b"];
+
+/// One node: its l3lb and FRR stop before its namespace goes (fields drop in this order).
+struct Node {
+    l3lb: Option<L3lb>,
+    _frr: Frr,
+    ns: NetNs,
+}
+
+struct Fabric {
+    nodes: Vec<Node>,
+    _router_frr: Frr,
+    router: NetNs,
+    manifests: tempfile::TempDir,
+    _scratch: tempfile::TempDir,
+}
+
+impl Fabric {
+    /// The router and the nodes, their links, FRR everywhere with all sessions up, and l3lb on
+    /// every node reading one manifest directory.
+    fn start() -> Fabric {
+        let pid = std::process::id();
+        let scratch = tempfile::Builder::new()
+            .prefix("w8-")
+            .tempdir()
+            .expect("a scratch directory");
+        let manifests = tempfile::Builder::new()
+            .prefix("w8-manifests-")
+            .tempdir()
+            .expect("a manifest directory");
+        let router = NetNs::named(&format!("w8-r-{pid}"));
+        let mut namespaces = Vec::new();
+        for (i, letter) in NODES.iter().enumerate() {
+            let n = i + 1;
+            let ns = NetNs::named(&format!("w8-{letter}-{pid}"));
+            let to_node = format!("to-{letter}");
+            veth_pair(
+                &router,
+                &to_node,
+                &format!("172.31.{n}.1/30"),
+                &ns,
+                "uplink",
+                &format!("172.31.{n}.2/30"),
+            );
+            router.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:31:{n}::1/64"),
+                "dev",
+                &to_node,
+                "nodad",
+            ]);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:31:{n}::2/64"),
+                "dev",
+                "uplink",
+                "nodad",
+            ]);
+            namespaces.push(ns);
+        }
+        let router_conf = fill(
+            ROUTER_CONF,
+            &[
+                ("HOSTNAME", "router"),
+                ("ROUTER_ID", "172.31.0.1"),
+                ("ROUTER_ASN", "65000"),
+                ("NODES_IPV4", "172.31.0.0/16"),
+                ("NODES_IPV6", "fd00:31::/32"),
+            ],
+        );
+        // Without --v6-rr-semantics zebra changes an IPv6 route by deleting and re-adding it
+        // (see deploy/frr/README.md): the router itself would withdraw it for a moment.
+        let router_frr = Frr::start(
+            &router,
+            &scratch.path().join("router"),
+            "router",
+            &router_conf,
+            &["--v6-rr-semantics"],
+        );
+        let mut nodes = Vec::new();
+        for (i, ns) in namespaces.into_iter().enumerate() {
+            let n = i + 1;
+            let name = format!("node-{}", NODES[i]);
+            let node_conf = fill(
+                NODE_CONF,
+                &[
+                    ("HOSTNAME", &name),
+                    ("ROUTER_ID", &format!("172.31.{n}.2")),
+                    ("NODE_ASN", &(65000 + n).to_string()),
+                    ("ROUTER_ASN", "65000"),
+                    ("ROUTER_IPV4", &format!("172.31.{n}.1")),
+                    ("ROUTER_IPV6", &format!("fd00:31:{n}::1")),
+                ],
+            ) + WEIGHTS_CONF;
+            let frr = Frr::start(&ns, &scratch.path().join(&name), &name, &node_conf, &[]);
+            nodes.push(Node {
+                l3lb: None,
+                _frr: frr,
+                ns,
+            });
+        }
+        router_frr.wait_sessions(2 * NODES.len(), Duration::from_secs(60));
+
+        let mut fabric = Fabric {
+            nodes,
+            _router_frr: router_frr,
+            router,
+            manifests,
+            _scratch: scratch,
+        };
+        for (i, letter) in NODES.iter().enumerate() {
+            let name = format!("node-{letter}");
+            let mut command = fabric.nodes[i].ns.command(&l3lb_binary().to_string_lossy());
+            command
+                .args(["run", "--node-name", &name, "--prefix", PREFIXES])
+                .arg("--source")
+                .arg(format!("file:{}", fabric.manifests.path().display()))
+                .args(["--weights", "endpoints"]);
+            let log = fabric._scratch.path().join(format!("{name}-l3lb.log"));
+            fabric.nodes[i].l3lb = Some(L3lb::spawn(command, log));
+        }
+        fabric
+    }
+
+    /// Writes the Service with `pods[i]` ready pods on node `i` (one slice per family); returns
+    /// when the file was in place.
+    fn scale(&self, pods: [usize; 2]) -> Instant {
+        let mut yamls = vec![
+            fixtures::service("web")
+                .namespace("default")
+                .annotated_ips(&format!("{V4},{V6}"))
+                .load_balancer()
+                .selector("app", "web")
+                .port(port("TCP", 80).named("http").target(8080))
+                .yaml(),
+        ];
+        for (family, suffix) in [("IPv4", "v4"), ("IPv6", "v6")] {
+            let mut family_slice = slice(&format!("web-{suffix}"), "web", family)
+                .namespace("default")
+                .port(port("TCP", 8080).named("http"));
+            for (i, &count) in pods.iter().enumerate() {
+                for k in 0..count {
+                    let address = if suffix == "v4" {
+                        format!("10.244.{}.{}", i + 1, k + 2)
+                    } else {
+                        format!("fd00:244:{}::{}", i + 1, k + 2)
+                    };
+                    family_slice = family_slice.endpoint(
+                        endpoint([address])
+                            .node(&format!("node-{}", NODES[i]))
+                            .pod("default", &format!("web-{}{k}", NODES[i]))
+                            .conditions(true, true, false),
+                    );
+                }
+            }
+            yamls.push(family_slice.yaml());
+        }
+        let dir = self.manifests.path();
+        let temporary = dir.join(".web.yaml.tmp");
+        std::fs::write(&temporary, fixtures::documents(yamls)).expect("writing the manifest");
+        // A rename, so that no l3lb reads half of it.
+        std::fs::rename(&temporary, dir.join("web.yaml")).expect("moving the manifest in place");
+        Instant::now()
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.l3lb.as_ref())
+            .map(L3lb::log)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+}
+
+/// Node A's share over node B's at the router for `ip`, when the route has both next hops.
+fn ratio(router: &str, ip: IpAddr) -> Option<f64> {
+    let weights = nexthop_weights(router, ip)?;
+    ratio_of(&weights)
+}
+
+fn ratio_of(weights: &Hops) -> Option<f64> {
+    let (a, b) = (weights.get("to-a")?, weights.get("to-b")?);
+    Some(f64::from(*a) / f64::from(*b))
+}
+
+fn near(ratio: Option<f64>, want: f64) -> bool {
+    ratio.is_some_and(|r| (r - want).abs() <= want * 0.1)
+}
+
+/// The metric of `ip` on `lo` in namespace `ns` (`ip -j addr`), if the address is there.
+fn lo_metric(ns: &str, ip: &str) -> Option<u64> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "addr", "show", "dev", "lo"])
+        .output()
+        .expect("running ip addr");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    links[0]["addr_info"]
+        .as_array()?
+        .iter()
+        .find(|info| info["local"] == ip)
+        .map(|info| info["metric"].as_u64().unwrap_or(0))
+}
+
+/// Next-hop weights by device.
+type Hops = BTreeMap<String, u32>;
+
+/// When, and the router's routes to the IPv4 and the IPv6 service IP.
+type Sample = (Duration, [Option<Hops>; 2]);
+
+/// The router's routes to both service IPs, every ~10 ms, until stopped.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(router: &str) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let router = router.to_owned();
+        let thread = {
+            let (stop, samples) = (stop.clone(), samples.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let ips: [IpAddr; 2] = [V4.parse().unwrap(), V6.parse().unwrap()];
+                while !stop.load(Ordering::Relaxed) {
+                    let sample = ips.map(|ip| nexthop_weights(&router, ip));
+                    samples.lock().unwrap().push((started.elapsed(), sample));
+                    // The sampling period, not a synchronisation.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        Sampler {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.samples.lock().unwrap().len()
+    }
+
+    fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the sampler panicked");
+        }
+        std::mem::take(&mut *self.samples.lock().unwrap())
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Scales node A to `pods` ready pods (node B keeps 1) and waits for the router's weights to
+/// follow, IPv4 and IPv6; returns how long after the manifest write node A's IPv4 address had
+/// its new metric, and the router its new weights.
+fn reweigh(fabric: &Fabric, pods: usize) -> (Option<Duration>, Duration) {
+    let router = fabric.router.name();
+    let node_a = fabric.nodes[0].ns.name();
+    let (v4, v6): (IpAddr, IpAddr) = (V4.parse().unwrap(), V6.parse().unwrap());
+    let want = pods as f64;
+    let written = fabric.scale([pods, 1]);
+    let mut at_node = None;
+    let deadline = written + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if at_node.is_none() && lo_metric(node_a, V4) == Some(pods as u64) {
+            at_node = Some(written.elapsed());
+        }
+        if near(ratio(router, v4), want) && near(ratio(router, v6), want) {
+            return (at_node, written.elapsed());
+        }
+        // The polling period, not a synchronisation.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!(
+        "the router's routes never reached {pods}:1: {:?} / {:?}\nl3lb:\n{}",
+        nexthop_weights(router, v4),
+        nexthop_weights(router, v6),
+        fabric.logs()
+    )
+}
+
+/// `ip monitor route` in the router's namespace: every kernel route change, so a withdrawal
+/// shorter than the sampling period is seen too.
+struct RouteMonitor {
+    child: Child,
+    reader: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl RouteMonitor {
+    fn start(router: &str) -> RouteMonitor {
+        let mut child = Command::new("ip")
+            .args(["-n", router, "-ts", "monitor", "route"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting ip monitor");
+        let stdout = child.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect()
+        });
+        RouteMonitor {
+            child,
+            reader: Some(reader),
+        }
+    }
+
+    /// Stops it; every line it printed.
+    fn finish(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reader
+            .take()
+            .map(|reader| reader.join().expect("the monitor's reader panicked"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RouteMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn router_weights_follow_ready_pods_and_reweighting_never_withdraws() {
+    if !privileged("router_weights_follow_ready_pods_and_reweighting_never_withdraws") {
+        return;
+    }
+    let fabric = Fabric::start();
+    let router = fabric.router.name().to_owned();
+    let node_a = fabric.nodes[0].ns.name().to_owned();
+    let (v4, v6): (IpAddr, IpAddr) = (V4.parse().unwrap(), V6.parse().unwrap());
+
+    fabric.scale([2, 1]);
+    let weighted = wait_until(Duration::from_secs(30), || {
+        near(ratio(&router, v4), 2.0) && near(ratio(&router, v6), 2.0)
+    });
+    assert!(
+        weighted,
+        "the router's routes never reached 2:1: {:?} / {:?}\nl3lb:\n{}",
+        nexthop_weights(&router, v4),
+        nexthop_weights(&router, v6),
+        fabric.logs()
+    );
+    assert_eq!(
+        lo_metric(&node_a, V4),
+        Some(2),
+        "node A's address carries its weight"
+    );
+    assert_eq!(lo_metric(&node_a, V6), Some(2));
+    let before = [nexthop_weights(&router, v4), nexthop_weights(&router, v6)];
+
+    let monitor = RouteMonitor::start(&router);
+    let sampler = Sampler::start(&router);
+    assert!(
+        wait_until(Duration::from_secs(5), || sampler.len() >= 20),
+        "the sampler takes no samples"
+    );
+    // Scale node A 3, 4, 3, 4, 3 (node B stays at 1): each change's time to node A's address
+    // metric and to the router's weights.
+    let mut timings = Vec::new();
+    for pods in [3, 4, 3, 4, 3] {
+        timings.push(reweigh(&fabric, pods));
+    }
+    // Watch a little longer for a late flap.
+    let settled = sampler.len();
+    assert!(wait_until(Duration::from_secs(10), || sampler.len() >= settled + 50));
+    let samples = sampler.finish();
+    let route_events = monitor.finish();
+
+    let gaps: Vec<&Sample> = samples
+        .iter()
+        .filter(|(_, routes)| {
+            routes
+                .iter()
+                .any(|route| route.as_ref().is_none_or(|hops| hops.len() != 2))
+        })
+        .collect();
+    assert!(
+        gaps.is_empty(),
+        "{} of {} samples at the router lacked a next hop (the route was withdrawn or \
+         shrank while re-weighting), first: {:?}",
+        gaps.len(),
+        samples.len(),
+        gaps.first()
+    );
+    // Each re-weighting replaced the router's routes (so the monitor was listening), and none
+    // was ever deleted.
+    // `ip -ts monitor` lines: `[timestamp] [Deleted ]DESTINATION …`, next hops indented.
+    let event = |line: &String| -> Option<(bool, IpAddr)> {
+        let text = line
+            .split_once("] ")
+            .map_or(line.as_str(), |(_, rest)| rest);
+        let (deleted, text) = match text.strip_prefix("Deleted ") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let destination = text.split_whitespace().next()?.parse().ok()?;
+        Some((deleted, destination))
+    };
+    let events: Vec<(bool, IpAddr)> = route_events
+        .iter()
+        .filter_map(event)
+        .filter(|(_, destination)| [v4, v6].contains(destination))
+        .collect();
+    for ip in [v4, v6] {
+        let changes = events.iter().filter(|(_, d)| *d == ip).count();
+        assert!(
+            changes >= 5,
+            "the router's route to {ip} changed only {changes} times in 5 re-weightings: \
+             {route_events:#?}"
+        );
+    }
+    assert!(
+        events.iter().all(|(deleted, _)| !deleted),
+        "the router deleted a service route while re-weighting: {route_events:#?}"
+    );
+    let longest_gap = samples
+        .windows(2)
+        .map(|pair| pair[1].0 - pair[0].0)
+        .max()
+        .unwrap_or_default();
+    let after = [nexthop_weights(&router, v4), nexthop_weights(&router, v6)];
+    eprintln!("weights at the router: {before:?} at 2:1, {after:?} at 3:1");
+    for (pods, (at_node, at_router)) in [3, 4, 3, 4, 3].iter().zip(&timings) {
+        eprintln!(
+            "node A to {pods} pods: manifest written -> node A's metric {:?}, -> router's \
+             weights (IPv4 and IPv6) {at_router:?}",
+            at_node
+        );
+    }
+    eprintln!(
+        "{} samples at the router, longest gap between samples {longest_gap:?}, every one with \
+         both next hops; {} route changes at the router, none a deletion",
+        samples.len(),
+        events.len()
+    );
+
+    let logs = fabric.logs();
+    assert!(
+        logs.contains(&format!("weighting address {V4} 4")) && !logs.contains("reconciling lo:"),
+        "every re-weighting logged, none failed:\n{logs}"
+    );
+
+    // `l3lb status` on node A shows the weight.
+    let status = fabric.nodes[0]
+        .ns
+        .command(&l3lb_binary().to_string_lossy())
+        .args(["status", "--json"])
+        .output()
+        .expect("running l3lb status");
+    let report: serde_json::Value =
+        serde_json::from_slice(&status.stdout).expect("l3lb status --json is JSON");
+    assert_eq!(report["weights"][V4], 3, "{report}");
+    assert_eq!(
+        report["weights"].as_object().map(|w| w.len()),
+        Some(2),
+        "{report}"
+    );
+    assert_eq!(report["weights"][V6], 3, "{report}");
+    drop(fabric);
+    assert!(!Path::new(&format!("/run/netns/{router}")).exists());
+}
