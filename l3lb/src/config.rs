@@ -82,6 +82,12 @@ pub struct RunConfig {
     #[arg(long, env = "L3LB_WEIGHTS", value_enum, default_value_t = Weights::None)]
     pub weights: Weights,
 
+    /// Also withdraw every address while this node is cordoned (`kubectl cordon`/`drain`: the
+    /// taint node.kubernetes.io/unschedulable), not only while it carries the label
+    /// node.kubernetes.io/exclude-from-external-load-balancers.
+    #[arg(long, env = "L3LB_WITHDRAW_ON_CORDON")]
+    pub withdraw_on_cordon: bool,
+
     /// Namespace of the leader-election Lease (l3lb's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "l3lb-system")]
     pub lease_namespace: String,
@@ -143,6 +149,7 @@ impl RunConfig {
             external_ips: self.external_ips,
             status_ips: self.status_ips,
             weights: self.weights,
+            withdraw_on_cordon: self.withdraw_on_cordon,
         }
     }
 }

@@ -13,7 +13,10 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    cluster::model::{ClusterChange, IngressOwner, ServiceKey, ServiceSpec, SliceKey, SliceSpec},
+    cluster::model::{
+        ClusterChange, IngressOwner, NodeSpec, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
+    },
+    maintenance::{Maintenance, maintenance},
     weights::{self, Weights},
 };
 
@@ -49,6 +52,9 @@ pub struct Policy {
     pub status_ips: StatusIps,
     /// Whether announced addresses carry a weight (see [`crate::weights`]).
     pub weights: Weights,
+    /// A cordoned node withdraws everything, like one labelled for exclusion (see
+    /// [`crate::maintenance`]).
+    pub withdraw_on_cordon: bool,
 }
 
 /// Something wrong with one IP a Service asks for; the IP is not announced.
@@ -273,12 +279,18 @@ pub struct Outcome {
     /// Addresses announced before and after whose weight changed, with the new weight (only
     /// with `--weights endpoints`).
     pub reweighted: BTreeMap<IpAddr, u32>,
+    /// The node went into maintenance or came out of it: everything is withdrawn or announced
+    /// again ([`DesiredState::maintenance`] says which).
+    pub maintenance_changed: bool,
 }
 
 impl Outcome {
     /// Whether the interface needs reconciling: an address to add or remove, or to re-weight.
     pub fn addresses_changed(&self) -> bool {
-        !self.assumed.is_empty() || !self.forfeited.is_empty() || !self.reweighted.is_empty()
+        !self.assumed.is_empty()
+            || !self.forfeited.is_empty()
+            || !self.reweighted.is_empty()
+            || self.maintenance_changed
     }
 }
 
@@ -295,6 +307,11 @@ pub struct DesiredState {
     requests: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
     /// The weight of each announced IP (the keys of `claims`), with `--weights endpoints` only.
     weights: BTreeMap<IpAddr, u32>,
+    /// This node's Node object, where the source has one.
+    node: Option<NodeSpec>,
+    /// Set while the node is in maintenance: then nothing is announced, though `claims` keeps
+    /// what would be, to announce it again at once when maintenance ends.
+    maintenance: Option<Maintenance>,
 }
 
 impl DesiredState {
@@ -308,6 +325,8 @@ impl DesiredState {
             claims: BTreeMap::new(),
             requests: BTreeMap::new(),
             weights: BTreeMap::new(),
+            node: None,
+            maintenance: None,
         }
     }
 
@@ -315,14 +334,31 @@ impl DesiredState {
         &self.policy
     }
 
-    /// The IPs this node should have on its interface.
+    /// The IPs this node should have on its interface: none in maintenance.
     pub fn addresses(&self) -> BTreeSet<IpAddr> {
+        if self.maintenance.is_some() {
+            return BTreeSet::new();
+        }
         self.claims.keys().copied().collect()
+    }
+
+    /// Why this node announces nothing at all, if it is in maintenance.
+    pub fn maintenance(&self) -> Option<Maintenance> {
+        self.maintenance
+    }
+
+    /// This node's Node object, as last seen.
+    pub fn node(&self) -> Option<&NodeSpec> {
+        self.node.as_ref()
     }
 
     /// The weight of each address this node should have, with `--weights endpoints`; empty
     /// with `--weights none`.
     pub fn weights(&self) -> &BTreeMap<IpAddr, u32> {
+        static NONE: BTreeMap<IpAddr, u32> = BTreeMap::new();
+        if self.maintenance.is_some() {
+            return &NONE;
+        }
         &self.weights
     }
 
@@ -399,6 +435,7 @@ impl DesiredState {
                     self.put_service(spec, touched);
                 }
             }
+            ClusterChange::NodeApplied(node) | ClusterChange::NodeListed(node) => self.node = node,
             ClusterChange::SliceApplied(spec) => self.put_slice(spec, touched),
             ClusterChange::SliceDeleted(key) => self.remove_slice(&key, touched),
             ClusterChange::SlicesListed(specs) => {
@@ -466,6 +503,9 @@ impl DesiredState {
 
     fn recompute(&mut self, touched: BTreeSet<ServiceKey>) -> Outcome {
         let mut outcome = Outcome::default();
+        let before = self.maintenance;
+        self.maintenance = maintenance(self.node.as_ref(), self.policy.withdraw_on_cordon);
+        outcome.maintenance_changed = self.maintenance != before;
         // Announced IPs of touched Services, before and after: their weights may have changed
         // even when a decision did not (a pod replaced by one of the other family).
         let mut reweigh = BTreeSet::new();
@@ -593,6 +633,7 @@ mod tests {
             external_ips: true,
             status_ips: StatusIps::External,
             weights: Weights::None,
+            withdraw_on_cordon: false,
         }
     }
 
@@ -1103,5 +1144,66 @@ mod tests {
         let out = state.apply_all(changes());
         assert_eq!(state.addresses(), ips(&["10.0.100.8"]));
         assert!(state.weights().is_empty() && out.reweighted.is_empty());
+    }
+
+    #[test]
+    fn maintenance_withdraws_everything_and_ending_it_announces_again() {
+        let node = |excluded, cordoned| NodeSpec {
+            name: NODE.into(),
+            uid: None,
+            excluded,
+            cordoned,
+        };
+        let mut state = DesiredState::new(Policy {
+            withdraw_on_cordon: true,
+            ..weighted()
+        });
+        state.apply_all([
+            ClusterChange::NodeListed(Some(node(false, false))),
+            ClusterChange::ServiceApplied(lb("web", &["10.0.100.7"])),
+            ClusterChange::SliceApplied(ready_here("web")),
+        ]);
+        assert_eq!(state.addresses(), ips(&["10.0.100.7"]));
+
+        let out = state.apply(ClusterChange::NodeApplied(Some(node(true, false))));
+        assert!(out.maintenance_changed && out.addresses_changed());
+        assert_eq!(state.maintenance(), Some(Maintenance::Excluded));
+        assert!(state.addresses().is_empty() && state.weights().is_empty());
+        // Changes while in maintenance are tracked, and still nothing is announced.
+        state.apply(ClusterChange::ServiceApplied(lb("api", &["10.0.100.8"])));
+        state.apply(ClusterChange::SliceApplied(ready_here("api")));
+        assert!(state.addresses().is_empty());
+
+        // Label gone but cordoned, with --withdraw-on-cordon: still withdrawn, no change.
+        let out = state.apply(ClusterChange::NodeApplied(Some(node(false, true))));
+        assert_eq!(state.maintenance(), Some(Maintenance::Cordoned));
+        assert!(out.maintenance_changed, "the reason changed");
+        assert!(state.addresses().is_empty());
+
+        let out = state.apply(ClusterChange::NodeApplied(Some(node(false, false))));
+        assert!(out.maintenance_changed && out.addresses_changed());
+        assert_eq!(state.addresses(), ips(&["10.0.100.7", "10.0.100.8"]));
+        assert_eq!(state.weights().len(), 2);
+
+        // A Node deleted from under a running l3lb is no reason to withdraw.
+        state.apply(ClusterChange::NodeApplied(None));
+        assert_eq!(state.maintenance(), None);
+    }
+
+    #[test]
+    fn a_cordon_alone_withdraws_nothing_by_default() {
+        let mut state = DesiredState::new(policy(Mode::Pods));
+        let out = state.apply_all([
+            ClusterChange::NodeListed(Some(NodeSpec {
+                name: NODE.into(),
+                uid: None,
+                excluded: false,
+                cordoned: true,
+            })),
+            ClusterChange::ServiceApplied(lb("web", &["10.0.100.7"])),
+            ClusterChange::SliceApplied(ready_here("web")),
+        ]);
+        assert!(!out.maintenance_changed);
+        assert_eq!(state.addresses(), ips(&["10.0.100.7"]));
     }
 }

@@ -14,6 +14,9 @@ pub struct NodeReport {
     pub synced: bool,
     pub services_seen: usize,
     pub announced: Vec<IpAddr>,
+    /// Why this node announces nothing at all (node maintenance), if it does not.
+    #[serde(default)]
+    pub maintenance: Option<String>,
     /// The weight (interface metric) of each announced address with `--weights endpoints`;
     /// empty without weights.
     #[serde(default)]

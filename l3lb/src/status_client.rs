@@ -72,6 +72,9 @@ pub fn render(report: &NodeReport) -> String {
             "NOT SYNCED (nothing is withdrawn until it is)"
         }
     );
+    if let Some(why) = &report.maintenance {
+        let _ = writeln!(out, "IN MAINTENANCE, nothing announced: {why}");
+    }
     let _ = writeln!(
         out,
         "{} address(es) announced, {} Service(s) seen\n",
@@ -153,6 +156,7 @@ mod tests {
             services_seen: 3,
             announced: vec!["10.0.100.7".parse().unwrap()],
             weights: [("10.0.100.7".parse().unwrap(), 3)].into(),
+            maintenance: None,
             services: vec![ServiceReport {
                 service: "default/web".into(),
                 ips: vec!["10.0.100.7".parse().unwrap()],

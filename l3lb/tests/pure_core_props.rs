@@ -32,6 +32,7 @@ fn policy(mode: Mode) -> Policy {
         external_ips: true,
         status_ips: StatusIps::default(),
         weights: Weights::Endpoints,
+        withdraw_on_cordon: false,
     }
 }
 

@@ -175,6 +175,7 @@ mod tests {
             external_ips: true,
             status_ips: Default::default(),
             weights: Default::default(),
+            withdraw_on_cordon: false,
         })
     }
 
