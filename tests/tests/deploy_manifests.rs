@@ -31,6 +31,8 @@ const CLUSTER_ROLE_GRANTS: &[(&str, &str, &str)] = &[
     ("", "services/status", "patch"),
     ("discovery.k8s.io", "endpointslices", "list"),
     ("discovery.k8s.io", "endpointslices", "watch"),
+    ("", "nodes", "list"),
+    ("", "nodes", "watch"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
     ("l3lb.io", "l3lbippools", "list"),

@@ -8,6 +8,9 @@
 //!   sees the route with both next hops in every sample and `ip monitor route` sees it replaced,
 //!   never deleted: re-weighting never withdraws the route.
 //!
+//! - node A's `kind: Node` manifest labelled node.kubernetes.io/exclude-from-external-load-balancers:
+//!   its next hop leaves the router's route; without the label it comes back, weighted.
+//!
 //! It prints how long a weight change takes: from the manifest write to the node's address
 //! metric, and to the router's kernel route.
 use std::{
@@ -198,6 +201,21 @@ impl Fabric {
         std::fs::write(&temporary, fixtures::documents(yamls)).expect("writing the manifest");
         // A rename, so that no l3lb reads half of it.
         std::fs::rename(&temporary, dir.join("web.yaml")).expect("moving the manifest in place");
+        Instant::now()
+    }
+
+    /// Writes node A's Node manifest, with the exclusion label or without; returns when.
+    fn node_a(&self, excluded: bool) -> Instant {
+        let labels = if excluded {
+            "  labels: {node.kubernetes.io/exclude-from-external-load-balancers: \"\"}\n"
+        } else {
+            ""
+        };
+        let text = format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n{labels}");
+        let dir = self.manifests.path();
+        let temporary = dir.join(".node-a.yaml.tmp");
+        std::fs::write(&temporary, text).expect("writing the Node manifest");
+        std::fs::rename(&temporary, dir.join("node-a.yaml")).expect("moving it in place");
         Instant::now()
     }
 
@@ -509,6 +527,35 @@ fn router_weights_follow_ready_pods_and_reweighting_never_withdraws() {
         "{report}"
     );
     assert_eq!(report["weights"][V6], 3, "{report}");
+
+    // Node maintenance: labelling node A takes its next hop away at the router, for both
+    // families; removing the label brings it back with its weight.
+    let devices =
+        |ip| nexthop_weights(&router, ip).map(|hops| hops.into_keys().collect::<Vec<_>>());
+    let only_b = Some(vec!["to-b".to_owned()]);
+    let written = fabric.node_a(true);
+    assert!(
+        wait_until(Duration::from_secs(30), || devices(v4) == only_b
+            && devices(v6) == only_b),
+        "node A's next hop stayed: {:?}\nl3lb:\n{}",
+        nexthop_weights(&router, v4),
+        fabric.logs()
+    );
+    let excluded_after = written.elapsed();
+    let written = fabric.node_a(false);
+    assert!(
+        wait_until(Duration::from_secs(30), || near(ratio(&router, v4), 3.0)
+            && near(ratio(&router, v6), 3.0)),
+        "node A's next hop did not come back at 3:1: {:?}\nl3lb:\n{}",
+        nexthop_weights(&router, v4),
+        fabric.logs()
+    );
+    eprintln!(
+        "exclusion label on node A -> its next hop gone at the router: {excluded_after:?}; \
+         label removed -> back at 3:1: {:?}",
+        written.elapsed()
+    );
+
     drop(fabric);
     assert!(!Path::new(&format!("/run/netns/{router}")).exists());
 }
