@@ -417,7 +417,7 @@ impl Controller {
                 Some(ServiceReport {
                     service: spec.key.to_string(),
                     ips: decision.ips.iter().copied().collect(),
-                    announced: decision.reason.announces(),
+                    announced: decision.reason.announces() && self.state.maintenance().is_none(),
                     reason: decision.reason.to_string(),
                     local_ready: self
                         .state
