@@ -21,7 +21,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -56,9 +56,15 @@ struct Fabric {
 
 impl Fabric {
     /// The router and the nodes, their links, FRR everywhere with all sessions up, and l3lb on
-    /// every node reading one manifest directory.
-    fn start() -> Fabric {
-        let pid = std::process::id();
+    /// every node reading one manifest directory, node `i` with `--weights weights[i]`.
+    fn start(weights: [&str; 2]) -> Fabric {
+        // Unique per fabric: the tests of this file run in parallel in one process.
+        static FABRICS: AtomicU32 = AtomicU32::new(0);
+        let pid = format!(
+            "{}-{}",
+            std::process::id(),
+            FABRICS.fetch_add(1, Ordering::Relaxed)
+        );
         let scratch = tempfile::Builder::new()
             .prefix("w8-")
             .tempdir()
@@ -156,7 +162,7 @@ impl Fabric {
                 .args(["run", "--node-name", &name, "--prefix", PREFIXES])
                 .arg("--source")
                 .arg(format!("file:{}", fabric.manifests.path().display()))
-                .args(["--weights", "endpoints"]);
+                .args(["--weights", weights[i]]);
             let log = fabric._scratch.path().join(format!("{name}-l3lb.log"));
             fabric.nodes[i].l3lb = Some(L3lb::spawn(command, log));
         }
@@ -395,7 +401,7 @@ fn router_weights_follow_ready_pods_and_reweighting_never_withdraws() {
     if !privileged("router_weights_follow_ready_pods_and_reweighting_never_withdraws") {
         return;
     }
-    let fabric = Fabric::start();
+    let fabric = Fabric::start(["endpoints", "endpoints"]);
     let router = fabric.router.name().to_owned();
     let node_a = fabric.nodes[0].ns.name().to_owned();
     let (v4, v6): (IpAddr, IpAddr) = (V4.parse().unwrap(), V6.parse().unwrap());
@@ -558,4 +564,39 @@ fn router_weights_follow_ready_pods_and_reweighting_never_withdraws() {
 
     drop(fabric);
     assert!(!Path::new(&format!("/run/netns/{router}")).exists());
+}
+
+/// The documented fallback: node B runs without weights, so its path carries no link-bandwidth
+/// community, and the router shares equally however many pods node A runs.
+#[test]
+fn a_node_without_weights_makes_the_router_share_equally() {
+    if !privileged("a_node_without_weights_makes_the_router_share_equally") {
+        return;
+    }
+    let fabric = Fabric::start(["endpoints", "none"]);
+    let router = fabric.router.name().to_owned();
+    let node_a = fabric.nodes[0].ns.name().to_owned();
+    let node_b = fabric.nodes[1].ns.name().to_owned();
+    let v4: IpAddr = V4.parse().unwrap();
+    fabric.scale([2, 1]);
+    let settled = wait_until(Duration::from_secs(30), || {
+        lo_metric(&node_a, V4) == Some(2)
+            && lo_metric(&node_b, V4) == Some(0)
+            && nexthop_weights(&router, v4).is_some_and(|hops| hops.len() == 2)
+    });
+    assert!(
+        settled,
+        "node A weighted 2, node B unweighted, both next hops at the router: {:?} / {:?} / \
+         {:?}\nl3lb:\n{}",
+        lo_metric(&node_a, V4),
+        lo_metric(&node_b, V4),
+        nexthop_weights(&router, v4),
+        fabric.logs()
+    );
+    // The router may see A's community before B's path: wait for what it settles on.
+    assert!(
+        wait_until(Duration::from_secs(10), || near(ratio(&router, v4), 1.0)),
+        "equal shares without B's community: {:?}",
+        nexthop_weights(&router, v4)
+    );
 }
