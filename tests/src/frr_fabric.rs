@@ -1,15 +1,22 @@
 //! Real FRR for tests that need a BGP router but not the whole lab: zebra and bgpd in a network
 //! namespace with the shipped `deploy/frr` configs (placeholders filled in), `vtysh` against
-//! them, and the router's kernel routes with their next-hop weights. Dropping an [`Frr`] stops
-//! its daemons and removes what they left behind, so a failing test leaves nothing running.
+//! them, and the router's kernel routes with their next-hop weights, sampled ([`Sampler`]) and
+//! followed change by change ([`RouteMonitor`]). Dropping an [`Frr`] stops its daemons and
+//! removes what they left behind, so a failing test leaves nothing running.
 use std::{
     collections::BTreeMap,
     fs::{self, OpenOptions},
+    io::{BufRead as _, BufReader},
     net::IpAddr,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use crate::{netns::NetNs, wait_until};
@@ -171,9 +178,12 @@ fn vty_group() -> &'static str {
     if has_frrvty { "frrvty" } else { "root" }
 }
 
+/// Next-hop weights by device.
+pub type Hops = BTreeMap<String, u32>;
+
 /// The kernel route to `ip` (a host route) in namespace `ns`: the weight of each next hop by its
 /// device; `None` when there is no route.
-pub fn nexthop_weights(ns: &str, ip: IpAddr) -> Option<BTreeMap<String, u32>> {
+pub fn nexthop_weights(ns: &str, ip: IpAddr) -> Option<Hops> {
     let family = if ip.is_ipv4() { "-4" } else { "-6" };
     let out = Command::new("ip")
         .args([
@@ -198,7 +208,7 @@ pub fn nexthop_weights(ns: &str, ip: IpAddr) -> Option<BTreeMap<String, u32>> {
 
 /// `ip -j route show` output → the weight of each next hop by device (a single-path route is one
 /// next hop of weight 1).
-fn parse_weights(json: &str) -> Option<BTreeMap<String, u32>> {
+fn parse_weights(json: &str) -> Option<Hops> {
     let routes: serde_json::Value = serde_json::from_str(json).ok()?;
     let route = routes.as_array()?.first()?;
     let weight = |hop: &serde_json::Value| {
@@ -210,6 +220,123 @@ fn parse_weights(json: &str) -> Option<BTreeMap<String, u32>> {
         Some(hops) => hops.iter().map(weight).collect(),
         None => weight(route).map(|hop| BTreeMap::from([hop])),
     }
+}
+
+/// When, and the routes to each sampled IP.
+pub type Sample = (Duration, Vec<Option<Hops>>);
+
+/// A namespace's routes to some IPs, every ~10 ms on a thread of its own, until finished.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sampler {
+    pub fn start(ns: &str, ips: Vec<IpAddr>) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let ns = ns.to_owned();
+        let thread = {
+            let (stop, samples) = (stop.clone(), samples.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let sample = ips.iter().map(|&ip| nexthop_weights(&ns, ip)).collect();
+                    samples.lock().unwrap().push((started.elapsed(), sample));
+                    // The sampling period, not a synchronisation.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        Sampler {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many samples so far.
+    pub fn len(&self) -> usize {
+        self.samples.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stops sampling; every sample taken.
+    pub fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the sampler panicked");
+        }
+        std::mem::take(&mut *self.samples.lock().unwrap())
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `ip -ts monitor route` in a namespace: every kernel route change, so a withdrawal shorter
+/// than a sampling period is seen too.
+pub struct RouteMonitor {
+    child: Child,
+    reader: Option<JoinHandle<Vec<String>>>,
+}
+
+impl RouteMonitor {
+    pub fn start(ns: &str) -> RouteMonitor {
+        let mut child = Command::new("ip")
+            .args(["-n", ns, "-ts", "monitor", "route"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting ip monitor in {ns}: {err}"));
+        let stdout = child.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect()
+        });
+        RouteMonitor {
+            child,
+            reader: Some(reader),
+        }
+    }
+
+    /// Stops it; every line it printed.
+    pub fn finish(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reader
+            .take()
+            .map(|reader| reader.join().expect("the monitor's reader panicked"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RouteMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `ip -ts monitor route` line, `[timestamp] [Deleted ]DESTINATION …`: whether the route
+/// was deleted, and its destination; `None` for next-hop lines and anything else.
+pub fn parse_route_event(line: &str) -> Option<(bool, IpAddr)> {
+    let text = line.split_once("] ").map_or(line, |(_, rest)| rest);
+    let (deleted, text) = match text.strip_prefix("Deleted ") {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let destination = text.split_whitespace().next()?.parse().ok()?;
+    Some((deleted, destination))
 }
 
 #[cfg(test)]
@@ -234,5 +361,26 @@ mod tests {
             Some(BTreeMap::from([("w8-to-a".into(), 1)]))
         );
         assert_eq!(parse_weights("[]"), None);
+    }
+
+    #[test]
+    fn route_events_say_deleted_or_not_and_for_which_destination() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            parse_route_event(
+                "[2026-12-07T00:36:29.107871] Deleted 2001:db8:100::7 nhid 32 proto bgp"
+            ),
+            Some((true, ip("2001:db8:100::7")))
+        );
+        assert_eq!(
+            parse_route_event(
+                "[2026-12-07T00:36:29.307955] 10.0.100.7 nhid 29 proto bgp metric 20 "
+            ),
+            Some((false, ip("10.0.100.7")))
+        );
+        assert_eq!(
+            parse_route_event("\tnexthop via 172.31.2.2 dev to-b weight 25 "),
+            None
+        );
     }
 }

@@ -14,22 +14,20 @@
 //! It prints how long a weight change takes: from the manifest write to the node's address
 //! metric, and to the router's kernel route.
 use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader},
     net::IpAddr,
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use l3lb_tests::{
     daemon::{L3lb, l3lb_binary},
     fixtures::{self, endpoint, port, slice},
-    frr_fabric::{Frr, NODE_CONF, ROUTER_CONF, WEIGHTS_CONF, fill, nexthop_weights},
+    frr_fabric::{
+        Frr, Hops, NODE_CONF, ROUTER_CONF, RouteMonitor, Sample, Sampler, WEIGHTS_CONF, fill,
+        nexthop_weights, parse_route_event,
+    },
     netns::{NetNs, veth_pair},
     privileged, wait_until,
 };
@@ -264,63 +262,6 @@ fn lo_metric(ns: &str, ip: &str) -> Option<u64> {
         .map(|info| info["metric"].as_u64().unwrap_or(0))
 }
 
-/// Next-hop weights by device.
-type Hops = BTreeMap<String, u32>;
-
-/// When, and the router's routes to the IPv4 and the IPv6 service IP.
-type Sample = (Duration, [Option<Hops>; 2]);
-
-/// The router's routes to both service IPs, every ~10 ms, until stopped.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<Sample>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start(router: &str) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let router = router.to_owned();
-        let thread = {
-            let (stop, samples) = (stop.clone(), samples.clone());
-            std::thread::spawn(move || {
-                let started = Instant::now();
-                let ips: [IpAddr; 2] = [V4.parse().unwrap(), V6.parse().unwrap()];
-                while !stop.load(Ordering::Relaxed) {
-                    let sample = ips.map(|ip| nexthop_weights(&router, ip));
-                    samples.lock().unwrap().push((started.elapsed(), sample));
-                    // The sampling period, not a synchronisation.
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            })
-        };
-        Sampler {
-            stop,
-            samples,
-            thread: Some(thread),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.samples.lock().unwrap().len()
-    }
-
-    fn finish(mut self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("the sampler panicked");
-        }
-        std::mem::take(&mut *self.samples.lock().unwrap())
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Scales node A to `pods` ready pods (node B keeps 1) and waits for the router's weights to
 /// follow, IPv4 and IPv6; returns how long after the manifest write node A's IPv4 address had
 /// its new metric, and the router its new weights.
@@ -348,52 +289,6 @@ fn reweigh(fabric: &Fabric, pods: usize) -> (Option<Duration>, Duration) {
         nexthop_weights(router, v6),
         fabric.logs()
     )
-}
-
-/// `ip monitor route` in the router's namespace: every kernel route change, so a withdrawal
-/// shorter than the sampling period is seen too.
-struct RouteMonitor {
-    child: Child,
-    reader: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl RouteMonitor {
-    fn start(router: &str) -> RouteMonitor {
-        let mut child = Command::new("ip")
-            .args(["-n", router, "-ts", "monitor", "route"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting ip monitor");
-        let stdout = child.stdout.take().expect("piped");
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect()
-        });
-        RouteMonitor {
-            child,
-            reader: Some(reader),
-        }
-    }
-
-    /// Stops it; every line it printed.
-    fn finish(mut self) -> Vec<String> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.reader
-            .take()
-            .map(|reader| reader.join().expect("the monitor's reader panicked"))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for RouteMonitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -426,7 +321,7 @@ fn router_weights_follow_ready_pods_and_reweighting_never_withdraws() {
     let before = [nexthop_weights(&router, v4), nexthop_weights(&router, v6)];
 
     let monitor = RouteMonitor::start(&router);
-    let sampler = Sampler::start(&router);
+    let sampler = Sampler::start(&router, vec![v4, v6]);
     assert!(
         wait_until(Duration::from_secs(5), || sampler.len() >= 20),
         "the sampler takes no samples"
@@ -461,21 +356,9 @@ fn router_weights_follow_ready_pods_and_reweighting_never_withdraws() {
     );
     // Each re-weighting replaced the router's routes (so the monitor was listening), and none
     // was ever deleted.
-    // `ip -ts monitor` lines: `[timestamp] [Deleted ]DESTINATION …`, next hops indented.
-    let event = |line: &String| -> Option<(bool, IpAddr)> {
-        let text = line
-            .split_once("] ")
-            .map_or(line.as_str(), |(_, rest)| rest);
-        let (deleted, text) = match text.strip_prefix("Deleted ") {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
-        let destination = text.split_whitespace().next()?.parse().ok()?;
-        Some((deleted, destination))
-    };
     let events: Vec<(bool, IpAddr)> = route_events
         .iter()
-        .filter_map(event)
+        .filter_map(|line| parse_route_event(line))
         .filter(|(_, destination)| [v4, v6].contains(destination))
         .collect();
     for ip in [v4, v6] {
