@@ -18,7 +18,7 @@ use serde::Deserialize as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::model::{ClusterChange, DEFAULT_LOAD_BALANCER_CLASS, ServiceSpec, SliceSpec};
+use super::model::{ClusterChange, DEFAULT_LOAD_BALANCER_CLASS, NodeSpec, ServiceSpec, SliceSpec};
 use crate::{
     allocator::{parse_pools, pool_reports, request_from_service},
     crd::L3lbIPPool,
@@ -59,6 +59,8 @@ struct Parsed {
     /// model drops).
     objects: Vec<Service>,
     pools: Vec<L3lbIPPool>,
+    /// This node's `kind: Node` manifest, for maintenance (the exclusion label, a cordon).
+    node: Option<NodeSpec>,
 }
 
 /// A file's identity for change detection.
@@ -153,15 +155,21 @@ impl FileSource {
             }
             relisted = true;
             let (services, slices) = self.snapshot();
+            let node = self
+                .files
+                .values()
+                .find_map(|(_, parsed)| parsed.node.clone());
             debug!(
                 services = services.len(),
                 slices = slices.len(),
                 "manifests changed"
             );
-            if changes
-                .send(ClusterChange::ServicesListed(services))
-                .await
-                .is_err()
+            // The Node first: a restart on an excluded node never announces for a moment.
+            if changes.send(ClusterChange::NodeListed(node)).await.is_err()
+                || changes
+                    .send(ClusterChange::ServicesListed(services))
+                    .await
+                    .is_err()
                 || changes
                     .send(ClusterChange::SlicesListed(slices))
                     .await
@@ -395,6 +403,12 @@ fn collect(
             parsed.objects.push(service);
         }
         "L3lbIPPool" => parsed.pools.push(serde_yaml::from_value(value)?),
+        "Node" => {
+            let spec = NodeSpec::from_node(&serde_yaml::from_value(value)?);
+            if let Some(spec) = spec.filter(|spec| spec.name == node) {
+                parsed.node = Some(spec);
+            }
+        }
         "EndpointSlice" => {
             let mut slice: EndpointSlice = serde_yaml::from_value(value)?;
             slice
@@ -405,7 +419,7 @@ fn collect(
                 .slices
                 .extend(SliceSpec::from_endpoint_slice(&slice, node));
         }
-        "List" | "ServiceList" | "EndpointSliceList" => {
+        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
             if let Some(serde_yaml::Value::Sequence(items)) = value.get("items").cloned() {
                 for item in items {
                     collect(item, node, parsed)?;
@@ -468,6 +482,22 @@ metadata: {name: ignored}
         assert_eq!(slice.local.len(), 1, "only node-b's endpoint is kept");
         assert!(!slice.local[0].ready && slice.local[0].serving && slice.local[0].terminating);
         assert_eq!(slice.ports[0].port, 8080);
+    }
+
+    #[test]
+    fn reads_this_nodes_own_node_manifest() {
+        let text = "kind: Node\nmetadata:\n  name: node-a\n  labels:\n    \
+                    node.kubernetes.io/exclude-from-external-load-balancers: \"\"\n";
+        let here = parse_manifests(text, "node-a").expect("a Node");
+        assert!(
+            here.node
+                .is_some_and(|node| node.excluded && !node.cordoned)
+        );
+        let elsewhere = parse_manifests(text, "node-b").expect("a Node");
+        assert!(
+            elsewhere.node.is_none(),
+            "another node's object is not ours"
+        );
     }
 
     #[test]
