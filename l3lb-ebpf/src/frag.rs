@@ -6,6 +6,10 @@
 //! (the IP header checksum is all they carry) and the same delivery. The pod reassembles the
 //! datagram. kube-proxy gets the same from conntrack's defragmentation.
 //!
+//! A malformed fragment of a service datagram (an IP length beyond the frame or short of the
+//! headers, a bad IPv4 header checksum) passes untouched, counted `Truncated`, and leaves no
+//! entry: found by `cargo xtask fuzz` (docs/reliability.md).
+//!
 //! A later fragment with no entry (one that arrived before its first fragment, or belongs to no
 //! steered datagram) passes untouched and is counted as `Fragment`: the kernel then has a
 //! datagram it cannot complete, which times out in its reassembly queue. Reordering that puts
@@ -26,7 +30,9 @@ use crate::{
     flow::select,
     maps::{L3LB_FRAGMENTS, L3LB_SERVICES, count, count_service},
     nat::decrement_ttl,
-    parse::{ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_LEN, IPV4_SRC, L4_DPORT, Packet},
+    parse::{
+        ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_LEN, IPV4_SRC, L4_DPORT, Packet, TCP_LEN, UDP_LEN,
+    },
     tc_ingress::redirect,
 };
 
@@ -65,6 +71,9 @@ pub fn forward(ctx: &TcContext, bytes: u64) -> i32 {
     let mut service = ServiceEntry::default();
     let mut backend = Backend::default();
     let mut reason = prepare(ctx, &mut packet, &mut service);
+    if reason == DONE && !well_formed(ctx, packet.key.proto) {
+        reason = Reason::Truncated as u32;
+    }
     if reason == DONE {
         reason = pick(&packet.key, &service, bytes, &mut backend);
     }
@@ -83,13 +92,15 @@ pub fn forward(ctx: &TcContext, bytes: u64) -> i32 {
 /// A step went through.
 const DONE: u32 = u32::MAX;
 
-/// The `Reason` a step returned as a number (one of the three it can give).
+/// The `Reason` a step returned as a number (one of the four it can give).
 #[inline(always)]
 fn reason_of(reason: u32) -> Reason {
     if reason == Reason::NotService as u32 {
         Reason::NotService
     } else if reason == Reason::NoBackend as u32 {
         Reason::NoBackend
+    } else if reason == Reason::Truncated as u32 {
+        Reason::Truncated
     } else {
         Reason::Fragment
     }
@@ -180,6 +191,45 @@ fn finish(ctx: &TcContext, packet: &mut Packet, backend: &Backend, frag: u64, by
     action
 }
 
+/// Whether a fragment of a steered datagram is one the kernel would accept, as `validate` asks
+/// of whole packets (parse.rs): an IP total length that covers the header (and, in a first
+/// fragment, the `proto` transport header the rewrite touches) and lies within the frame, and
+/// an IPv4 header checksum that verifies. A malformed fragment passes untouched and leaves no
+/// entry behind, so a forged one cannot fill `L3LB_FRAGMENTS` or be steered. `proto` 0: a later
+/// fragment, no transport header. A call of its own, beside the backend choice's.
+#[inline(never)]
+fn well_formed(ctx: &TcContext, proto: u8) -> bool {
+    let Ok(head) = ctx.load::<[u8; 4]>(ETH_LEN) else {
+        return false;
+    };
+    let header_len = usize::from(head[0] & 0x0f) * 4;
+    let transport = match proto {
+        PROTO_TCP => TCP_LEN,
+        PROTO_UDP => UDP_LEN,
+        _ => 0,
+    };
+    let total = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    if total < header_len + transport || ETH_LEN + total > ctx.len() as usize {
+        return false;
+    }
+    // RFC 1071 §2(B): the words may be summed in either byte order.
+    let mut sum: u64 = 0;
+    for i in 0..15 {
+        if i * 4 >= header_len {
+            break;
+        }
+        let Ok(word) = ctx.load::<u32>(ETH_LEN + i * 4) else {
+            return false;
+        };
+        sum += u64::from(word);
+    }
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
+}
+
 /// A later fragment: only the address, and the IP header checksum over it.
 #[inline(never)]
 fn later(ctx: &TcContext, bytes: u64) -> i32 {
@@ -203,6 +253,9 @@ fn try_later(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let backend = unsafe { L3LB_FRAGMENTS.get(datagram) }
         .copied()
         .ok_or(Reason::Fragment)?;
+    if !well_formed(ctx, 0) {
+        return Err(Reason::Truncated);
+    }
     if rewrite_destination(ctx, &datagram.dst, &backend.addr).is_err() {
         return Ok((TC_ACT_OK, Reason::Truncated));
     }

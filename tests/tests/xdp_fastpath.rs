@@ -1102,6 +1102,50 @@ fn fragments_follow_their_first() {
         counted,
         vec![(Reason::Fragment, 1, other_second.len() as u64)]
     );
+
+    // Malformed fragments of service datagrams (found by `cargo xtask fuzz`): untouched,
+    // counted as truncated, and a malformed first leaves no entry for its later fragments.
+    let corrupt = |mut frame: Vec<u8>| {
+        frame[frames::ETH_LEN + 10] ^= 0x5a;
+        frame
+    };
+    let [first, second] = to_service(46003);
+    let cut = first[..first.len() - 100].to_vec();
+    for (description, malformed) in [
+        ("a bad IPv4 header checksum", corrupt(first.clone())),
+        ("an IP length beyond the frame", cut),
+    ] {
+        let (out, counted) = run(&lb, &malformed);
+        assert_eq!(
+            out, malformed,
+            "first fragment with {description}: untouched"
+        );
+        assert_eq!(
+            counted,
+            vec![(Reason::Truncated, 1, malformed.len() as u64)],
+            "first fragment with {description}"
+        );
+        let (out, counted) = run(&lb, &second);
+        assert!(out == second, "after a first with {description}: no entry");
+        assert_eq!(counted, vec![(Reason::Fragment, 1, second.len() as u64)]);
+    }
+    let [_, second_sent] = to_pod(46003);
+    run(&lb, &first);
+    let bad_second = corrupt(second.clone());
+    let (out, counted) = run(&lb, &bad_second);
+    assert_eq!(
+        out, bad_second,
+        "a later fragment with a bad header checksum"
+    );
+    assert_eq!(
+        counted,
+        vec![(Reason::Truncated, 1, bad_second.len() as u64)]
+    );
+    let (out, _) = run(&lb, &second);
+    assert_eq!(
+        out, second_sent,
+        "the well-formed one still follows its first"
+    );
 }
 
 type Frame = Vec<u8>;
