@@ -4,6 +4,7 @@ mod bench;
 mod bootstrap;
 mod build_ebpf;
 mod cmd;
+mod fuzz;
 mod lab;
 mod test;
 
@@ -30,6 +31,9 @@ enum Command {
     /// controller (vs the fake API server) and write docs/benchmarks.md (root); `--quick` for
     /// the reduced set.
     Bench(bench::Options),
+    /// Fuzz the fast path's XDP and TC programs with random and mutated frames through
+    /// BPF_PROG_TEST_RUN against an independent oracle (root); `--frames N`, `--seed S`.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> Result<()> {
@@ -38,5 +42,6 @@ fn main() -> Result<()> {
         Command::Test(options) => test::run(&options),
         Command::Lab(options) => lab::run(&options),
         Command::Bench(options) => bench::run(&options),
+        Command::Fuzz(options) => fuzz::run(&options),
     }
 }
