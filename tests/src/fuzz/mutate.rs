@@ -169,3 +169,37 @@ pub fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) -> Mutation {
     }
     mutation
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::fuzz::{generate::Generator, world::World};
+
+    fn frames(seed: u64, n: usize) -> Vec<(Vec<u8>, Mutation)> {
+        let mut generator = Generator::new(seed, World::new());
+        (0..n)
+            .map(|_| {
+                let mut frame = generator.frame().bytes;
+                let mutation = mutate(generator.rng(), &mut frame);
+                (frame, mutation)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_frames_again() {
+        assert!(frames(7, 2000) == frames(7, 2000), "same seed, same frames");
+        assert!(
+            frames(7, 2000) != frames(8, 2000),
+            "another seed, other frames"
+        );
+    }
+
+    #[test]
+    fn every_mutation_happens() {
+        let seen: BTreeSet<Mutation> = frames(1, 20_000).into_iter().map(|(_, m)| m).collect();
+        assert_eq!(seen.len(), 15, "all 15 mutations (none included): {seen:?}");
+    }
+}
