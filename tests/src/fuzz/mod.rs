@@ -97,10 +97,18 @@ fn fuzz(options: Options, (gateway_mac, uplink_mac): ([u8; 6], [u8; 6])) -> Repo
         ..Report::default()
     };
     let start = Instant::now();
+    let mut sweep = Sweep::default();
     for index in 0..options.frames {
-        let generate::Generated { bytes, kind, flow } = generator.frame();
-        let mut frame = bytes;
-        let mutation = mutate::mutate(generator.rng(), &mut frame);
+        let (frame, kind, flow, mutation) = match sweep.next() {
+            Some((frame, kind)) => (frame, kind, None, Mutation::TruncateSweep),
+            None => {
+                let generate::Generated { bytes, kind, flow } = generator.frame();
+                sweep.maybe_start(generator.rng(), &bytes, kind);
+                let mut frame = bytes;
+                let mutation = mutate::mutate(generator.rng(), &mut frame);
+                (frame, kind, flow, mutation)
+            }
+        };
         *report.kinds.entry(kind).or_default() += 1;
         *report.mutations.entry(mutation).or_default() += 1;
         let malformed = oracle.malformed_flow(&frame);
@@ -108,6 +116,8 @@ fn fuzz(options: Options, (gateway_mac, uplink_mac): ([u8; 6], [u8; 6])) -> Repo
         if malformed.is_some() {
             report.state_checks += 1;
         }
+        // XDP's output when it steered the frame: TC ingress, next, must pick the same backend.
+        let mut xdp_steered: Option<Vec<u8>> = None;
         for program in Program::ALL {
             let violation = |what: String, verdict: Option<u32>, output: Vec<u8>| Violation {
                 index,
@@ -129,7 +139,20 @@ fn fuzz(options: Options, (gateway_mac, uplink_mac): ([u8; 6], [u8; 6])) -> Repo
                 Ok((verdict, out)) => {
                     *report.verdicts.entry((program, verdict)).or_default() += 1;
                     match oracle.check(program, &frame, verdict, &out) {
+                        Ok(Outcome::Steered)
+                            if program == Program::TcIngress
+                                && xdp_steered
+                                    .as_ref()
+                                    .is_some_and(|xdp| !same_destination(xdp, &out)) =>
+                        {
+                            let what = "TC ingress steered the frame elsewhere than XDP did \
+                                        (they share the flow table)";
+                            Err(violation(what.to_owned(), Some(verdict), out))
+                        }
                         Ok(outcome) => {
+                            if program == Program::Xdp && outcome == Outcome::Steered {
+                                xdp_steered = Some(out.clone());
+                            }
                             learn(
                                 &mut generator,
                                 (kind, flow),
@@ -168,6 +191,43 @@ fn fuzz(options: Options, (gateway_mac, uplink_mac): ([u8; 6], [u8; 6])) -> Repo
     report.frames = options.frames;
     report.elapsed = start.elapsed();
     report
+}
+
+/// Whether two steered frames go to the same address and port.
+fn same_destination(a: &[u8], b: &[u8]) -> bool {
+    let to = |frame: &[u8]| parse::ip(frame).map(|ip| (ip.dst, parse::be16(frame, ip.l4 + 2)));
+    to(a) == to(b)
+}
+
+/// Truncations of one frame at every offset, one frame each, from the empty frame to the
+/// whole one: started now and then on a generated frame (before its mutation), so every
+/// header's every boundary is crossed, not only those a random cut happens to hit.
+#[derive(Default)]
+struct Sweep {
+    base: Vec<u8>,
+    kind: Option<Kind>,
+    next: usize,
+}
+
+impl Sweep {
+    /// About one generated frame in 1600, of at most 200 bytes.
+    fn maybe_start(&mut self, rng: &mut fastrand::Rng, frame: &[u8], kind: Kind) {
+        if self.kind.is_none() && frame.len() <= 200 && rng.u16(..) < 40 {
+            self.base = frame.to_vec();
+            self.kind = Some(kind);
+            self.next = 0;
+        }
+    }
+
+    fn next(&mut self) -> Option<(Vec<u8>, Kind)> {
+        let kind = self.kind?;
+        let frame = self.base[..self.next].to_vec();
+        self.next += 1;
+        if self.next >= self.base.len() {
+            self.kind = None;
+        }
+        Some((frame, kind))
+    }
 }
 
 /// Frames BPF_PROG_TEST_RUN refuses to run: shorter than an Ethernet header, or (for the TC
