@@ -29,7 +29,7 @@ use l3lb_common::{
 use crate::{
     flow::select,
     maps::{L3LB_FRAGMENTS, L3LB_SERVICES, count, count_service},
-    nat::decrement_ttl,
+    nat::{decrement_ttl, well_formed},
     parse::{
         ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_LEN, IPV4_SRC, L4_DPORT, Packet, TCP_LEN, UDP_LEN,
     },
@@ -71,7 +71,7 @@ pub fn forward(ctx: &TcContext, bytes: u64) -> i32 {
     let mut service = ServiceEntry::default();
     let mut backend = Backend::default();
     let mut reason = prepare(ctx, &mut packet, &mut service);
-    if reason == DONE && !well_formed(ctx, packet.key.proto) {
+    if reason == DONE && !well_formed(ctx, transport_len(packet.key.proto)) {
         reason = Reason::Truncated as u32;
     }
     if reason == DONE {
@@ -87,6 +87,12 @@ pub fn forward(ctx: &TcContext, bytes: u64) -> i32 {
         count_service(service.id, bytes);
     }
     action
+}
+
+/// The transport header a first fragment must hold whole: the rewrite updates its checksum.
+#[inline(always)]
+fn transport_len(proto: u8) -> usize {
+    if proto == PROTO_TCP { TCP_LEN } else { UDP_LEN }
 }
 
 /// A step went through.
@@ -189,45 +195,6 @@ fn finish(ctx: &TcContext, packet: &mut Packet, backend: &Backend, frag: u64, by
     let (action, reason) = deliver(ctx, backend);
     count(reason, bytes);
     action
-}
-
-/// Whether a fragment of a steered datagram is one the kernel would accept, as `validate` asks
-/// of whole packets (parse.rs): an IP total length that covers the header (and, in a first
-/// fragment, the `proto` transport header the rewrite touches) and lies within the frame, and
-/// an IPv4 header checksum that verifies. A malformed fragment passes untouched and leaves no
-/// entry behind, so a forged one cannot fill `L3LB_FRAGMENTS` or be steered. `proto` 0: a later
-/// fragment, no transport header. A call of its own, beside the backend choice's.
-#[inline(never)]
-fn well_formed(ctx: &TcContext, proto: u8) -> bool {
-    let Ok(head) = ctx.load::<[u8; 4]>(ETH_LEN) else {
-        return false;
-    };
-    let header_len = usize::from(head[0] & 0x0f) * 4;
-    let transport = match proto {
-        PROTO_TCP => TCP_LEN,
-        PROTO_UDP => UDP_LEN,
-        _ => 0,
-    };
-    let total = usize::from(u16::from_be_bytes([head[2], head[3]]));
-    if total < header_len + transport || ETH_LEN + total > ctx.len() as usize {
-        return false;
-    }
-    // RFC 1071 §2(B): the words may be summed in either byte order.
-    let mut sum: u64 = 0;
-    for i in 0..15 {
-        if i * 4 >= header_len {
-            break;
-        }
-        let Ok(word) = ctx.load::<u32>(ETH_LEN + i * 4) else {
-            return false;
-        };
-        sum += u64::from(word);
-    }
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    sum == 0xffff
 }
 
 /// A later fragment: only the address, and the IP header checksum over it.

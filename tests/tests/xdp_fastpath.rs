@@ -1275,6 +1275,33 @@ fn icmp_errors_follow_their_flow() {
         );
     }
 
+    // Malformed errors about a steered flow (found by `cargo xtask fuzz`): untouched, counted
+    // as truncated, never redirected into the pod.
+    let (error, _) = to_pod4(3, 4, 1400, q(&tcp_seen), q(&tcp));
+    let mut bad_header = error.clone();
+    bad_header[frames::ETH_LEN + 10] ^= 0x5a;
+    let cut = error[..error.len() - 40].to_vec();
+    let (error6, _) = to_pod6(2, 0, 1280, q(&tcp6_seen), q(&tcp6));
+    let cut6 = error6[..error6.len() - 40].to_vec();
+    for (description, malformed) in [
+        ("v4 error with a bad header checksum", bad_header),
+        ("v4 error whose IP length reaches beyond the frame", cut),
+        (
+            "v6 error whose payload length reaches beyond the frame",
+            cut6,
+        ),
+    ] {
+        let before = lb.reasons();
+        let (verdict, out) = lb.run_tc(program_names::TC_INGRESS, &malformed);
+        assert_eq!(verdict, TC_ACT_OK, "{description}: verdict");
+        assert!(out == malformed, "{description}: untouched");
+        assert_eq!(
+            delta(&before, &lb.reasons()),
+            vec![(Reason::Truncated, 1, malformed.len() as u64)],
+            "{description}: counted as truncated"
+        );
+    }
+
     // The pod's errors about a request (client → pod) leave as the service's.
     let request = frames::ipv4(PROTO_UDP, client, pod, 44001, 5353, b"query");
     let request_seen = frames::ipv4(PROTO_UDP, client, service, 44001, 53, b"query");

@@ -161,6 +161,9 @@ impl Oracle {
                 Ok(Outcome::FragmentSteered)
             }
             Forward::IcmpToPod(service, ip, quote) if tc => {
+                if !ip.header_ok || ip.end > input.len() || ip.end < ip.l4 {
+                    return Err("a malformed ICMP error was translated into a pod".into());
+                }
                 let inner = quote.inner;
                 let target = steered_to(service, &ip, out, inner.l4)?;
                 let inner_src = addr_at(inner.family, quote.icmp + 8, false);
