@@ -232,10 +232,11 @@ impl Sweep {
 
 /// Frames BPF_PROG_TEST_RUN refuses to run: shorter than an Ethernet header, or (for the TC
 /// programs, whose socket buffer it builds) an IPv4/IPv6 EtherType with less than the fixed
-/// IP header after it. The receive path never hands such a runt to the programs either.
+/// IP header after it, or more than fits one page with the buffer's head- and tailroom. The
+/// receive path never hands such a runt to the programs either.
 fn refused(program: Program, frame: &[u8]) -> bool {
     use crate::frames::{ETH_LEN, IPV4_LEN, IPV6_LEN};
-    if frame.len() < ETH_LEN {
+    if frame.len() < ETH_LEN || (program != Program::Xdp && frame.len() > 3500) {
         return true;
     }
     let ip_min = match parse::be16(frame, 12) {

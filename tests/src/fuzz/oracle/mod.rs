@@ -86,7 +86,7 @@ impl Outcome {
             Outcome::IcmpToPod => "ICMP error translated to a pod",
             Outcome::Translated => "reply translated to the service",
             Outcome::IcmpFromPod => "pod's ICMP error translated",
-            Outcome::Refused => "refused by the kernel (a runt: no whole Ethernet or IP header)",
+            Outcome::Refused => "refused by the test run (a runt, or a TC frame over a page)",
         }
     }
 }
