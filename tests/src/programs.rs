@@ -159,7 +159,7 @@ impl Fastpath {
 }
 
 /// A node namespace whose FIB the pod program's lookups see (BPF_PROG_TEST_RUN runs on the
-/// namespace's `lo`): forwarding on; an `uplink` (10.9.0.1/24, fd09::1/64) with a resolved next
+/// namespace's `lo`): forwarding on; an `uplink` (MTU 1500, 10.9.0.1/24, fd09::1/64) with a resolved next
 /// hop (10.9.0.2 and fd09::2 at [`FibNode::gateway_mac`]) for 192.0.2.0/24 and 2001:db8::/64,
 /// an unresolved one (10.9.0.3) for 198.18.0.0/24, and no route to anything else.
 pub struct FibNode {
@@ -169,6 +169,9 @@ pub struct FibNode {
 }
 
 impl FibNode {
+    /// The uplink's MTU, which the FIB lookup checks the frame against.
+    pub const UPLINK_MTU: usize = 1500;
+
     pub fn new(tag: &str) -> FibNode {
         let node = NetNs::new(tag);
         for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
@@ -177,8 +180,9 @@ impl FibNode {
         node.ip(&[
             "link", "add", "uplink", "type", "veth", "peer", "name", "far",
         ]);
+        let mtu = FibNode::UPLINK_MTU.to_string();
         for iface in ["uplink", "far"] {
-            node.ip(&["link", "set", iface, "up"]);
+            node.ip(&["link", "set", iface, "mtu", &mtu, "up"]);
         }
         node.ip(&["addr", "add", "10.9.0.1/24", "dev", "uplink"]);
         node.ip(&["addr", "add", "fd09::1/64", "dev", "uplink", "nodad"]);

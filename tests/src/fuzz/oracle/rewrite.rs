@@ -13,7 +13,7 @@ use crate::{
         parse::{self, Ip, Quote, be16, l4_check_at},
         world::{self, Service},
     },
-    programs::{TC_ACT_OK, TC_ACT_PIPE, TC_ACT_REDIRECT, XDP_PASS},
+    programs::{FibNode, TC_ACT_OK, TC_ACT_PIPE, TC_ACT_REDIRECT, XDP_PASS},
 };
 
 fn addr_at(family: u8, l3: usize, destination: bool) -> usize {
@@ -212,7 +212,11 @@ impl Oracle {
         } else {
             let routed = world::route_of(ip.dst);
             let ttl = input[ip.ttl_at];
-            let redirect = routed.is_some() && ttl > 1;
+            // The FIB checks a resolved route's MTU against the frame (`is_skb_forwardable`:
+            // MTU + Ethernet header + a VLAN tag); an unresolved one goes to the neighbour
+            // code unchecked. Too big: the kernel's routing answers "fragmentation needed".
+            let fits = routed == Some(false) || input.len() <= FibNode::UPLINK_MTU + ETH_LEN + 4;
+            let redirect = routed.is_some() && ttl > 1 && fits;
             match verdict {
                 TC_ACT_REDIRECT if redirect => {
                     expected[ip.ttl_at] = ttl - 1;

@@ -179,6 +179,13 @@ fn a_reply_may_only_leave_as_its_service() {
             .check(Program::TcPod, &reply, TC_ACT_OK, &translated)
             .is_err()
     );
+    // Too big for the uplink: the kernel's routing gets it (and answers "fragmentation needed").
+    let big = frames::ipv4(PROTO_UDP, pod_udp, CLIENT, 5353, 40001, &[7; 1500]);
+    let big_translated = frames::ipv4(PROTO_UDP, SERVICE, CLIENT, 53, 40001, &[7; 1500]);
+    assert_eq!(
+        oracle.check(Program::TcPod, &big, TC_ACT_OK, &big_translated),
+        Ok(Outcome::Translated)
+    );
     let unrouted = Ipv4Addr::new(203, 0, 113, 7);
     let reply = frames::ipv4(PROTO_UDP, pod_udp, unrouted, 5353, 40001, b"answer");
     let translated = frames::ipv4(PROTO_UDP, SERVICE, unrouted, 53, 40001, b"answer");
