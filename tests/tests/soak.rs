@@ -31,7 +31,9 @@ fn the_router_follows_the_ready_pods_through_changes_and_faults() {
         lab: LabOptions::new(&name),
         duration: Duration::from_secs(60),
         seed,
-        allowance: Duration::from_millis(500),
+        // Twice the 500 ms aim that `cargo xtask soak` holds on a quiet machine: CI machines
+        // are shared, and a starved l3lb or zebra is slow, not wrong.
+        allowance: Duration::from_millis(1000),
         progress: false,
     })
     .unwrap_or_else(|err| panic!("the soak could not run: {err}"));
