@@ -162,6 +162,13 @@ fn prepare(ctx: &TcContext, packet: &mut Packet, service: &mut ServiceEntry) -> 
     };
     fill(&mut packet.key, &head);
     packet.l4 = ETH_LEN + usize::from(head[0] & 0x0f) * 4;
+    first_service(ctx, packet, service)
+}
+
+/// A first fragment's ports (at `packet.l4`) into `packet.key`, its service into `service`;
+/// returns [`DONE`], or the reason it passes.
+#[inline(always)]
+fn first_service(ctx: &TcContext, packet: &mut Packet, service: &mut ServiceEntry) -> u32 {
     let Ok(ports) = ctx.load::<[u16; 2]>(packet.l4) else {
         return Reason::Fragment as u32;
     };
@@ -171,7 +178,7 @@ fn prepare(ctx: &TcContext, packet: &mut Packet, service: &mut ServiceEntry) -> 
         addr: packet.key.dst,
         port_be: ports[1],
         proto: packet.key.proto,
-        family: FAMILY_IPV4,
+        family: packet.key.family,
     };
     // SAFETY: copied out at once.
     match unsafe { L3LB_SERVICES.get(service_key) } {
@@ -411,25 +418,7 @@ pub fn datagram_key_v6(key: &FlowKey, fragment: &Fragment6) -> FlowKey {
 /// the reason it passes.
 #[inline(never)]
 fn prepare_v6(ctx: &TcContext, packet: &mut Packet, service: &mut ServiceEntry) -> u32 {
-    let Ok(ports) = ctx.load::<[u16; 2]>(packet.l4) else {
-        return Reason::Fragment as u32;
-    };
-    packet.key.sport_be = ports[0];
-    packet.key.dport_be = ports[1];
-    let service_key = ServiceKey {
-        addr: packet.key.dst,
-        port_be: ports[1],
-        proto: packet.key.proto,
-        family: FAMILY_IPV6,
-    };
-    // SAFETY: copied out at once.
-    match unsafe { L3LB_SERVICES.get(service_key) } {
-        Some(entry) => {
-            *service = *entry;
-            DONE
-        }
-        None => Reason::NotService as u32,
-    }
+    first_service(ctx, packet, service)
 }
 
 /// Rewrites the first fragment to `backend` (nat.rs's rewrite: the fragment header sits
