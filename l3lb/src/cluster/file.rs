@@ -13,12 +13,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use serde::Deserialize as _;
+use k8s_openapi::api::core::v1::Service;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::model::{ClusterChange, DEFAULT_LOAD_BALANCER_CLASS, ServiceSpec, SliceSpec};
+pub use super::manifest::ManifestError;
+use super::{
+    manifest::{Parsed, parse_file},
+    model::{ClusterChange, DEFAULT_LOAD_BALANCER_CLASS, ServiceSpec, SliceSpec},
+};
 use crate::{
     allocator::{parse_pools, pool_reports, request_from_service},
     crd::L3lbIPPool,
@@ -29,34 +32,6 @@ use crate::{
 /// How often the directory is checked for changes. Reading a directory's metadata is cheap, and a
 /// file edit shows up within this bound.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
-    #[error("{file}: reading: {source}")]
-    Read {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: document {document}: {source}")]
-    Parse {
-        file: PathBuf,
-        document: usize,
-        #[source]
-        source: serde_yaml::Error,
-    },
-}
-
-/// The objects parsed out of one file.
-#[derive(Clone, Debug, Default)]
-struct Parsed {
-    services: Vec<ServiceSpec>,
-    slices: Vec<SliceSpec>,
-    /// The Services as written, for the allocator (which needs labels and annotations the slim
-    /// model drops).
-    objects: Vec<Service>,
-    pools: Vec<L3lbIPPool>,
-}
 
 /// A file's identity for change detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +49,11 @@ pub struct FileSource {
     files: BTreeMap<PathBuf, (Stamp, Parsed)>,
     /// Stamps whose failure was already logged, so a broken file warns once per version.
     reported: BTreeMap<PathBuf, Stamp>,
+    /// Entries that cannot be read or are no files, with what was logged about them: each
+    /// warns once, not on every scan.
+    unusable: BTreeMap<PathBuf, String>,
+    /// Why the directory itself could not be listed, once logged.
+    dir_error: Option<String>,
     load_balancer_class: String,
     /// Where the pools' state goes for `l3lb status`.
     pool_reports: Option<watch::Sender<Vec<PoolReport>>>,
@@ -87,6 +67,8 @@ impl FileSource {
             poll_interval,
             files: BTreeMap::new(),
             reported: BTreeMap::new(),
+            unusable: BTreeMap::new(),
+            dir_error: None,
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
             pool_reports: None,
         }
@@ -135,19 +117,52 @@ impl FileSource {
 
     /// Re-reads files whose stamp changed; true when anything differs from before.
     fn rescan(&mut self) -> bool {
-        let present = match manifest_files(&self.dir) {
-            Ok(present) => present,
+        let listed = match manifest_files(&self.dir) {
+            Ok(listed) => {
+                self.dir_error = None;
+                listed
+            }
             Err(err) => {
                 // A missing directory reads as the last known state, not as "delete everything".
-                warn!(dir = %self.dir.display(), "cannot list manifests: {err}");
+                let err = err.to_string();
+                if self.dir_error.as_ref() != Some(&err) {
+                    warn!(dir = %self.dir.display(), "cannot list manifests, keeping the last known state: {err}");
+                    self.dir_error = Some(err);
+                }
                 return false;
             }
         };
         let mut changed = false;
         let before = self.files.len();
-        self.files.retain(|path, _| present.contains_key(path));
+        // A file that cannot be read keeps its last good contents, as one that fails to parse.
+        self.files.retain(|path, _| {
+            matches!(
+                listed.get(path),
+                Some(Listed::File(_) | Listed::Unreadable(_))
+            )
+        });
         changed |= self.files.len() != before;
-        for (path, stamp) in present {
+        self.reported.retain(|path, _| listed.contains_key(path));
+        self.unusable.retain(|path, _| listed.contains_key(path));
+        for (path, entry) in listed {
+            let stamp = match entry {
+                Listed::File(stamp) => stamp,
+                Listed::Unreadable(reason) => {
+                    if self.unusable.get(&path) != Some(&reason) {
+                        warn!(file = %path.display(), "cannot read manifest, keeping its last good contents: {reason}");
+                        self.unusable.insert(path, reason);
+                    }
+                    continue;
+                }
+                Listed::NotAFile(what) => {
+                    if self.unusable.get(&path).map(String::as_str) != Some(what) {
+                        warn!(file = %path.display(), "ignoring {what}, not a manifest file");
+                        self.unusable.insert(path, what.to_owned());
+                    }
+                    continue;
+                }
+            };
+            self.unusable.remove(&path);
             if self
                 .files
                 .get(&path)
@@ -224,7 +239,17 @@ impl FileSource {
     }
 }
 
-fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
+/// A directory entry named like a manifest.
+#[derive(Debug, PartialEq, Eq)]
+enum Listed {
+    File(Stamp),
+    /// It exists but cannot be looked at: a symlink loop, a permission error.
+    Unreadable(String),
+    /// A directory, FIFO, socket or device (reading a FIFO would block), or a dangling symlink.
+    NotAFile(&'static str),
+}
+
+fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Listed>> {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -240,237 +265,42 @@ fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
         if !is_manifest || hidden {
             continue;
         }
-        let Ok(metadata) = std::fs::metadata(&path) else {
-            continue; // removed between listing and stat
-        };
-        if metadata.is_file() {
-            let stamp = Stamp {
+        let listed = match std::fs::metadata(&path) {
+            Ok(metadata) if metadata.is_file() => Listed::File(Stamp {
                 modified: metadata.modified().ok(),
                 len: metadata.len(),
-            };
-            files.insert(path, stamp);
-        }
+            }),
+            Ok(metadata) => Listed::NotAFile(file_kind(&metadata)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    Listed::NotAFile("a symlink to nothing")
+                } else {
+                    continue; // removed between listing and stat
+                }
+            }
+            Err(err) => Listed::Unreadable(err.to_string()),
+        };
+        files.insert(path, listed);
     }
     Ok(files)
 }
 
-fn parse_file(path: &Path, node: &str) -> Result<Parsed, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-        file: path.to_owned(),
-        source,
-    })?;
-    parse_manifests(&text, node).map_err(|(document, source)| ManifestError::Parse {
-        file: path.to_owned(),
-        document,
-        source,
-    })
-}
-
-/// Parses a multi-document YAML (or JSON) text. Objects of other kinds are ignored; objects
-/// without a namespace land in `default`, as `kubectl apply` would put them.
-fn parse_manifests(text: &str, node: &str) -> Result<Parsed, (usize, serde_yaml::Error)> {
-    let mut parsed = Parsed::default();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document).map_err(|err| (index + 1, err))?;
-        collect(value, node, &mut parsed).map_err(|err| (index + 1, err))?;
+fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
     }
-    Ok(parsed)
-}
-
-fn collect(
-    value: serde_yaml::Value,
-    node: &str,
-    parsed: &mut Parsed,
-) -> Result<(), serde_yaml::Error> {
-    let kind = value
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or_default();
-    match kind {
-        "Service" => {
-            let mut service: Service = serde_yaml::from_value(value)?;
-            service
-                .metadata
-                .namespace
-                .get_or_insert_with(|| "default".into());
-            parsed.services.extend(ServiceSpec::from_service(&service));
-            parsed.objects.push(service);
-        }
-        "L3lbIPPool" => parsed.pools.push(serde_yaml::from_value(value)?),
-        "EndpointSlice" => {
-            let mut slice: EndpointSlice = serde_yaml::from_value(value)?;
-            slice
-                .metadata
-                .namespace
-                .get_or_insert_with(|| "default".into());
-            parsed
-                .slices
-                .extend(SliceSpec::from_endpoint_slice(&slice, node));
-        }
-        "List" | "ServiceList" | "EndpointSliceList" => {
-            if let Some(serde_yaml::Value::Sequence(items)) = value.get("items").cloned() {
-                for item in items {
-                    collect(item, node, parsed)?;
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MANIFESTS: &str = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  annotations:
-    l3lb.io/loadBalancerIPs: "10.0.100.7, 2001:db8:100::7"
-spec:
-  type: LoadBalancer
-  ports: [{port: 80, targetPort: 8080}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-abc
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv4
-endpoints:
-  - addresses: [10.244.1.5]
-    nodeName: node-a
-    conditions: {ready: true}
-  - addresses: [10.244.2.5]
-    nodeName: node-b
-    conditions: {ready: false, serving: true, terminating: true}
-ports: [{port: 8080, protocol: TCP}]
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: ignored}
-"#;
-
-    #[test]
-    fn parses_services_and_slices_for_this_node() {
-        let parsed = parse_manifests(MANIFESTS, "node-b").expect("valid manifests");
-        assert_eq!(parsed.services.len(), 1);
-        let service = &parsed.services[0];
-        assert_eq!(service.key.to_string(), "default/web");
-        assert_eq!(service.annotation_ips, ["10.0.100.7", "2001:db8:100::7"]);
-        assert!(service.is_load_balancer);
-
-        assert_eq!(parsed.slices.len(), 1);
-        let slice = &parsed.slices[0];
-        assert_eq!(slice.service.as_ref().unwrap().to_string(), "default/web");
-        assert!(slice.any_ready, "node-a's endpoint is ready");
-        assert_eq!(slice.local.len(), 1, "only node-b's endpoint is kept");
-        assert!(!slice.local[0].ready && slice.local[0].serving && slice.local[0].terminating);
-        assert_eq!(slice.ports[0].port, 8080);
-    }
-
-    #[test]
-    fn a_broken_document_is_an_error_naming_it() {
-        let (document, _) = parse_manifests(
-            "kind: Service\nmetadata: {name: a}\n---\nkind: Service\nspec: [",
-            "n",
-        )
-        .expect_err("second document is broken");
-        assert_eq!(document, 2);
-    }
-
-    #[test]
-    fn broken_file_keeps_its_last_good_contents() {
-        let dir = std::env::temp_dir().join(format!("l3lb-file-source-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("web.yaml");
-        std::fs::write(&file, MANIFESTS).unwrap();
-        let mut source = FileSource::new(dir.clone(), "node-a".into(), DEFAULT_POLL_INTERVAL);
-        assert!(source.rescan());
-        assert_eq!(source.snapshot().0.len(), 1);
-
-        std::fs::write(&file, "kind: Service\nspec: [\n").unwrap();
-        source.rescan();
-        assert_eq!(
-            source.snapshot().0.len(),
-            1,
-            "the typo does not withdraw the service"
-        );
-
-        std::fs::remove_file(&file).unwrap();
-        assert!(source.rescan());
-        assert_eq!(
-            source.snapshot().0.len(),
-            0,
-            "a deleted file removes its objects"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    const POOLED: &str = r#"
-apiVersion: l3lb.io/v1alpha1
-kind: L3lbIPPool
-metadata: {name: small}
-spec:
-  blocks: [10.0.100.32/31]
----
-apiVersion: v1
-kind: Service
-metadata: {name: zeta}
-spec: {type: LoadBalancer, ports: [{port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: alpha}
-spec: {type: LoadBalancer, ports: [{port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: pinned
-  annotations: {l3lb.io/loadBalancerIPs: 10.0.100.32}
-spec: {type: LoadBalancer, ports: [{port: 80}]}
-"#;
-
-    #[test]
-    fn pools_in_the_files_give_every_node_the_same_addresses() {
-        let dir = tempfile_dir("pools");
-        std::fs::write(dir.join("all.yaml"), POOLED).unwrap();
-        let allocated_on = |node: &str| {
-            let (reports_tx, reports_rx) = watch::channel(Vec::new());
-            let mut source = FileSource::new(dir.clone(), node.into(), DEFAULT_POLL_INTERVAL)
-                .allocating(DEFAULT_LOAD_BALANCER_CLASS.into(), reports_tx);
-            source.rescan();
-            let services: BTreeMap<String, Vec<String>> = source
-                .snapshot()
-                .0
-                .into_iter()
-                .map(|s| (s.key.name.clone(), s.allocated_ips))
-                .collect();
-            (services, reports_rx.borrow().clone())
-        };
-        let (on_a, reports) = allocated_on("node-a");
-        let (on_b, _) = allocated_on("node-b");
-        assert_eq!(on_a, on_b, "every node computes the same");
-        // The pinned IP is reserved, so alpha (first by name) gets the other one and zeta none.
-        assert_eq!(on_a["alpha"], ["10.0.100.33"]);
-        assert!(on_a["zeta"].is_empty(), "the pool is exhausted");
-        assert!(
-            on_a["pinned"].is_empty(),
-            "a hand-picked IP is not written as an allocation"
-        );
-        assert_eq!(reports.len(), 1);
-        assert_eq!(reports[0].usage, "IPv4 2 used, 0 free of 2");
-        assert_eq!(reports[0].allocations, ["default/alpha 10.0.100.33"]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn tempfile_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("l3lb-file-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-}
+#[path = "file_tests.rs"]
+mod tests;

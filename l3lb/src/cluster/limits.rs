@@ -1,0 +1,203 @@
+//! Bounds on what l3lb keeps of its input, so that a hostile or broken object costs a bounded
+//! amount of memory and log and never takes the other Services down with it.
+//!
+//! The API server already enforces most of these (an object is at most ~1.5 MiB, a slice at most
+//! 1000 endpoints of at most 100 addresses, annotations at most 256 KiB together); l3lb enforces
+//! them again because `--source file:DIR`, or an API server that validates less, does not.
+
+/// IPs one Service may ask for (annotations, `spec.loadBalancerIP`, status and `externalIPs`
+/// together, in that order): the rest are ignored and reported once. Real Services ask for one
+/// or two (dual-stack); a few dozen `externalIPs` is already unusual.
+pub const MAX_IPS_PER_SERVICE: usize = 64;
+
+/// Characters of one comma-separated item kept for reporting. The longest IP text is 45
+/// characters (IPv6 with an embedded IPv4), so anything longer is malformed anyway, and a
+/// megabyte-long item must not become a megabyte-long log line.
+pub const MAX_IP_TEXT: usize = 64;
+
+/// Endpoints of one EndpointSlice kept for this node (the API's limit on a whole slice).
+pub const MAX_LOCAL_ENDPOINTS_PER_SLICE: usize = 1000;
+
+/// Addresses of one endpoint kept (the API's limit).
+pub const MAX_ADDRESSES_PER_ENDPOINT: usize = 100;
+
+/// Largest manifest file read from `file:DIR`. The API server caps one object near 1.5 MiB, so
+/// any single object fits, and a directory can hold any number of files. It also bounds the
+/// parser's own memory: serde_yaml holds a whole document's events before building anything,
+/// some 100 bytes per event, and a dense file has an event every two bytes.
+pub const MAX_MANIFEST_BYTES: u64 = 2 << 20;
+
+/// YAML nodes (scalars, sequences, mappings) one manifest file may expand to, counting every
+/// alias each time it is used. An ordinary manifest has about one node per 20 bytes, so a 2 MiB
+/// file of real objects stays near 100 000; a YAML alias bomb stops here instead of growing
+/// without end (serde_yaml's own repetition limit allows 100 expansions per event, which a
+/// few hundred kilobytes of aliases turn into billions of nodes).
+pub const MAX_YAML_NODES: usize = 500_000;
+
+/// Flow collections (`[…]`, `{…}`) nested deeper than this are refused before parsing: the YAML
+/// parser's time grows with depth times size (40 000 nested `[` take seconds, a megabyte of them
+/// hours), and serde_yaml refuses anything nested deeper than 128 anyway, after the fact.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// Bytes of scalar text one manifest file may expand to, aliases counted each time: twice the
+/// largest file, which no file without aliases can exceed.
+pub const MAX_YAML_SCALAR_BYTES: usize = 2 * MAX_MANIFEST_BYTES as usize;
+
+/// Up to `limit` non-empty items of a comma-separated list, each cut to [`MAX_IP_TEXT`], and
+/// whether there were more. Lazy: a megabyte-long value costs one scan, not a megabyte of
+/// strings.
+pub fn split_list(value: &str, limit: usize) -> (Vec<String>, bool) {
+    let mut items = value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty());
+    let kept = items.by_ref().take(limit).map(clip).collect();
+    (kept, items.next().is_some())
+}
+
+/// `text` cut to [`MAX_IP_TEXT`] characters; a cut one ends in `…`, so it can never parse as
+/// the IP its prefix might spell.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_IP_TEXT) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
+}
+
+/// Up to `limit` items of `items`, each cut to [`MAX_IP_TEXT`], and whether there were more.
+pub fn bounded(
+    items: impl IntoIterator<Item = impl AsRef<str>>,
+    limit: usize,
+) -> (Vec<String>, bool) {
+    let mut items = items.into_iter();
+    let kept = items
+        .by_ref()
+        .take(limit)
+        .map(|item| clip(item.as_ref()))
+        .collect();
+    (kept, items.next().is_some())
+}
+
+/// How deep `text` nests flow collections, as a quick scan that skips comments and quoted
+/// scalars sees it. It is a cheap estimate, not a YAML parser: brackets inside plain or block
+/// scalars count too, so it may overestimate, never for real manifests by anything near
+/// [`MAX_FLOW_DEPTH`].
+pub fn flow_depth(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    // The last byte that is not a space: a quote opens a quoted scalar only where a token
+    // starts (a line start, after `[`, `{`, `,`, or an indicator and a space).
+    let mut last = b'\n';
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        let after_blank = i == 0 || matches!(bytes[i - 1], b' ' | b'\t' | b'\n' | b'\r');
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'#' if after_blank => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' | b'"'
+                if matches!(last, b'\n' | b'[' | b'{' | b',')
+                    || (after_blank && matches!(last, b':' | b'-' | b'?')) =>
+            {
+                i = end_of_quoted(bytes, i);
+                last = byte;
+                continue;
+            }
+            _ => {}
+        }
+        if byte == b'\n' || !byte.is_ascii_whitespace() {
+            last = byte;
+        }
+        i += 1;
+    }
+    deepest
+}
+
+/// The index after the quoted scalar that opens at `start`, with YAML's escapes (`''` in single
+/// quotes, a backslash in double quotes).
+fn end_of_quoted(bytes: &[u8], start: usize) -> usize {
+    let quote = bytes[start];
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if quote == b'"' => i += 2,
+            b'\'' if quote == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 2,
+            byte if byte == quote => return i + 1,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_depth_counts_structure_not_text() {
+        assert_eq!(flow_depth("a: [b, {c: [d]}]\n"), 3);
+        assert_eq!(flow_depth(&"[".repeat(100_000)), 100_000);
+        assert_eq!(
+            flow_depth("{\"kind\": \"Service\", \"spec\": {\"ports\": [{\"port\": 80}]}}"),
+            4
+        );
+        // Brackets in quotes and comments are text.
+        assert_eq!(flow_depth("a: '[[[[ it''s ]' # [[[[\nb: \"[[\\\"[[\"\n"), 0);
+        // Closers hidden in quotes do not pay for openers outside them.
+        let sneaky = "[\"]\", ".repeat(100);
+        assert_eq!(flow_depth(&sneaky), 100);
+        // A quote in the middle of a plain scalar is text, so what follows still counts.
+        assert_eq!(flow_depth("a: it's [[[\n"), 3);
+        assert_eq!(flow_depth("a:'x: [[[\n"), 3);
+    }
+
+    #[test]
+    fn a_list_keeps_its_first_items_and_says_it_was_cut() {
+        assert_eq!(
+            split_list(" 10.0.0.1, ,10.0.0.2 ,", 2),
+            (vec!["10.0.0.1".to_owned(), "10.0.0.2".to_owned()], false),
+            "empty items are no items"
+        );
+        let many = (0..10_000).map(|i| format!("10.0.{}.{}", i / 256, i % 256));
+        let many = many.collect::<Vec<_>>().join(",");
+        let (kept, more) = split_list(&many, MAX_IPS_PER_SERVICE);
+        assert_eq!(kept.len(), MAX_IPS_PER_SERVICE);
+        assert_eq!(kept[0], "10.0.0.0");
+        assert!(more);
+        let (kept, more) = split_list(&many, 10_000);
+        assert_eq!((kept.len(), more), (10_000, false));
+    }
+
+    #[test]
+    fn a_long_item_is_cut_so_it_never_parses() {
+        let megabyte = "1".repeat(1 << 20);
+        let (kept, more) = split_list(&megabyte, MAX_IPS_PER_SERVICE);
+        assert!(!more);
+        assert_eq!(kept[0].chars().count(), MAX_IP_TEXT + 1);
+        assert!(kept[0].ends_with('…'));
+        // A cut that leaves a valid-looking prefix must still not parse.
+        let sneaky = format!("10.0.100.7{}", " ".repeat(100) + "x");
+        let clipped = clip(&sneaky);
+        assert!(clipped.parse::<std::net::IpAddr>().is_err(), "{clipped:?}");
+        // Multi-byte characters are cut on a boundary.
+        assert_eq!(clip(&"é".repeat(100)).chars().count(), MAX_IP_TEXT + 1);
+        assert_eq!(clip("2001:db8:100::7"), "2001:db8:100::7");
+    }
+
+    #[test]
+    fn bounded_keeps_the_first_items() {
+        let (kept, more) = bounded(["a", "b", "c"], 2);
+        assert_eq!((kept, more), (vec!["a".to_owned(), "b".to_owned()], true));
+        let (kept, more) = bounded(Vec::<String>::new(), 2);
+        assert!(kept.is_empty() && !more);
+    }
+}
