@@ -21,18 +21,19 @@ pub const MAX_LOCAL_ENDPOINTS_PER_SLICE: usize = 1000;
 /// Addresses of one endpoint kept (the API's limit).
 pub const MAX_ADDRESSES_PER_ENDPOINT: usize = 100;
 
-/// Largest manifest file read from `file:DIR`. The API server caps one object near 1.5 MiB, so
-/// any single object fits, and a directory can hold any number of files. It also bounds the
-/// parser's own memory: serde_yaml holds a whole document's events before building anything,
-/// some 100 bytes per event, and a dense file has an event every two bytes.
-pub const MAX_MANIFEST_BYTES: u64 = 2 << 20;
+/// Largest manifest file read from `file:DIR`. A Service or EndpointSlice is far smaller (the
+/// API server allows 256 KiB of annotations and 1000 endpoints), a file may hold a thousand of
+/// them, and a directory any number of files. It also bounds the parser's own memory: serde_yaml
+/// holds a whole document's events before building anything, over 100 bytes per event, and a
+/// dense file has an event every two bytes.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// YAML nodes (scalars, sequences, mappings) one manifest file may expand to, counting every
-/// alias each time it is used. An ordinary manifest has about one node per 20 bytes, so a 2 MiB
-/// file of real objects stays near 100 000; a YAML alias bomb stops here instead of growing
+/// alias each time it is used. An ordinary manifest has about one node per 20 bytes, so a full
+/// 1 MiB file of real objects stays near 50 000; a YAML alias bomb stops here instead of growing
 /// without end (serde_yaml's own repetition limit allows 100 expansions per event, which a
 /// few hundred kilobytes of aliases turn into billions of nodes).
-pub const MAX_YAML_NODES: usize = 500_000;
+pub const MAX_YAML_NODES: usize = 200_000;
 
 /// Flow collections (`[…]`, `{…}`) nested deeper than this are refused before parsing: the YAML
 /// parser's time grows with depth times size (40 000 nested `[` take seconds, a megabyte of them
