@@ -84,18 +84,34 @@ impl FileSource {
 
     /// Sends the directory's contents as a relist now and after every change, until the receiver
     /// goes away.
-    pub async fn run(mut self, changes: mpsc::Sender<ClusterChange>) {
+    pub async fn run(self, changes: mpsc::Sender<ClusterChange>) {
         info!(dir = %self.dir.display(), "reading Services and EndpointSlices from files");
         let mut first = true;
         let mut ticker = tokio::time::interval(self.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut source = self;
         loop {
             ticker.tick().await;
-            if !self.rescan() && !first {
+            // Reading and parsing blocks, up to a second for a hostile file at the limits: on a
+            // blocking thread, so the runtime's two workers keep serving the controller and HTTP.
+            let changed;
+            (source, changed) = match tokio::task::spawn_blocking(move || {
+                let changed = source.rescan();
+                (source, changed)
+            })
+            .await
+            {
+                Ok(scanned) => scanned,
+                Err(err) => {
+                    warn!("scanning the manifests failed, stopping the file source: {err}");
+                    return;
+                }
+            };
+            if !changed && !first {
                 continue;
             }
             first = false;
-            let (services, slices) = self.snapshot();
+            let (services, slices) = source.snapshot();
             debug!(
                 services = services.len(),
                 slices = slices.len(),
