@@ -245,3 +245,30 @@ fn thousands_of_files() {
         started.elapsed()
     );
 }
+
+/// A directory that cannot be listed is the last known state, warned about once.
+#[test]
+fn a_missing_directory_changes_nothing() {
+    let dir = tempfile::Builder::new()
+        .prefix("l3lb-file-missing-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(dir.path().join("web.yaml"), MANIFESTS).unwrap();
+    let mut source = FileSource::new(dir.path().into(), "node-a".into(), DEFAULT_POLL_INTERVAL);
+    assert!(source.rescan());
+    let path = dir.path().to_owned();
+    drop(dir);
+    assert!(!source.rescan());
+    let reported = source
+        .dir_error
+        .clone()
+        .expect("the listing error is remembered");
+    assert!(!source.rescan(), "and not reported again");
+    assert_eq!(source.dir_error, Some(reported));
+    assert_eq!(source.snapshot().0.len(), 1, "nothing withdrawn");
+    std::fs::create_dir(&path).unwrap();
+    assert!(source.rescan(), "an empty directory is the new state");
+    assert!(source.dir_error.is_none());
+    assert_eq!(source.snapshot().0.len(), 0);
+    std::fs::remove_dir(&path).unwrap();
+}
