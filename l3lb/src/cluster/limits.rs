@@ -80,9 +80,10 @@ pub fn bounded(
 }
 
 /// How deep `text` nests flow collections, as a quick scan that skips comments and quoted
-/// scalars sees it. It is a cheap estimate, not a YAML parser: brackets inside plain or block
-/// scalars count too, so it may overestimate, never for real manifests by anything near
-/// [`MAX_FLOW_DEPTH`].
+/// scalars sees it. It is an estimate, not a YAML parser: brackets inside plain or block scalars
+/// count too, so it overestimates (never for real manifests by anything near
+/// [`MAX_FLOW_DEPTH`]); and a quote that starts a continuation line of a plain or block scalar is
+/// taken for a quoted scalar, so a file crafted that way can hide its depth from it.
 pub fn flow_depth(text: &str) -> usize {
     let bytes = text.as_bytes();
     let (mut depth, mut deepest) = (0usize, 0usize);
