@@ -10,6 +10,7 @@ pub mod frames;
 pub mod interrupt;
 pub mod lab;
 pub mod netns;
+pub mod soak;
 pub mod traffic;
 
 /// True when this test may touch the kernel (root). Without root it returns false after saying

@@ -251,9 +251,10 @@ fn file_scenario(ns: &IpIn) {
     daemon.wait_for_log("EndpointSlice over the limits: 5000 endpoints", CONVERGE);
     daemon.wait_for_log("is not an IP address", CONVERGE);
 
-    // Scans go on every 100 ms: over five more of them, the daemon keeps answering and the
-    // broken files are still named only once each.
-    wait_until(Duration::from_millis(500), || {
+    // Every write above woke a scan (inotify), and a safety poll runs every 2 s: through more
+    // scans the daemon keeps answering and the broken files are still named only once each.
+    write("noise.yaml", "kind: ConfigMap\n");
+    wait_until(Duration::from_millis(2500), || {
         assert_healthy(&daemon);
         false
     });

@@ -39,3 +39,12 @@ pub fn cargo() -> Command {
     command.current_dir(workspace_root());
     command
 }
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` (relative to the workspace root, where
+/// [`cargo`] runs cargo), or `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}

@@ -3,7 +3,7 @@
 //! through a service's life while showing routes, logs, client connections, the fast path's maps
 //! and counters, and convergence times. The lab itself is the `l3lb-lab` binary of the test crate
 //! (`tests/src/lab/`); this only prepares the machine, builds, and runs it.
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -37,7 +37,7 @@ pub fn run(options: &Options) -> Result<()> {
     cmd::run(cmd::cargo().args(["build", "-p", "l3lb", "-p", "l3lb-tests", "--bins"]))?;
     // Run the built lab directly rather than through `cargo run`: cargo stays the lab's parent
     // and dies of Ctrl-C at once, while the lab is still tearing itself down.
-    let mut lab = Command::new(target_dir().join("debug/l3lb-lab"));
+    let mut lab = Command::new(cmd::target_dir().join("debug/l3lb-lab"));
     lab.current_dir(cmd::workspace_root());
     match options.action {
         Some(Action::Down) => {
@@ -70,14 +70,5 @@ pub fn run(options: &Options) -> Result<()> {
         // The lab has said what went wrong (or that it was interrupted: 130); pass its code on.
         Some(code) => std::process::exit(code),
         None => bail!("the lab died: {status}"),
-    }
-}
-
-/// Where cargo puts what it builds: `CARGO_TARGET_DIR` (relative to the workspace root, where
-/// `cmd::cargo` runs cargo), or `target/`.
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => cmd::workspace_root().join(dir),
-        None => cmd::workspace_root().join("target"),
     }
 }

@@ -5,6 +5,7 @@ mod bootstrap;
 mod build_ebpf;
 mod cmd;
 mod lab;
+mod soak;
 mod test;
 
 use anyhow::Result;
@@ -26,6 +27,9 @@ enum Command {
     /// Run a BGP anycast fabric in network namespaces and walk a service through its life
     /// (root); `lab --keep` leaves it up, `lab down` removes a kept one.
     Lab(lab::Options),
+    /// Run the lab under a seeded random schedule of changes and faults and check the router's
+    /// routes against the ready pods every 10 ms (root); `--minutes N`, `--seed S`.
+    Soak(soak::Options),
     /// Measure the fast path (vs an empty program, kube-proxy iptables and nftables) and the
     /// controller (vs the fake API server) and write docs/benchmarks.md (root); `--quick` for
     /// the reduced set.
@@ -38,5 +42,6 @@ fn main() -> Result<()> {
         Command::Test(options) => test::run(&options),
         Command::Lab(options) => lab::run(&options),
         Command::Bench(options) => bench::run(&options),
+        Command::Soak(options) => soak::run(&options),
     }
 }

@@ -1,5 +1,5 @@
 //! `--source file:DIR`: Services and EndpointSlices read from YAML/JSON manifests in a directory,
-//! reloaded when the directory changes. It feeds the same path as the API watch, which is what
+//! reloaded when the directory changes (inotify says when, a slow poll is the safety net). It feeds the same path as the API watch, which is what
 //! the lab and the tests drive, and what serves static anycast without Kubernetes.
 //!
 //! `L3lbIPPool` documents in the same directory give Services without an IP one: there is no
@@ -29,9 +29,12 @@ use crate::{
     status::PoolReport,
 };
 
-/// How often the directory is checked for changes. Reading a directory's metadata is cheap, and a
-/// file edit shows up within this bound.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the directory is checked for changes when inotify says nothing: the safety net
+/// for what it cannot see (a directory replaced or back after an outage, network filesystems,
+/// a watch that failed). inotify brings every other change at once.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the directory is checked while no watch runs on it.
+const UNWATCHED_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A file's identity for change detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,11 +55,13 @@ pub struct FileSource {
     /// Entries that cannot be read or are no files, with what was logged about them: each
     /// warns once, not on every scan.
     unusable: BTreeMap<PathBuf, String>,
-    /// Why the directory itself could not be listed, once logged.
-    dir_error: Option<String>,
     load_balancer_class: String,
     /// Where the pools' state goes for `l3lb status`.
     pool_reports: Option<watch::Sender<Vec<PoolReport>>>,
+    /// The directory could not be listed last time (said once until it can again).
+    missing: bool,
+    /// The inotify watch could not start last time (said once).
+    watch_failed: bool,
 }
 
 impl FileSource {
@@ -68,9 +73,10 @@ impl FileSource {
             files: BTreeMap::new(),
             reported: BTreeMap::new(),
             unusable: BTreeMap::new(),
-            dir_error: None,
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
             pool_reports: None,
+            missing: false,
+            watch_failed: false,
         }
     }
 
@@ -83,35 +89,42 @@ impl FileSource {
     }
 
     /// Sends the directory's contents as a relist now and after every change, until the receiver
-    /// goes away.
-    pub async fn run(self, changes: mpsc::Sender<ClusterChange>) {
+    /// goes away. Reading and parsing block (up to a second for a hostile file at the limits):
+    /// the daemon runs this on a thread of its own, see [`FileSource::spawn`].
+    pub async fn run(mut self, changes: mpsc::Sender<ClusterChange>) {
         info!(dir = %self.dir.display(), "reading Services and EndpointSlices from files");
         let mut first = true;
-        let mut ticker = tokio::time::interval(self.poll_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut source = self;
+        let (wake, mut woken) = mpsc::channel::<()>(1);
+        let mut watcher = None;
         loop {
-            ticker.tick().await;
-            // Reading and parsing blocks, up to a second for a hostile file at the limits: on a
-            // blocking thread, so the runtime's two workers keep serving the controller and HTTP.
-            let changed;
-            (source, changed) = match tokio::task::spawn_blocking(move || {
-                let changed = source.rescan();
-                (source, changed)
-            })
-            .await
-            {
-                Ok(scanned) => scanned,
-                Err(err) => {
-                    warn!("scanning the manifests failed, stopping the file source: {err}");
-                    return;
+            if !first {
+                // Without a watch (the directory gone, or inotify refused), poll as often as
+                // before there was one.
+                let pause = if watcher.is_some() {
+                    self.poll_interval
+                } else {
+                    UNWATCHED_POLL_INTERVAL
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    Some(()) = woken.recv() => {}
                 }
-            };
-            if !changed && !first {
+            }
+            // (Re)started whenever there is none: at first, and after the directory was gone.
+            if watcher.is_none() {
+                watcher = self.watch(wake.clone());
+            }
+            let listed = self.rescan();
+            if self.missing {
+                // The watch went with the directory (inotify follows the inode); a new one
+                // starts when it is back.
+                watcher = None;
+            }
+            if !listed && !first {
                 continue;
             }
             first = false;
-            let (services, slices) = source.snapshot();
+            let (services, slices) = self.snapshot();
             debug!(
                 services = services.len(),
                 slices = slices.len(),
@@ -131,20 +144,65 @@ impl FileSource {
         }
     }
 
+    /// An inotify watch on the directory that wakes the loop on any change in it (a burst of
+    /// events makes one wake-up: the channel holds one); `None` (polling only) when it cannot
+    /// start, said once.
+    fn watch(&mut self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher as _;
+        let handler = move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = wake.try_send(());
+            }
+        };
+        let started = notify::recommended_watcher(handler).and_then(|mut watcher| {
+            watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+            Ok(watcher)
+        });
+        match started {
+            Ok(watcher) => {
+                self.watch_failed = false;
+                Some(watcher)
+            }
+            Err(err) => {
+                if !self.watch_failed && !self.missing {
+                    warn!(
+                        dir = %self.dir.display(),
+                        "cannot watch the manifests with inotify, polling every {:?}: {err}",
+                        self.poll_interval
+                    );
+                }
+                self.watch_failed = true;
+                None
+            }
+        }
+    }
+
+    /// Runs [`FileSource::run`] on a thread of its own, so a slow file never stalls the
+    /// runtime's workers, and the parser's garbage stays in that one thread's malloc arena
+    /// instead of being spread over (and kept by) the blocking pool's threads.
+    pub fn spawn(self, changes: mpsc::Sender<ClusterChange>) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("l3lb-manifests".into())
+            .spawn(move || runtime.block_on(self.run(changes)))?;
+        Ok(())
+    }
+
     /// Re-reads files whose stamp changed; true when anything differs from before.
     fn rescan(&mut self) -> bool {
         let listed = match manifest_files(&self.dir) {
             Ok(listed) => {
-                self.dir_error = None;
+                self.missing = false;
                 listed
             }
             Err(err) => {
                 // A missing directory reads as the last known state, not as "delete everything".
-                let err = err.to_string();
-                if self.dir_error.as_ref() != Some(&err) {
+                if !self.missing {
                     warn!(dir = %self.dir.display(), "cannot list manifests, keeping the last known state: {err}");
-                    self.dir_error = Some(err);
                 }
+                self.missing = true;
                 return false;
             }
         };

@@ -148,6 +148,64 @@ fn pools_in_the_files_give_every_node_the_same_addresses() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The Services of the next relist the source sends, waiting at most `within`.
+async fn next_services(
+    changes: &mut mpsc::Receiver<ClusterChange>,
+    within: Duration,
+) -> Option<usize> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, changes.recv()).await {
+            Ok(Some(ClusterChange::ServicesListed(services))) => return Some(services.len()),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn changes_arrive_through_inotify_also_after_the_directory_was_away() {
+    let dir = tempfile_dir("inotify");
+    // An hour between polls: whatever arrives sooner came through the watch.
+    let source = FileSource::new(dir.clone(), "node-a".into(), Duration::from_secs(3600));
+    let (tx, mut changes) = mpsc::channel(16);
+    let task = tokio::spawn(source.run(tx));
+    let quick = Duration::from_secs(2);
+    assert_eq!(
+        next_services(&mut changes, quick).await,
+        Some(0),
+        "first relist"
+    );
+
+    std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
+    assert_eq!(
+        next_services(&mut changes, quick).await,
+        Some(1),
+        "a new file"
+    );
+
+    // An outage: the directory goes away and comes back. Nothing changes meanwhile (the
+    // last known state stands), and the watch starts again on the directory that returned.
+    let away = dir.with_extension("away");
+    std::fs::rename(&dir, &away).unwrap();
+    assert_eq!(
+        next_services(&mut changes, Duration::from_millis(500)).await,
+        None,
+        "a missing directory changes nothing"
+    );
+    // Changed as soon as it is back: without a watch the source polls every 100 ms, and
+    // with the new one it hears of it.
+    std::fs::rename(&away, &dir).unwrap();
+    std::fs::remove_file(dir.join("web.yaml")).unwrap();
+    assert_eq!(
+        next_services(&mut changes, quick).await,
+        Some(0),
+        "a change after the outage"
+    );
+    task.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn tempfile_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("l3lb-file-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -259,16 +317,15 @@ fn a_missing_directory_changes_nothing() {
     let path = dir.path().to_owned();
     drop(dir);
     assert!(!source.rescan());
-    let reported = source
-        .dir_error
-        .clone()
-        .expect("the listing error is remembered");
-    assert!(!source.rescan(), "and not reported again");
-    assert_eq!(source.dir_error, Some(reported));
+    assert!(
+        source.missing,
+        "the listing error is remembered, so it is said once"
+    );
+    assert!(!source.rescan());
     assert_eq!(source.snapshot().0.len(), 1, "nothing withdrawn");
     std::fs::create_dir(&path).unwrap();
     assert!(source.rescan(), "an empty directory is the new state");
-    assert!(source.dir_error.is_none());
+    assert!(!source.missing);
     assert_eq!(source.snapshot().0.len(), 0);
     std::fs::remove_dir(&path).unwrap();
 }

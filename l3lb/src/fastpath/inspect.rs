@@ -56,6 +56,7 @@ pub struct BackendRow {
     pub address: String,
     /// Share of the table (new flows), in percent.
     pub share: f64,
+    /// Takes no new flows (terminating, or not ready), keeps its own.
     pub terminating: bool,
     /// How packets reach it: `peer:IFINDEX` (into the pod's namespace), `neigh:IFINDEX` (out of
     /// that host interface) or `stack` (the kernel's routing).
@@ -217,7 +218,7 @@ pub fn render(report: &Report) -> String {
             .iter()
             .map(|b| {
                 if b.terminating {
-                    format!("{} (terminating)", b.address)
+                    format!("{} (draining: no new flows)", b.address)
                 } else {
                     format!("{} {:.1}% via {}", b.address, b.share, b.delivery)
                 }

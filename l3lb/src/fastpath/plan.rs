@@ -6,7 +6,7 @@ use l3lb_common::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
     cluster::model::{ServiceKey, SliceSpec},
-    desired::DesiredState,
+    desired::{DesiredState, Reason},
 };
 
 /// A service address, port and protocol as packets carry them.
@@ -88,6 +88,14 @@ fn protocol_number(protocol: &str) -> Option<u8> {
 /// An IP that is no longer announced keeps its entry while local endpoints still serve: the
 /// routers stop sending new flows, but flows already here drain to their (terminating) pods
 /// instead of falling into the kernel, which no longer has the address.
+///
+/// Terminating pods take no new flows, except when no endpoint is ready anywhere and this node
+/// announces because its pods still serve (kube-proxy's rule): then they take them, or the
+/// node would attract connections it can only refuse.
+///
+/// A pod that turns not ready keeps its TCP connections, as conntrack keeps them for kube-proxy
+/// (it has a target that takes no new flows); its UDP flows move to the ready pods, as
+/// kube-proxy clears the conntrack entries of UDP endpoints that stop serving.
 pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec<Target>> {
     let mut entries = BTreeMap::new();
     let (Some(spec), Some(decision)) = (state.service(key), state.decision(key)) else {
@@ -95,6 +103,7 @@ pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec
     };
     let slices: Vec<&SliceSpec> = state.slices_of(key).collect();
     let announced = decision.reason.announces();
+    let serving_takes_new_flows = decision.reason == Reason::ServingFallback;
     for ip in &decision.ips {
         for service_port in &spec.ports {
             let Some(proto) = protocol_number(&service_port.protocol) else {
@@ -116,14 +125,14 @@ pub fn plan_service(state: &DesiredState, key: &ServiceKey) -> BTreeMap<Vip, Vec
                     slice
                         .local
                         .iter()
-                        .filter(|e| e.ready || e.serving)
+                        .filter(move |e| e.ready || e.serving || proto != PROTO_UDP)
                         .flat_map(move |endpoint| {
                             endpoint.addresses.iter().filter_map(move |address| {
                                 let address: IpAddr = address.parse().ok()?;
                                 (address.is_ipv4() == ip.is_ipv4()).then_some(Target {
                                     ip: address,
                                     port: target_port?,
-                                    terminating: !endpoint.ready,
+                                    terminating: !endpoint.ready && !serving_takes_new_flows,
                                     delivery: Delivery::Stack,
                                 })
                             })
@@ -303,6 +312,58 @@ mod tests {
         let plan = plan_service(&state, &key);
         let http = &plan[&vip("10.0.100.7", 80, PROTO_TCP)];
         assert_eq!(http, &[target("10.244.1.5", 8080, true)]);
+    }
+
+    #[test]
+    fn serving_pods_take_new_flows_when_nothing_is_ready_anywhere() {
+        let mut state = state();
+        let mut draining = slice("v4", vec![endpoint("10.244.1.5", false)]);
+        draining.any_ready = false;
+        state.apply_all([
+            ClusterChange::ServiceApplied(service()),
+            ClusterChange::SliceApplied(draining),
+        ]);
+        let key = ServiceKey::new("default", "web");
+        assert_eq!(
+            state.decision(&key).unwrap().reason,
+            Reason::ServingFallback
+        );
+        let plan = plan_service(&state, &key);
+        let http = &plan[&vip("10.0.100.7", 80, PROTO_TCP)];
+        assert_eq!(
+            http,
+            &[target("10.244.1.5", 8080, false)],
+            "announced for them, so they take the new flows"
+        );
+    }
+
+    #[test]
+    fn a_pod_turning_not_ready_keeps_its_tcp_flows_and_loses_its_udp_ones() {
+        let mut state = state();
+        let not_ready = LocalEndpoint {
+            ready: false,
+            serving: false,
+            terminating: false,
+            ..endpoint("10.244.1.6", false)
+        };
+        state.apply_all([
+            ClusterChange::ServiceApplied(service()),
+            ClusterChange::SliceApplied(slice("v4", vec![endpoint("10.244.1.5", true), not_ready])),
+        ]);
+        let plan = plan_service(&state, &ServiceKey::new("default", "web"));
+        assert_eq!(
+            plan[&vip("10.0.100.7", 80, PROTO_TCP)],
+            [
+                target("10.244.1.5", 8080, false),
+                target("10.244.1.6", 8080, true)
+            ],
+            "TCP: established connections stay, no new ones"
+        );
+        assert_eq!(
+            plan[&vip("10.0.100.7", 53, PROTO_UDP)],
+            [target("10.244.1.5", 5353, false)],
+            "UDP: its flows move on"
+        );
     }
 
     #[test]

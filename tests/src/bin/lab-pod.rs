@@ -1,7 +1,8 @@
 //! A pod of the lab: answers every HTTP request on `[::]:PORT` (IPv4 too) with its own name, its
 //! node, and the client address it saw, so a test can tell where a connection landed; `GET
 //! /bytes/N` gets N bytes instead (up to 64 MiB), a download large enough to need path MTU
-//! discovery.
+//! discovery; a connection that opens with `ECHO\r\n\r\n` hears `node=<node>` and then gets
+//! everything it sends back until it closes (a long-lived connection).
 //!
 //! `lab-pod --name web-a --node node-a [--port 80] [--ready FILE]` (FILE is created once it
 //! listens).
@@ -65,6 +66,32 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A connection that starts with this is a long-lived one: it hears `node=<node>` and then
+/// everything it sends comes back.
+const ECHO: &[u8] = b"ECHO\r\n\r\n";
+
+/// Says the node, then echoes what the client sends (starting with `already`, read with the
+/// request head) until it closes: the soak's long-lived connections, which must survive what
+/// goes on around them.
+fn echo(mut stream: TcpStream, node: &str, already: &[u8]) {
+    let _ = stream.set_read_timeout(None);
+    let hello = format!("node={node}\n");
+    if stream.write_all(hello.as_bytes()).is_err() || stream.write_all(already).is_err() {
+        return;
+    }
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buffer[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// The largest `GET /bytes/N` served.
 const MAX_DOWNLOAD: usize = 64 << 20;
 
@@ -79,6 +106,10 @@ fn serve(mut stream: TcpStream, name: &str, node: &str) {
             Ok(0) | Err(_) => break,
             Ok(n) => request.extend_from_slice(&buffer[..n]),
         }
+    }
+    if let Some(rest) = request.strip_prefix(ECHO) {
+        echo(stream, node, rest);
+        return;
     }
     let peer = stream
         .peer_addr()

@@ -96,62 +96,79 @@ pub(super) fn start(
     .expect("writing zebra.conf");
     fs::write(dir.join("bgpd.conf"), bgpd_conf(role)).expect("writing bgpd.conf");
 
-    let where_ = role.describe();
     for daemon in ["zebra", "bgpd"] {
-        let mut command = ns.command(&format!("{FRR_DAEMONS}/{daemon}"));
-        command
-            .arg("-f")
-            .arg(dir.join(format!("{daemon}.conf")))
-            .arg("-i")
-            .arg(dir.join(format!("{daemon}.pid")))
-            .arg("-z")
-            .arg(dir.join("zserv.api"))
-            .arg("--vty_socket")
-            .arg(dir)
-            // Root, with the vty group FRR insists on (root is not a member of frrvty, but the
-            // group given here counts).
-            .args(["-u", "root", "-g", vty_group()])
-            // No vty on TCP: vtysh uses the socket in `dir`.
-            .args(["-P", "0"])
-            .arg("--log")
-            .arg(format!(
-                "file:{}",
-                dir.join(format!("{daemon}.log")).display()
-            ));
-        let out_file = dir.join(format!("{daemon}.out"));
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&out_file)
-            .expect("opening the FRR output file");
-        daemons.push(spawn_logged(&mut command, &out));
-        let socket = dir.join(if daemon == "zebra" {
-            "zserv.api".to_owned()
-        } else {
-            format!("{daemon}.vty")
-        });
-        let result = poll(cancel, Duration::from_secs(10), || {
-            let child = daemons.last_mut().expect("just started");
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(Err(LabError::Failed(format!(
-                    "{daemon} on {where_} exited ({status}):\n{}",
-                    tail(&out_file, 20)
-                ))));
-            }
-            socket.exists().then_some(Ok(()))
-        });
-        match result {
-            Ok(inner) => inner?,
-            Err(LabError::Timeout(_)) => {
-                return Err(LabError::Timeout(format!(
-                    "{daemon} on {where_} did not create {} within 10 s",
-                    socket.display()
-                )));
-            }
-            Err(other) => return Err(other),
-        }
+        daemons.push(start_daemon(ns, dir, role, daemon, cancel)?);
     }
     Ok(())
+}
+
+/// Starts one FRR daemon (`zebra` or `bgpd`) of `role` in `ns` with the configs in `dir`, and
+/// waits for its socket.
+pub(super) fn start_daemon(
+    ns: &NetNs,
+    dir: &Path,
+    role: Role,
+    daemon: &str,
+    cancel: Option<&'static AtomicBool>,
+) -> Result<Child, LabError> {
+    let where_ = role.describe();
+    let mut command = ns.command(&format!("{FRR_DAEMONS}/{daemon}"));
+    command
+        .arg("-f")
+        .arg(dir.join(format!("{daemon}.conf")))
+        .arg("-i")
+        .arg(dir.join(format!("{daemon}.pid")))
+        .arg("-z")
+        .arg(dir.join("zserv.api"))
+        .arg("--vty_socket")
+        .arg(dir)
+        // Root, with the vty group FRR insists on (root is not a member of frrvty, but the
+        // group given here counts).
+        .args(["-u", "root", "-g", vty_group()])
+        // No vty on TCP: vtysh uses the socket in `dir`.
+        .args(["-P", "0"])
+        .arg("--log")
+        .arg(format!(
+            "file:{}",
+            dir.join(format!("{daemon}.log")).display()
+        ));
+    let out_file = dir.join(format!("{daemon}.out"));
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&out_file)
+        .expect("opening the FRR output file");
+    let mut child = spawn_logged(&mut command, &out);
+    let socket = dir.join(if daemon == "zebra" {
+        "zserv.api".to_owned()
+    } else {
+        format!("{daemon}.vty")
+    });
+    let result = poll(cancel, Duration::from_secs(10), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(Err(LabError::Failed(format!(
+                "{daemon} on {where_} exited ({status}):\n{}",
+                tail(&out_file, 20)
+            ))));
+        }
+        socket.exists().then_some(Ok(()))
+    });
+    let started = match result {
+        Ok(inner) => inner,
+        Err(LabError::Timeout(_)) => Err(LabError::Timeout(format!(
+            "{daemon} on {where_} did not create {} within 10 s",
+            socket.display()
+        ))),
+        Err(other) => Err(other),
+    };
+    match started {
+        Ok(()) => Ok(child),
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(err)
+        }
+    }
 }
 
 /// `vtysh -c command` against the FRR whose vty sockets are in `dir`.

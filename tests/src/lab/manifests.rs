@@ -12,7 +12,7 @@ use crate::fixtures::{self, endpoint, port, slice};
 
 /// A Service and its endpoints, as the lab writes them: a `type: LoadBalancer` Service with the
 /// `l3lb.io/loadBalancerIPs` annotation, and one EndpointSlice per address family.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
     /// The Service's IPs; with `from_pool`, the ones the pool will give it (the nodes' DNAT and

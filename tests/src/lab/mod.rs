@@ -34,10 +34,12 @@
 //!
 //! The parts, one file each: `topology` (namespaces, links, addresses), `frr` (configs, daemons,
 //! sessions, the router's routes), `node` (a node and its l3lb), `pods`, `proxy` (the nodes'
-//! DNAT without the fast path), `fastpath` (what the fast path shows), `manifests` (what the l3lbs read), `client` (requests from the client) and `teardown`
+//! DNAT without the fast path), `fastpath` (what the fast path shows), `faults` (what the soak
+//! breaks), `manifests` (what the l3lbs read), `client` (requests from the client) and `teardown`
 //! (state file, keep, down, drop); [`Lab`] composes them.
 mod client;
 mod fastpath;
+mod faults;
 mod frr;
 mod manifests;
 mod node;

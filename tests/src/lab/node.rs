@@ -139,6 +139,27 @@ impl Node {
         }
     }
 
+    /// SIGKILL to l3lb, reaped.
+    pub fn kill_l3lb(&mut self) -> Result<(), LabError> {
+        let Some(mut child) = self.l3lb.take() else {
+            return Err(LabError::Failed(format!(
+                "l3lb on {} is not running",
+                self.name
+            )));
+        };
+        let _ = child.kill();
+        child
+            .wait()
+            .map(drop)
+            .map_err(|err| LabError::Failed(format!("reaping l3lb on {}: {err}", self.name)))
+    }
+
+    pub fn l3lb_pid(&mut self) -> Option<u32> {
+        self.l3lb_running()
+            .then(|| self.l3lb.as_ref().map(|child| child.id()))
+            .flatten()
+    }
+
     pub fn l3lb_running(&mut self) -> bool {
         self.l3lb
             .as_mut()
