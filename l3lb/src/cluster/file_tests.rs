@@ -295,6 +295,7 @@ fn thousands_of_files() {
     assert_eq!(source.snapshot().0.len(), 3000);
     let started = std::time::Instant::now();
     assert!(!source.rescan());
+    eprintln!("an idle scan of 3000 files: {:?}", started.elapsed());
     // A scan that reads nothing only stats: far below a second even in a debug build on a
     // busy machine (about 10 ms here).
     assert!(

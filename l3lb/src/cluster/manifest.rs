@@ -175,7 +175,10 @@ fn collect(
                 .extend(SliceSpec::from_endpoint_slice(&slice, node));
         }
         "List" | "ServiceList" | "EndpointSliceList" => {
-            if let Some(Value::Sequence(items)) = value.get("items").cloned() {
+            // Taken, not cloned: a List may be most of the file.
+            if let Value::Mapping(mut list) = value
+                && let Some(Value::Sequence(items)) = list.remove("items")
+            {
                 for item in items {
                     collect(item, node, file, parsed)?;
                 }

@@ -147,6 +147,12 @@ fn ordinary_manifests_parse_as_before() {
         .deserialize(serde_yaml::Deserializer::from_str(odd))
         .unwrap();
     assert_eq!(ours, serde_yaml::from_str::<Value>(odd).unwrap());
+    // Lists are unpacked, as `kubectl get -o yaml` writes them.
+    let list = format!(
+        "kind: List\nitems:\n- {}",
+        service_yaml("listed", "10.0.100.7").replace('\n', "\n  ")
+    );
+    assert_eq!(parse(&list).unwrap().services[0].key.name, "listed");
     let dup = error_of("kind: Service\nkind: Service\n");
     assert!(dup.contains("duplicate entry"), "{dup}");
 }
