@@ -10,7 +10,8 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant, SystemTime},
 };
 
 use k8s_openapi::api::core::v1::Service;
@@ -33,6 +34,9 @@ use crate::{
 /// for what it cannot see (a directory replaced or back after an outage, network filesystems,
 /// a watch that failed). inotify brings every other change at once.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// A parse taking longer than this is named in a warning: the limits keep every known hostile
+/// shape far below it, so it means one they miss (see [`super::limits::flow_depth`]).
+const SLOW_PARSE: Duration = Duration::from_secs(10);
 /// How often the directory is checked while no watch runs on it.
 const UNWATCHED_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -62,6 +66,8 @@ pub struct FileSource {
     missing: bool,
     /// The inotify watch could not start last time (said once).
     watch_failed: bool,
+    /// The file being parsed, and since when: what the watchdog looks at.
+    parsing: Arc<Mutex<Option<(PathBuf, Instant)>>>,
 }
 
 impl FileSource {
@@ -77,6 +83,7 @@ impl FileSource {
             pool_reports: None,
             missing: false,
             watch_failed: false,
+            parsing: Arc::default(),
         }
     }
 
@@ -184,9 +191,32 @@ impl FileSource {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let state = Arc::downgrade(&self.parsing);
         std::thread::Builder::new()
             .name("l3lb-manifests".into())
             .spawn(move || runtime.block_on(self.run(changes)))?;
+        // A parse that never ends would stall the source without a word: the watchdog names the
+        // file. It ends with the source (the state it watches goes away).
+        std::thread::Builder::new()
+            .name("l3lb-manifests-watchdog".into())
+            .spawn(move || {
+                let mut warned = None;
+                while let Some(parsing) = state.upgrade() {
+                    let current = parsing
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    drop(parsing);
+                    if let Some((file, since)) = stalled(current, &mut warned, Instant::now()) {
+                        warn!(
+                            file = %file.display(),
+                            "still parsing this manifest after {:?}: the file source is stalled until it finishes; what is announced stays as it is",
+                            since.elapsed()
+                        );
+                    }
+                    std::thread::sleep(SLOW_PARSE / 4);
+                }
+            })?;
         Ok(())
     }
 
@@ -245,7 +275,11 @@ impl FileSource {
             {
                 continue;
             }
-            match parse_file(&path, &self.node) {
+            *self.parsing.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((path.clone(), Instant::now()));
+            let result = parse_file(&path, &self.node);
+            *self.parsing.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            match result {
                 Ok(parsed) => {
                     self.reported.remove(&path);
                     self.files.insert(path, (stamp, parsed));
@@ -311,6 +345,21 @@ impl FileSource {
             reports.send_replace(pool_reports(&parsed_pools, &broken, &allocations));
         }
     }
+}
+
+/// The file of a parse running longer than [`SLOW_PARSE`] at `now`, and when it started; once
+/// per parse (`warned` remembers the start of the last one reported).
+fn stalled(
+    parsing: Option<(PathBuf, Instant)>,
+    warned: &mut Option<Instant>,
+    now: Instant,
+) -> Option<(PathBuf, Instant)> {
+    let (file, since) = parsing?;
+    if now.saturating_duration_since(since) < SLOW_PARSE || *warned == Some(since) {
+        return None;
+    }
+    *warned = Some(since);
+    Some((file, since))
 }
 
 /// A directory entry named like a manifest.

@@ -330,3 +330,26 @@ fn a_missing_directory_changes_nothing() {
     assert_eq!(source.snapshot().0.len(), 0);
     std::fs::remove_dir(&path).unwrap();
 }
+
+#[test]
+fn a_stalled_parse_is_named_once() {
+    let start = Instant::now();
+    let parsing = Some((PathBuf::from("/m/slow.yaml"), start));
+    let mut warned = None;
+    assert_eq!(
+        stalled(parsing.clone(), &mut warned, start + SLOW_PARSE / 2),
+        None
+    );
+    let late = start + SLOW_PARSE * 2;
+    assert_eq!(
+        stalled(parsing.clone(), &mut warned, late),
+        Some((PathBuf::from("/m/slow.yaml"), start))
+    );
+    assert_eq!(stalled(parsing, &mut warned, late), None, "once");
+    assert_eq!(stalled(None, &mut warned, late), None, "nothing parsing");
+    let next = Some((PathBuf::from("/m/slow.yaml"), start + SLOW_PARSE));
+    assert!(
+        stalled(next, &mut warned, late + SLOW_PARSE).is_some(),
+        "a new parse of the same file is a new stall"
+    );
+}

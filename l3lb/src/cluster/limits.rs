@@ -79,20 +79,42 @@ pub fn bounded(
     (kept, items.next().is_some())
 }
 
-/// How deep `text` nests flow collections, as a quick scan that skips comments and quoted
-/// scalars sees it. It is an estimate, not a YAML parser: brackets inside plain or block scalars
-/// count too, so it overestimates (never for real manifests by anything near
-/// [`MAX_FLOW_DEPTH`]); and a quote that starts a continuation line of a plain or block scalar is
-/// taken for a quoted scalar, so a file crafted that way can hide its depth from it.
+/// An estimate of how deep `text` nests flow collections, from a quick scan that knows where
+/// YAML's quoted scalars and comments can start (libyaml's rules: in a flow collection after
+/// `[`, `{`, `,`, an indicator and a blank, or a JSON-like key's `:`; outside one at a line start
+/// or after an indicator and a blank). Brackets in plain and block scalars count too, so it
+/// overestimates, never for real manifests by anything near [`MAX_FLOW_DEPTH`]. Where it cannot
+/// tell whether a line ends inside a quoted scalar, it counts the openers that follow and
+/// ignores the closers until the quote closes. It is not a YAML parser: a file crafted against
+/// it (say, with an anchor or tag before each quoted scalar full of closers) can still hide its
+/// depth, and then the file source's watchdog names the parse once it runs for 10 s.
 pub fn flow_depth(text: &str) -> usize {
     let bytes = text.as_bytes();
     let (mut depth, mut deepest) = (0usize, 0usize);
-    // The last byte that is not a space: a quote opens a quoted scalar only where a token
-    // starts (a line start, after `[`, `{`, `,`, or an indicator and a space).
-    let mut last = b'\n';
+    // The last two bytes that are not blanks; outside flow collections a line start is `\n`.
+    let (mut last, mut before_last) = (b'\n', b'\n');
+    // A quoted scalar still open at the end of its line, and its quote.
+    let mut open_quote: Option<u8> = None;
     let mut i = 0;
     while i < bytes.len() {
         let byte = bytes[i];
+        if let Some(quote) = open_quote {
+            match byte {
+                b'\\' if quote == b'"' => i += 1,
+                b'\'' if quote == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                _ if byte == quote => {
+                    open_quote = None;
+                    (before_last, last) = (last, byte);
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
         let after_blank = i == 0 || matches!(bytes[i - 1], b' ' | b'\t' | b'\n' | b'\r');
         match byte {
             b'[' | b'{' => {
@@ -106,38 +128,59 @@ pub fn flow_depth(text: &str) -> usize {
                 }
                 continue;
             }
-            b'\'' | b'"'
-                if matches!(last, b'\n' | b'[' | b'{' | b',')
-                    || (after_blank && matches!(last, b':' | b'-' | b'?')) =>
-            {
-                i = end_of_quoted(bytes, i);
-                last = byte;
+            b'\'' | b'"' if quote_starts(depth, last, before_last, after_blank) => {
+                match quoted_on_line(bytes, i) {
+                    Ok(end) => {
+                        (before_last, last) = (last, byte);
+                        i = end;
+                    }
+                    Err(end) => {
+                        open_quote = Some(byte);
+                        i = end;
+                    }
+                }
                 continue;
             }
             _ => {}
         }
-        if byte == b'\n' || !byte.is_ascii_whitespace() {
-            last = byte;
+        if byte == b'\n' {
+            if depth == 0 {
+                (before_last, last) = (last, b'\n');
+            }
+        } else if !byte.is_ascii_whitespace() {
+            (before_last, last) = (last, byte);
         }
         i += 1;
     }
     deepest
 }
 
-/// The index after the quoted scalar that opens at `start`, with YAML's escapes (`''` in single
-/// quotes, a backslash in double quotes).
-fn end_of_quoted(bytes: &[u8], start: usize) -> usize {
+/// Whether a quote after `last` (and `before_last`) opens a quoted scalar, at flow depth `depth`.
+fn quote_starts(depth: usize, last: u8, before_last: u8, after_blank: bool) -> bool {
+    if depth == 0 {
+        last == b'\n' || (after_blank && matches!(last, b':' | b'-' | b'?'))
+    } else {
+        matches!(last, b'[' | b'{' | b',')
+            || (last == b':' && (after_blank || matches!(before_last, b'"' | b'\'' | b']' | b'}')))
+    }
+}
+
+/// Where the quoted scalar opening at `start` ends on its line: just after its closing quote,
+/// or (`Err`) at the end of the line, still open. YAML's escapes count: `''` in single quotes, a
+/// backslash in double quotes.
+fn quoted_on_line(bytes: &[u8], start: usize) -> Result<usize, usize> {
     let quote = bytes[start];
     let mut i = start + 1;
     while i < bytes.len() {
         match bytes[i] {
-            b'\\' if quote == b'"' => i += 2,
+            b'\n' => return Err(i),
+            b'\\' if quote == b'"' && bytes.get(i + 1).is_some_and(|&next| next != b'\n') => i += 2,
             b'\'' if quote == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 2,
-            byte if byte == quote => return i + 1,
+            byte if byte == quote => return Ok(i + 1),
             _ => i += 1,
         }
     }
-    bytes.len()
+    Err(bytes.len())
 }
 
 #[cfg(test)]
@@ -160,6 +203,29 @@ mod tests {
         // A quote in the middle of a plain scalar is text, so what follows still counts.
         assert_eq!(flow_depth("a: it's [[[\n"), 3);
         assert_eq!(flow_depth("a:'x: [[[\n"), 3);
+    }
+
+    /// Shapes that would fool a scan that takes every quote for a quoted scalar, or trusts
+    /// every closer: the depth the parser would see still shows.
+    #[test]
+    fn flow_depth_is_not_fooled() {
+        let deep = "[".repeat(1000);
+        // A quote continuing a multi-line plain scalar inside a flow collection is text.
+        assert!(flow_depth(&format!("x: [a\n'b, {deep}")) > 1000);
+        assert!(flow_depth(&format!("x: [a - 'b, {deep}")) > 1000);
+        // A lone quote in a block scalar does not hide the lines after it.
+        assert!(flow_depth(&format!("a: |\n  '\nb: {deep}\nc: '\n")) >= 1000);
+        // Closers inside JSON strings, after `:` with no blank, do not pay for openers.
+        let json = "{\"a\":\"]]]]]\",\"b\":".repeat(100);
+        assert_eq!(flow_depth(&json), 100);
+        // Nor closers on the continuation lines of a quoted scalar.
+        let multiline = "[ \"\n]]]\n\" ".repeat(100);
+        assert_eq!(flow_depth(&multiline), 100);
+        // Real manifests stay shallow: a long double-quoted annotation folded over lines, a
+        // JSON Service, a description with brackets.
+        let folded = "metadata:\n  annotations:\n    note: \"see [1] and\\\n      [2]] too\"\n";
+        assert!(flow_depth(folded) <= 2);
+        assert!(flow_depth("description: it's a [test] of [nested [brackets]]\n") <= 2);
     }
 
     #[test]
