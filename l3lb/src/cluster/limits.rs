@@ -80,19 +80,22 @@ pub fn bounded(
 }
 
 /// An estimate of how deep `text` nests flow collections, from a quick scan that knows where
-/// YAML's quoted scalars and comments can start (libyaml's rules: in a flow collection after
-/// `[`, `{`, `,`, an indicator and a blank, or a JSON-like key's `:`; outside one at a line start
-/// or after an indicator and a blank). Brackets in plain and block scalars count too, so it
-/// overestimates, never for real manifests by anything near [`MAX_FLOW_DEPTH`]. Where it cannot
-/// tell whether a line ends inside a quoted scalar, it counts the openers that follow and
-/// ignores the closers until the quote closes. It is not a YAML parser: a file crafted against
-/// it (say, with an anchor or tag before each quoted scalar full of closers) can still hide its
-/// depth, and then the file source's watchdog names the parse once it runs for 10 s.
+/// YAML's quoted scalars and comments can start, by libyaml's rules: inside a flow collection
+/// where a token starts (after `[`, `{`, `,`, an indicator `: `, a JSON-like key's `:`, an
+/// anchor or a tag), outside one at a line start or after an indicator and a blank. Brackets
+/// in plain and block scalars count too, so it overestimates, never for real manifests by
+/// anything near [`MAX_FLOW_DEPTH`]. Where it cannot tell whether a line ends inside a quoted
+/// scalar, it counts the openers that follow and ignores the closers until the quote closes.
+/// It is not a YAML parser: should a file crafted against it still keep the parser busy, the
+/// file source's watchdog names the parse once it runs for 10 s.
 pub fn flow_depth(text: &str) -> usize {
     let bytes = text.as_bytes();
     let (mut depth, mut deepest) = (0usize, 0usize);
-    // The last two bytes that are not blanks; outside flow collections a line start is `\n`.
-    let (mut last, mut before_last) = (b'\n', b'\n');
+    // Outside flow collections: the last byte that is not a blank, a line start being `\n`.
+    let mut last = b'\n';
+    // Inside them: whether a token starts here, and whether the token before was JSON-like (a
+    // quoted scalar or a collection's end, after which `:` needs no blank).
+    let (mut token_start, mut json_like) = (false, false);
     // A quoted scalar still open at the end of its line, and its quote.
     let mut open_quote: Option<u8> = None;
     let mut i = 0;
@@ -104,7 +107,7 @@ pub fn flow_depth(text: &str) -> usize {
                 b'\'' if quote == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 1,
                 _ if byte == quote => {
                     open_quote = None;
-                    (before_last, last) = (last, byte);
+                    (last, token_start, json_like) = (byte, false, true);
                 }
                 b'[' | b'{' => {
                     depth += 1;
@@ -116,53 +119,73 @@ pub fn flow_depth(text: &str) -> usize {
             continue;
         }
         let after_blank = i == 0 || matches!(bytes[i - 1], b' ' | b'\t' | b'\n' | b'\r');
+        let blank_next = bytes
+            .get(i + 1)
+            .is_none_or(|next| matches!(next, b' ' | b'\t' | b'\n' | b'\r'));
         match byte {
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
+                (token_start, json_like) = (true, false);
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                (token_start, json_like) = (false, true);
+            }
+            b',' => (token_start, json_like) = (true, false),
             b'#' if after_blank => {
                 while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
                 }
                 continue;
             }
-            b'\'' | b'"' if quote_starts(depth, last, before_last, after_blank) => {
-                match quoted_on_line(bytes, i) {
-                    Ok(end) => {
-                        (before_last, last) = (last, byte);
-                        i = end;
+            b'\'' | b'"' => {
+                let starts = if depth == 0 {
+                    last == b'\n' || (after_blank && matches!(last, b':' | b'-' | b'?'))
+                } else {
+                    token_start
+                };
+                if starts {
+                    match quoted_on_line(bytes, i) {
+                        Ok(end) => {
+                            (last, token_start, json_like) = (byte, false, true);
+                            i = end;
+                        }
+                        Err(end) => {
+                            open_quote = Some(byte);
+                            i = end;
+                        }
                     }
-                    Err(end) => {
-                        open_quote = Some(byte);
-                        i = end;
-                    }
+                    continue;
                 }
-                continue;
+                (token_start, json_like) = (false, false);
             }
-            _ => {}
+            b':' if blank_next || json_like => (token_start, json_like) = (true, false),
+            b'?' | b'-' if token_start && blank_next => {}
+            // An anchor or tag: the node it belongs to starts after it.
+            b'&' | b'!' if token_start => {
+                while i + 1 < bytes.len()
+                    && !matches!(
+                        bytes[i + 1],
+                        b' ' | b'\t' | b'\n' | b'\r' | b',' | b'[' | b']' | b'{' | b'}'
+                    )
+                {
+                    i += 1;
+                }
+            }
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ => (token_start, json_like) = (false, false),
         }
         if byte == b'\n' {
             if depth == 0 {
-                (before_last, last) = (last, b'\n');
+                last = b'\n';
             }
         } else if !byte.is_ascii_whitespace() {
-            (before_last, last) = (last, byte);
+            last = byte;
         }
         i += 1;
     }
     deepest
-}
-
-/// Whether a quote after `last` (and `before_last`) opens a quoted scalar, at flow depth `depth`.
-fn quote_starts(depth: usize, last: u8, before_last: u8, after_blank: bool) -> bool {
-    if depth == 0 {
-        last == b'\n' || (after_blank && matches!(last, b':' | b'-' | b'?'))
-    } else {
-        matches!(last, b'[' | b'{' | b',')
-            || (last == b':' && (after_blank || matches!(before_last, b'"' | b'\'' | b']' | b'}')))
-    }
 }
 
 /// Where the quoted scalar opening at `start` ends on its line: just after its closing quote,
@@ -218,6 +241,11 @@ mod tests {
         // Closers inside JSON strings, after `:` with no blank, do not pay for openers.
         let json = "{\"a\":\"]]]]]\",\"b\":".repeat(100);
         assert_eq!(flow_depth(&json), 100);
+        // Nor closers in a quoted scalar behind an anchor or a tag.
+        assert_eq!(flow_depth(&"[&a 'x]', ".repeat(100)), 100);
+        assert_eq!(flow_depth(&"[!t \"x]\", ".repeat(100)), 100);
+        // An `&` or a quote in the middle of a plain scalar is text.
+        assert!(flow_depth(&format!("x: [a &b 'c, {deep}")) > 1000);
         // Nor closers on the continuation lines of a quoted scalar.
         let multiline = "[ \"\n]]]\n\" ".repeat(100);
         assert_eq!(flow_depth(&multiline), 100);
