@@ -296,4 +296,77 @@ mod tests {
         let (kept, more) = bounded(Vec::<String>::new(), 2);
         assert!(kept.is_empty() && !more);
     }
+
+    mod differential {
+        use proptest::prelude::*;
+
+        use super::super::flow_depth;
+
+        /// Scalars that are hard to tell from structure: brackets in quotes, quotes in plain
+        /// scalars, anchors and tags, quoted scalars over several lines.
+        fn scalar() -> impl Strategy<Value = String> {
+            let bare = prop::sample::select(vec![
+                "a",
+                "it's",
+                "a 'b",
+                "a &b",
+                "x#y",
+                "'x]]}'",
+                "'it''s ]'",
+                "'['",
+                r#""]]\"]""#,
+                r#""[{""#,
+                "'x\n]]]\n'",
+                "\"a\\\n ]]\"",
+            ]);
+            let property = prop::sample::select(vec!["", "", "&a ", "!t ", "&b !t "]);
+            (property, bare).prop_map(|(property, bare)| format!("{property}{bare}"))
+        }
+
+        fn separator() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![", ", ",\n", ", # c ]]\n  ", " ,"])
+        }
+
+        /// A chain of `depth` nested flow collections, each with scalars around the next one,
+        /// as sequences, YAML mappings or JSON-like mappings.
+        fn nested() -> impl Strategy<Value = (usize, String)> {
+            (1usize..160)
+                .prop_flat_map(|depth| {
+                    let level = (
+                        prop::sample::select(vec![0u8, 1, 2]),
+                        scalar(),
+                        separator(),
+                        scalar(),
+                    );
+                    (Just(depth), prop::collection::vec(level, depth))
+                })
+                .prop_map(|(depth, levels)| {
+                    let mut text = "a".to_owned();
+                    for (kind, before, separator, after) in levels {
+                        text = match kind {
+                            0 => format!("[{before}{separator}{text}{separator}{after}]"),
+                            1 => format!("{{k: {before}{separator}n: {text}}}"),
+                            _ => format!("{{\"k\":{text}{separator}\"m\": {after}}}"),
+                        };
+                    }
+                    (depth, format!("x: {text}\n"))
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// The estimate never falls below the depth the parser sees, for valid YAML.
+            #[test]
+            fn flow_depth_is_an_upper_bound((depth, text) in nested()) {
+                if depth < 100 {
+                    // The generator writes valid YAML, so `depth` is what libyaml sees.
+                    let parsed = serde_yaml::from_str::<serde_yaml::Value>(&text);
+                    prop_assert!(parsed.is_ok(), "{:?}\n{text}", parsed.err());
+                }
+                let estimate = flow_depth(&text);
+                prop_assert!(estimate >= depth, "estimate {estimate} < depth {depth}:\n{text}");
+            }
+        }
+    }
 }
