@@ -32,7 +32,7 @@ use crate::{
         model::{LOAD_BALANCER_IPS_ANNOTATION, ServiceKey},
     },
     crd::{L3lbIPPool, PoolError, pool_status},
-    events::ServiceEvent,
+    events::{Regarding, ServiceEvent},
     metrics::{Component, Metrics, PoolLabels},
     pools::{self, Allocations, Family, Pool, ServiceRequest, StackPolicy, Verdict},
     status::PoolReport,
@@ -596,7 +596,7 @@ impl Lead {
                     serde_json::to_value(&conditions).unwrap_or_default(),
                 );
                 event = Some(ServiceEvent {
-                    service: key.clone(),
+                    regarding: Regarding::Service(key.clone()),
                     uid: seen.uid.clone(),
                     // Only the leader allocates: one Event per change, from it.
                     cluster_wide: true,

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use crate::{
     desired::{DEFAULT_LOAD_BALANCER_CLASS, Mode, Policy, StatusIps},
     fastpath::{self, loader::AttachMode, maglev},
+    weights::Weights,
 };
 
 /// Loopback by default: the endpoint tells what the node announces, which is for its operator.
@@ -76,6 +77,19 @@ pub struct RunConfig {
     #[arg(long, env = "L3LB_STATUS_IPS", value_enum, default_value_t = StatusIps::External)]
     pub status_ips: StatusIps,
 
+    /// Weighted anycast: `endpoints` gives each announced address an interface metric (shown by
+    /// `ip addr` as `metric N`) equal to this node's ready endpoints behind it, clamped to 1-64,
+    /// which the `L3LB-WEIGHT` route-map (`l3lb frr-config`) turns into BGP link-bandwidth, so
+    /// routers send each node a share proportional to its pods. `none`: no metric, equal shares.
+    #[arg(long, env = "L3LB_WEIGHTS", value_enum, default_value_t = Weights::None)]
+    pub weights: Weights,
+
+    /// Also withdraw every address while this node is cordoned (`kubectl cordon`/`drain`: the
+    /// taint node.kubernetes.io/unschedulable), not only while it carries the label
+    /// node.kubernetes.io/exclude-from-external-load-balancers.
+    #[arg(long, env = "L3LB_WITHDRAW_ON_CORDON")]
+    pub withdraw_on_cordon: bool,
+
     /// Namespace of the leader-election Lease (l3lb's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "l3lb-system")]
     pub lease_namespace: String,
@@ -136,6 +150,8 @@ impl RunConfig {
             load_balancer_class: self.load_balancer_class.clone(),
             external_ips: self.external_ips,
             status_ips: self.status_ips,
+            weights: self.weights,
+            withdraw_on_cordon: self.withdraw_on_cordon,
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::{
     metrics::{AddressLabels, Component, Metrics},
     reconcile::{AddressEvents, AddressReconciler, ApplyError, Changes},
     status::{NodeReport, PoolReport, ReportRequest, ServiceReport},
+    weights::Weights,
 };
 
 /// Upper bound on changes folded into one recompute, so a relist storm still yields to the loop.
@@ -56,6 +57,9 @@ pub struct Controller {
     addresses: AddressReconciler,
     listed_services: bool,
     listed_slices: bool,
+    /// This node's Node object was listed (found or not): until then an excluded node would
+    /// announce for a moment after a restart.
+    listed_node: bool,
     outputs: Outputs,
 }
 
@@ -66,12 +70,13 @@ impl Controller {
             addresses,
             listed_services: false,
             listed_slices: false,
+            listed_node: false,
             outputs,
         }
     }
 
     fn synced(&self) -> bool {
-        self.listed_services && self.listed_slices
+        self.listed_services && self.listed_slices && self.listed_node
     }
 
     /// Runs until `shutdown` resolves, then withdraws what l3lb owns unless `retain_on_exit`.
@@ -173,10 +178,17 @@ impl Controller {
             match change {
                 ClusterChange::ServicesListed(_) => self.listed_services = true,
                 ClusterChange::SlicesListed(_) => self.listed_slices = true,
+                ClusterChange::NodeListed(_) => self.listed_node = true,
                 _ => {}
             }
         }
-        let outcome = self.state.apply_all(burst);
+        let mut outcome = self.state.apply_all(burst);
+        if self.state.maintenance().is_some() {
+            // Nothing is announced from a node in maintenance, whatever its Services decide:
+            // the Node's Event says so, per-Service "announced" Events would be wrong.
+            outcome.announced.clear();
+            outcome.withdrawn.clear();
+        }
         self.log_outcome(&outcome);
         self.sync_fastpath(&outcome, was_synced);
         self.outputs
@@ -190,8 +202,24 @@ impl Controller {
                 let _ = events.try_send(event);
             }
         }
+        if outcome.maintenance_changed {
+            self.report_maintenance();
+        }
         self.publish_ingress(&outcome);
         outcome
+    }
+
+    /// Says loudly that this node went into maintenance or came out of it: a log line, and an
+    /// Event on the Node.
+    fn report_maintenance(&self) {
+        let node = &self.state.policy().node;
+        match self.state.maintenance() {
+            Some(why) => warn!("withdrawing every address from node {node}: {why}"),
+            None => info!("node {node} is out of maintenance: announcing its addresses again"),
+        }
+        if let (Some(events), Some(spec)) = (&self.outputs.events, self.state.node()) {
+            let _ = events.try_send(events::maintenance(spec, self.state.maintenance()));
+        }
     }
 
     /// Fast-path entries follow the Services a change touched; the first complete picture syncs
@@ -302,7 +330,10 @@ impl Controller {
     async fn reconcile(&mut self) -> Result<(), ()> {
         let desired = self.state.addresses();
         let started = Instant::now();
-        let result = self.addresses.apply(&desired).await;
+        let result = match self.state.policy().weights {
+            Weights::Endpoints => self.addresses.apply_weighted(self.state.weights()).await,
+            Weights::None => self.addresses.apply(&desired).await,
+        };
         self.outputs
             .metrics
             .reconcile_duration
@@ -360,6 +391,9 @@ impl Controller {
         for ip in &changes.removed {
             info!("forfeiting address {ip}");
         }
+        for (ip, weight) in &changes.reweighted {
+            info!("weighting address {ip} {weight}");
+        }
         for ip in &changes.unowned_removed {
             self.outputs
                 .metrics
@@ -383,7 +417,7 @@ impl Controller {
                 Some(ServiceReport {
                     service: spec.key.to_string(),
                     ips: decision.ips.iter().copied().collect(),
-                    announced: decision.reason.announces(),
+                    announced: decision.reason.announces() && self.state.maintenance().is_none(),
                     reason: decision.reason.to_string(),
                     local_ready: self
                         .state
@@ -405,6 +439,8 @@ impl Controller {
             synced: self.synced(),
             services_seen: self.state.services().count(),
             announced: self.state.addresses().into_iter().collect(),
+            maintenance: self.state.maintenance().map(|why| why.to_string()),
+            weights: self.state.weights().clone(),
             services,
             pools: self
                 .outputs

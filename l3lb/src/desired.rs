@@ -12,9 +12,15 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::cluster::{
-    limits::MAX_IPS_PER_SERVICE,
-    model::{ClusterChange, IngressOwner, ServiceKey, ServiceSpec, SliceKey, SliceSpec},
+use crate::{
+    cluster::{
+        limits::MAX_IPS_PER_SERVICE,
+        model::{
+            ClusterChange, IngressOwner, NodeSpec, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
+        },
+    },
+    maintenance::{Maintenance, maintenance},
+    weights::{self, Weights},
 };
 
 pub use crate::cluster::model::DEFAULT_LOAD_BALANCER_CLASS;
@@ -47,6 +53,11 @@ pub struct Policy {
     /// Also manage `spec.externalIPs` of any Service (the kube-gw style).
     pub external_ips: bool,
     pub status_ips: StatusIps,
+    /// Whether announced addresses carry a weight (see [`crate::weights`]).
+    pub weights: Weights,
+    /// A cordoned node withdraws everything, like one labelled for exclusion (see
+    /// [`crate::maintenance`]).
+    pub withdraw_on_cordon: bool,
 }
 
 /// Something wrong with one IP a Service asks for; the IP is not announced.
@@ -281,11 +292,21 @@ pub struct Outcome {
     /// Services whose spec or slices changed (a superset of `changed_services`): what the
     /// status writer re-examines.
     pub touched: BTreeSet<ServiceKey>,
+    /// Addresses announced before and after whose weight changed, with the new weight (only
+    /// with `--weights endpoints`).
+    pub reweighted: BTreeMap<IpAddr, u32>,
+    /// The node went into maintenance or came out of it: everything is withdrawn or announced
+    /// again ([`DesiredState::maintenance`] says which).
+    pub maintenance_changed: bool,
 }
 
 impl Outcome {
+    /// Whether the interface needs reconciling: an address to add or remove, or to re-weight.
     pub fn addresses_changed(&self) -> bool {
-        !self.assumed.is_empty() || !self.forfeited.is_empty()
+        !self.assumed.is_empty()
+            || !self.forfeited.is_empty()
+            || !self.reweighted.is_empty()
+            || self.maintenance_changed
     }
 }
 
@@ -300,6 +321,13 @@ pub struct DesiredState {
     claims: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
     /// Each valid requested IP and the Services requesting it, announced here or not.
     requests: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// The weight of each announced IP (the keys of `claims`), with `--weights endpoints` only.
+    weights: BTreeMap<IpAddr, u32>,
+    /// This node's Node object, where the source has one.
+    node: Option<NodeSpec>,
+    /// Set while the node is in maintenance: then nothing is announced, though `claims` keeps
+    /// what would be, to announce it again at once when maintenance ends.
+    maintenance: Option<Maintenance>,
 }
 
 impl DesiredState {
@@ -312,6 +340,9 @@ impl DesiredState {
             decisions: HashMap::new(),
             claims: BTreeMap::new(),
             requests: BTreeMap::new(),
+            weights: BTreeMap::new(),
+            node: None,
+            maintenance: None,
         }
     }
 
@@ -319,9 +350,32 @@ impl DesiredState {
         &self.policy
     }
 
-    /// The IPs this node should have on its interface.
+    /// The IPs this node should have on its interface: none in maintenance.
     pub fn addresses(&self) -> BTreeSet<IpAddr> {
+        if self.maintenance.is_some() {
+            return BTreeSet::new();
+        }
         self.claims.keys().copied().collect()
+    }
+
+    /// Why this node announces nothing at all, if it is in maintenance.
+    pub fn maintenance(&self) -> Option<Maintenance> {
+        self.maintenance
+    }
+
+    /// This node's Node object, as last seen.
+    pub fn node(&self) -> Option<&NodeSpec> {
+        self.node.as_ref()
+    }
+
+    /// The weight of each address this node should have, with `--weights endpoints`; empty
+    /// with `--weights none`.
+    pub fn weights(&self) -> &BTreeMap<IpAddr, u32> {
+        static NONE: BTreeMap<IpAddr, u32> = BTreeMap::new();
+        if self.maintenance.is_some() {
+            return &NONE;
+        }
+        &self.weights
     }
 
     /// IPs requested by more than one Service, with the Services.
@@ -397,6 +451,7 @@ impl DesiredState {
                     self.put_service(spec, touched);
                 }
             }
+            ClusterChange::NodeApplied(node) | ClusterChange::NodeListed(node) => self.node = node,
             ClusterChange::SliceApplied(spec) => self.put_slice(spec, touched),
             ClusterChange::SliceDeleted(key) => self.remove_slice(&key, touched),
             ClusterChange::SlicesListed(specs) => {
@@ -464,6 +519,12 @@ impl DesiredState {
 
     fn recompute(&mut self, touched: BTreeSet<ServiceKey>) -> Outcome {
         let mut outcome = Outcome::default();
+        let before = self.maintenance;
+        self.maintenance = maintenance(self.node.as_ref(), self.policy.withdraw_on_cordon);
+        outcome.maintenance_changed = self.maintenance != before;
+        // Announced IPs of touched Services, before and after: their weights may have changed
+        // even when a decision did not (a pod replaced by one of the other family).
+        let mut reweigh = BTreeSet::new();
         for key in &touched {
             let key = key.clone();
             let new = self
@@ -474,14 +535,16 @@ impl DesiredState {
                 Some(decision) => self.decisions.insert(key.clone(), decision.clone()),
                 None => self.decisions.remove(&key),
             };
+            let new_ips: BTreeSet<IpAddr> =
+                new.iter().flat_map(|d| d.announced()).copied().collect();
+            reweigh.extend(new_ips.iter().copied());
             if old == new {
                 continue;
             }
             outcome.changed_services.insert(key.clone());
             let old_ips: BTreeSet<IpAddr> =
                 old.iter().flat_map(|d| d.announced()).copied().collect();
-            let new_ips: BTreeSet<IpAddr> =
-                new.iter().flat_map(|d| d.announced()).copied().collect();
+            reweigh.extend(old_ips.iter().copied());
 
             for ip in old_ips.difference(&new_ips) {
                 if let Some(claimants) = self.claims.get_mut(ip) {
@@ -539,8 +602,31 @@ impl DesiredState {
                 }
             }
         }
+        self.reweigh(reweigh, &mut outcome);
         outcome.touched = touched;
         outcome
+    }
+
+    /// Recomputes the weights of `ips` from the local endpoints of every Service claiming each.
+    fn reweigh(&mut self, ips: BTreeSet<IpAddr>, outcome: &mut Outcome) {
+        if self.policy.weights == Weights::None {
+            return;
+        }
+        for ip in ips {
+            let Some(claimants) = self.claims.get(&ip) else {
+                self.weights.remove(&ip);
+                continue;
+            };
+            let endpoints = claimants
+                .iter()
+                .flat_map(|service| self.slices_of(service))
+                .flat_map(|slice| slice.local.iter());
+            let weight = weights::weight(ip, endpoints);
+            let old = self.weights.insert(ip, weight);
+            if old.is_some_and(|old| old != weight) && !outcome.assumed.contains_key(&ip) {
+                outcome.reweighted.insert(ip, weight);
+            }
+        }
     }
 }
 
@@ -562,6 +648,8 @@ mod tests {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
             external_ips: true,
             status_ips: StatusIps::External,
+            weights: Weights::None,
+            withdraw_on_cordon: false,
         }
     }
 

@@ -6,7 +6,7 @@
 //! uid. Facts about the Service itself (a malformed or foreign IP, an IP two Services share) are
 //! the same on every node, so only the leader reports them; what happens on one node (announced,
 //! withdrawn) comes from that node, at a bounded rate, so a relist of a large cluster cannot flood
-//! the API server with Events.
+//! the API server with Events. A node going into maintenance and out of it says so on its Node.
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Client,
@@ -19,8 +19,9 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    cluster::model::ServiceKey,
+    cluster::model::{NodeSpec, ServiceKey},
     desired::{IpProblem, Outcome},
+    maintenance::Maintenance,
 };
 
 /// The API's limit on `note`, in bytes.
@@ -32,10 +33,44 @@ pub const REPORTING_INSTANCE_LIMIT: usize = 128;
 const NODE_EVENT_BURST: u32 = 25;
 const NODE_EVENT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The object an Event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Regarding {
+    Service(ServiceKey),
+    /// A Node, by name: this node going into maintenance and out of it.
+    Node(String),
+}
+
+impl std::fmt::Display for Regarding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Regarding::Service(key) => write!(f, "service {key}"),
+            Regarding::Node(name) => write!(f, "node {name}"),
+        }
+    }
+}
+
+impl Regarding {
+    fn reference(&self, uid: String) -> ObjectReference {
+        let (kind, namespace, name) = match self {
+            Regarding::Service(key) => ("Service", Some(key.namespace.clone()), key.name.clone()),
+            Regarding::Node(name) => ("Node", None, name.clone()),
+        };
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some(kind.into()),
+            namespace,
+            name: Some(name),
+            uid: Some(uid),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceEvent {
-    pub service: ServiceKey,
-    /// The Service's `metadata.uid`; an Event without it would be invisible to
+    pub regarding: Regarding,
+    /// The object's `metadata.uid`; an Event without it would be invisible to
     /// `kubectl describe`, so none is published.
     pub uid: Option<String>,
     pub warning: bool,
@@ -53,7 +88,7 @@ pub fn from_outcome(
     uid: impl Fn(&ServiceKey) -> Option<String>,
 ) -> Vec<ServiceEvent> {
     let event = |service: &ServiceKey, warning, reason, note, cluster_wide| ServiceEvent {
-        service: service.clone(),
+        regarding: Regarding::Service(service.clone()),
         uid: uid(service),
         warning,
         reason,
@@ -90,6 +125,28 @@ pub fn from_outcome(
         }
     }
     events
+}
+
+/// The Event on `node` when it goes into maintenance (`now` is why) or comes out of it.
+pub fn maintenance(node: &NodeSpec, now: Option<Maintenance>) -> ServiceEvent {
+    let (reason, note) = match now {
+        Some(why) => (
+            "LoadBalancingWithdrawn",
+            format!("l3lb withdrew every service IP from this node: {why}"),
+        ),
+        None => (
+            "LoadBalancingRestored",
+            "l3lb announces this node's service IPs again".to_owned(),
+        ),
+    };
+    ServiceEvent {
+        regarding: Regarding::Node(node.name.clone()),
+        uid: node.uid.clone(),
+        warning: false,
+        reason,
+        note,
+        cluster_wide: false,
+    }
 }
 
 fn join<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
@@ -174,7 +231,10 @@ pub async fn publish(
     let mut node_rate = RateLimit::new(NODE_EVENT_BURST, NODE_EVENT_INTERVAL, Instant::now());
     while let Some(event) = events.recv().await {
         let Some(uid) = event.uid.clone() else {
-            debug!(service = %event.service, "no uid (deleted?): not publishing {}", event.reason);
+            debug!(
+                "{}: no uid (deleted?): not publishing {}",
+                event.regarding, event.reason
+            );
             continue;
         };
         if event.cluster_wide {
@@ -182,17 +242,13 @@ pub async fn publish(
                 continue;
             }
         } else if !node_rate.allow(Instant::now()) {
-            debug!(service = %event.service, "event rate limit: not publishing {}", event.reason);
+            debug!(
+                "{}: event rate limit: not publishing {}",
+                event.regarding, event.reason
+            );
             continue;
         }
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            namespace: Some(event.service.namespace.clone()),
-            name: Some(event.service.name.clone()),
-            uid: Some(uid),
-            ..Default::default()
-        };
+        let reference = event.regarding.reference(uid);
         let published = recorder
             .publish(
                 &Event {
@@ -210,7 +266,10 @@ pub async fn publish(
             )
             .await;
         if let Err(err) = published {
-            warn!(service = %event.service, "publishing event {}: {err}", event.reason);
+            warn!(
+                "{}: publishing event {}: {err}",
+                event.regarding, event.reason
+            );
         }
     }
 }
@@ -238,7 +297,12 @@ mod tests {
         let events = from_outcome(&outcome, "node-a", |key| Some(format!("uid-{}", key.name)));
         let summary: Vec<(&str, &str, bool, bool)> = events
             .iter()
-            .map(|e| (e.service.name.as_str(), e.reason, e.warning, e.cluster_wide))
+            .map(|e| {
+                let Regarding::Service(service) = &e.regarding else {
+                    panic!("a Service event: {e:?}")
+                };
+                (service.name.as_str(), e.reason, e.warning, e.cluster_wide)
+            })
             .collect();
         assert_eq!(
             summary,

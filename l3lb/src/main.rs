@@ -33,6 +33,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the FRR route-map that turns `--weights endpoints` metrics into BGP link-bandwidth
+    /// (deploy/frr/weights.conf; see deploy/frr/README.md for where it goes).
+    FrrConfig,
     /// Write the embedded eBPF object to a file (for `bpftool btf dump file …`).
     DumpObject {
         /// Where to write it.
@@ -75,6 +78,10 @@ fn main() -> Result<()> {
             } else {
                 print!("{}", l3lb::fastpath::inspect::render(&report));
             }
+            Ok(())
+        }
+        Command::FrrConfig => {
+            print!("{}", l3lb::weights::frr_route_map());
             Ok(())
         }
         Command::DumpObject { path } => std::fs::write(&path, l3lb::ebpf::OBJECT)

@@ -1,6 +1,6 @@
 //! What this node announces and why: the report the controller builds, `/status` serves as JSON
 //! and `l3lb status` prints. It lives apart from all three so none of them depends on another.
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use tokio::sync::oneshot;
 
@@ -14,6 +14,13 @@ pub struct NodeReport {
     pub synced: bool,
     pub services_seen: usize,
     pub announced: Vec<IpAddr>,
+    /// Why this node announces nothing at all (node maintenance), if it does not.
+    #[serde(default)]
+    pub maintenance: Option<String>,
+    /// The weight (interface metric) of each announced address with `--weights endpoints`;
+    /// empty without weights.
+    #[serde(default)]
+    pub weights: BTreeMap<IpAddr, u32>,
     /// Every Service that asks for a managed IP (or asks wrongly), sorted by namespace/name.
     pub services: Vec<ServiceReport>,
     /// The IP pools as this node's allocator last saw them: with the API server only on the

@@ -72,16 +72,21 @@ pub fn render(report: &NodeReport) -> String {
             "NOT SYNCED (nothing is withdrawn until it is)"
         }
     );
+    if let Some(why) = &report.maintenance {
+        let _ = writeln!(out, "IN MAINTENANCE, nothing announced: {why}");
+    }
     let _ = writeln!(
         out,
         "{} address(es) announced, {} Service(s) seen\n",
         report.announced.len(),
         report.services_seen
     );
+    // WEIGHT: the address's metric with `--weights endpoints` (what routers weigh this node
+    // by); `-` without weights or where the address is not announced.
     let _ = writeln!(
         out,
-        "{:<32} {:<24} {:<6} {:<22} WHY",
-        "SERVICE", "IP", "HERE", "LOCAL READY"
+        "{:<32} {:<24} {:<6} {:<6} {:<22} WHY",
+        "SERVICE", "IP", "HERE", "WEIGHT", "LOCAL READY"
     );
     for service in &report.services {
         let local = if service.local_ready.is_empty() {
@@ -90,12 +95,18 @@ pub fn render(report: &NodeReport) -> String {
             service.local_ready.join(",")
         };
         for ip in &service.ips {
+            let weight = report
+                .weights
+                .get(ip)
+                .filter(|_| service.announced)
+                .map_or_else(|| "-".to_owned(), ToString::to_string);
             let _ = writeln!(
                 out,
-                "{:<32} {:<24} {:<6} {:<22} {}",
+                "{:<32} {:<24} {:<6} {:<6} {:<22} {}",
                 service.service,
                 ip.to_string(),
                 if service.announced { "yes" } else { "no" },
+                weight,
                 local,
                 service.reason
             );
@@ -103,8 +114,8 @@ pub fn render(report: &NodeReport) -> String {
         for problem in &service.problems {
             let _ = writeln!(
                 out,
-                "{:<32} {:<24} {:<6} {:<22} {problem}",
-                service.service, "!", "no", "-"
+                "{:<32} {:<24} {:<6} {:<6} {:<22} {problem}",
+                service.service, "!", "no", "-", "-"
             );
         }
     }
@@ -144,6 +155,8 @@ mod tests {
             synced: true,
             services_seen: 3,
             announced: vec!["10.0.100.7".parse().unwrap()],
+            weights: [("10.0.100.7".parse().unwrap(), 3)].into(),
+            maintenance: None,
             services: vec![ServiceReport {
                 service: "default/web".into(),
                 ips: vec!["10.0.100.7".parse().unwrap()],
@@ -169,6 +182,8 @@ mod tests {
             row.contains("default/web") && row.contains("yes") && row.contains("10.244.1.5"),
             "{row}"
         );
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[3], "3", "the weight column: {row}");
         assert!(
             table
                 .lines()

@@ -4,6 +4,8 @@
 //!   events and relists equals the one computed from scratch over the same final objects;
 //! - an IP that any Service still needs is never missing from what the node announces, however
 //!   many Services share it;
+//! - with `--weights endpoints` every announced address has a weight in range, and the weights
+//!   kept incrementally equal those computed from scratch;
 //! - Maglev tables of random backend sets are balanced (shares within one entry of each other),
 //!   and removing a backend moves few of the other backends' entries.
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +17,7 @@ use l3lb::{
     },
     desired::{DesiredState, Mode, Policy, StatusIps},
     fastpath::maglev::build_table,
+    weights::{MAX_WEIGHT, MIN_WEIGHT, Weights},
 };
 use proptest::prelude::*;
 
@@ -28,6 +31,8 @@ fn policy(mode: Mode) -> Policy {
         load_balancer_class: "l3lb.io/l3lb".into(),
         external_ips: true,
         status_ips: StatusIps::default(),
+        weights: Weights::Endpoints,
+        withdraw_on_cordon: false,
     }
 }
 
@@ -209,6 +214,16 @@ proptest! {
         fresh.apply_all(cluster.lists());
         prop_assert_eq!(incremental.addresses(), fresh.addresses());
         prop_assert_eq!(decisions(&incremental), decisions(&fresh));
+        // Every announced address has a weight in range, and the same as computed afresh.
+        prop_assert_eq!(incremental.weights(), fresh.weights());
+        prop_assert_eq!(
+            incremental.weights().keys().copied().collect::<BTreeSet<_>>(),
+            incremental.addresses()
+        );
+        prop_assert!(incremental
+            .weights()
+            .values()
+            .all(|w| (MIN_WEIGHT..=MAX_WEIGHT).contains(w)));
     }
 
     #[test]

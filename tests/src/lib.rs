@@ -7,6 +7,7 @@ pub mod fake_api;
 pub mod fastpath;
 pub mod fixtures;
 pub mod frames;
+pub mod frr_fabric;
 pub mod interrupt;
 pub mod lab;
 pub mod netns;

@@ -221,6 +221,7 @@ fn removes_surplus_and_leaves_foreign_addresses_alone() {
             added: ips(&["10.0.100.7"]),
             removed: ips(&["10.0.100.9", "2001:db8:100::9", "2001:db8:100::50"]),
             unowned_removed: ips(&["2001:db8:100::50"]),
+            ..Changes::default()
         }
     );
     assert_eq!(
@@ -271,6 +272,7 @@ fn migrates_from_an_unmarked_set_of_addresses() {
             added: ips(&["10.0.100.9"]),
             removed: ips(&["10.0.100.8", "10.0.100.66"]),
             unowned_removed: ips(&["10.0.100.8", "10.0.100.66"]),
+            ..Changes::default()
         },
         "the needed ones adopted, the rest withdrawn, the one missing added"
     );
@@ -461,6 +463,7 @@ fn adopts_preexisting_owned_addresses_without_flapping() {
             added: ips(&["10.0.100.8"]),
             removed: ips(&["10.0.100.50"]),
             unowned_removed: ips(&["10.0.100.50"]),
+            ..Changes::default()
         }
     );
     assert!(

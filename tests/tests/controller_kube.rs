@@ -313,6 +313,7 @@ async fn scenario(ns: IpIn) {
             list("", "services"),
             grant("", "services", "patch"),
             list("discovery.k8s.io", "endpointslices"),
+            list("", "nodes"),
             list("l3lb.io", "l3lbippools"),
             grant("l3lb.io", "l3lbippools/status", "patch")
         ],

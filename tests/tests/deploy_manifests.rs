@@ -31,6 +31,8 @@ const CLUSTER_ROLE_GRANTS: &[(&str, &str, &str)] = &[
     ("", "services/status", "patch"),
     ("discovery.k8s.io", "endpointslices", "list"),
     ("discovery.k8s.io", "endpointslices", "watch"),
+    ("", "nodes", "list"),
+    ("", "nodes", "watch"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
     ("l3lb.io", "l3lbippools", "list"),
@@ -535,6 +537,24 @@ fn address_protocol_name_matches_the_daemon() {
         text,
         format!("{} l3lb\n", l3lb::reconcile::addresses::L3LB_ADDR_PROTO)
     );
+}
+
+#[test]
+fn frr_weights_snippet_is_what_frr_config_prints() {
+    let shipped = std::fs::read_to_string(root().join("deploy/frr/weights.conf"))
+        .expect("reading deploy/frr/weights.conf");
+    assert!(
+        shipped == l3lb::weights::frr_route_map(),
+        "deploy/frr/weights.conf differs from `l3lb frr-config`: regenerate it with \
+         `cargo run -p l3lb -- frr-config > deploy/frr/weights.conf`"
+    );
+    // It hooks into the service route-map node.conf really has.
+    let node = std::fs::read_to_string(root().join("deploy/frr/node.conf"))
+        .expect("reading deploy/frr/node.conf");
+    for entry in ["permit 10", "permit 20"] {
+        let line = format!("route-map {} {entry}", l3lb::weights::SERVICES_ROUTE_MAP);
+        assert!(node.contains(&line), "node.conf has no `{line}`");
+    }
 }
 
 #[test]

@@ -100,14 +100,19 @@ impl FileSource {
     /// the daemon runs this on a thread of its own, see [`FileSource::spawn`].
     pub async fn run(mut self, changes: mpsc::Sender<ClusterChange>) {
         info!(dir = %self.dir.display(), "reading Services and EndpointSlices from files");
-        let mut first = true;
+        // Whether a relist went out yet: the first one does even when nothing changed.
+        let mut relisted = false;
         let (wake, mut woken) = mpsc::channel::<()>(1);
-        let mut watcher = None;
+        // One inotify instance for the source's life; the directory is watched while it is
+        // there (a watch follows the inode, so it goes when the directory goes).
+        let mut watcher = self.watcher(wake);
+        let mut watching = false;
+        let mut started = false;
         loop {
-            if !first {
+            if std::mem::replace(&mut started, true) {
                 // Without a watch (the directory gone, or inotify refused), poll as often as
                 // before there was one.
-                let pause = if watcher.is_some() {
+                let pause = if watching {
                     self.poll_interval
                 } else {
                     UNWATCHED_POLL_INTERVAL
@@ -117,30 +122,39 @@ impl FileSource {
                     Some(()) = woken.recv() => {}
                 }
             }
-            // (Re)started whenever there is none: at first, and after the directory was gone.
-            if watcher.is_none() {
-                watcher = self.watch(wake.clone());
+            if !watching && let Some(watcher) = watcher.as_mut() {
+                watching = self.watch(watcher);
             }
             let listed = self.rescan();
-            if self.missing {
-                // The watch went with the directory (inotify follows the inode); a new one
-                // starts when it is back.
-                watcher = None;
+            if self.missing && watching {
+                if let Some(watcher) = watcher.as_mut() {
+                    use notify::Watcher as _;
+                    let _ = watcher.unwatch(&self.dir);
+                }
+                watching = false;
             }
-            if !listed && !first {
+            // Never a relist from a directory that could not be read, not even the first: an
+            // l3lb started during an outage keeps what an earlier run left until it can read.
+            if !listed && (relisted || self.missing) {
                 continue;
             }
-            first = false;
+            relisted = true;
             let (services, slices) = self.snapshot();
+            let node = self
+                .files
+                .values()
+                .find_map(|(_, parsed)| parsed.node.clone());
             debug!(
                 services = services.len(),
                 slices = slices.len(),
                 "manifests changed"
             );
-            if changes
-                .send(ClusterChange::ServicesListed(services))
-                .await
-                .is_err()
+            // The Node first: a restart on an excluded node never announces for a moment.
+            if changes.send(ClusterChange::NodeListed(node)).await.is_err()
+                || changes
+                    .send(ClusterChange::ServicesListed(services))
+                    .await
+                    .is_err()
                 || changes
                     .send(ClusterChange::SlicesListed(slices))
                     .await
@@ -151,35 +165,47 @@ impl FileSource {
         }
     }
 
-    /// An inotify watch on the directory that wakes the loop on any change in it (a burst of
-    /// events makes one wake-up: the channel holds one); `None` (polling only) when it cannot
-    /// start, said once.
-    fn watch(&mut self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher as _;
+    /// The inotify instance whose events wake the loop (a burst makes one wake-up: the
+    /// channel holds one); `None` (polling only) when there is none to have, said once.
+    fn watcher(&self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
         let handler = move |event: notify::Result<notify::Event>| {
             if event.is_ok() {
                 let _ = wake.try_send(());
             }
         };
-        let started = notify::recommended_watcher(handler).and_then(|mut watcher| {
-            watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
-            Ok(watcher)
-        });
-        match started {
-            Ok(watcher) => {
+        notify::recommended_watcher(handler)
+            .inspect_err(|err| {
+                warn!(
+                    dir = %self.dir.display(),
+                    "cannot use inotify, polling the manifests every {:?}: {err}",
+                    UNWATCHED_POLL_INTERVAL
+                );
+            })
+            .ok()
+    }
+
+    /// Starts watching the directory; whether that worked (said once while it does not, unless
+    /// the directory is simply not there).
+    fn watch(&mut self, watcher: &mut notify::RecommendedWatcher) -> bool {
+        use notify::Watcher as _;
+        if !self.dir.is_dir() {
+            return false;
+        }
+        match watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => {
                 self.watch_failed = false;
-                Some(watcher)
+                true
             }
             Err(err) => {
-                if !self.watch_failed && !self.missing {
+                if !self.watch_failed {
                     warn!(
                         dir = %self.dir.display(),
-                        "cannot watch the manifests with inotify, polling every {:?}: {err}",
-                        self.poll_interval
+                        "cannot watch the manifests, polling every {:?}: {err}",
+                        UNWATCHED_POLL_INTERVAL
                     );
                 }
                 self.watch_failed = true;
-                None
+                false
             }
         }
     }
@@ -374,6 +400,7 @@ enum Listed {
 
 fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Listed>> {
     let mut files = BTreeMap::new();
+    let mut vanished = false;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let is_manifest = path
@@ -398,12 +425,19 @@ fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Listed>> {
                 if std::fs::symlink_metadata(&path).is_ok() {
                     Listed::NotAFile("a symlink to nothing")
                 } else {
+                    vanished = true;
                     continue; // removed between listing and stat
                 }
             }
             Err(err) => Listed::Unreadable(err.to_string()),
         };
         files.insert(path, listed);
+    }
+    // Files vanish one by one when they are deleted, and all at once when the directory itself
+    // goes away (moved, unmounted) while it is read: then this is no listing at all, not a
+    // directory emptied, which would withdraw everything.
+    if vanished {
+        std::fs::metadata(dir)?;
     }
     Ok(files)
 }

@@ -206,6 +206,58 @@ async fn changes_arrive_through_inotify_also_after_the_directory_was_away() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn reads_this_nodes_own_node_manifest() {
+    let text = "kind: Node\nmetadata:\n  name: node-a\n  labels:\n    \
+                node.kubernetes.io/exclude-from-external-load-balancers: \"\"\n";
+    let here = parse_manifests(text, "node-a", Path::new("t.yaml")).expect("a Node");
+    assert!(
+        here.node
+            .is_some_and(|node| node.excluded && !node.cordoned)
+    );
+    let elsewhere = parse_manifests(text, "node-b", Path::new("t.yaml")).expect("a Node");
+    assert!(
+        elsewhere.node.is_none(),
+        "another node's object is not ours"
+    );
+}
+
+#[tokio::test]
+async fn no_relist_until_the_directory_can_be_read() {
+    let dir = tempfile_dir("late");
+    std::fs::remove_dir(&dir).unwrap();
+    let source = FileSource::new(dir.clone(), "node-a".into(), Duration::from_secs(3600));
+    let (tx, mut changes) = mpsc::channel(16);
+    let task = tokio::spawn(source.run(tx));
+    assert_eq!(
+        next_services(&mut changes, Duration::from_millis(500)).await,
+        None,
+        "a missing directory is no empty cluster: it would withdraw what an earlier run left"
+    );
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
+    assert_eq!(
+        next_services(&mut changes, Duration::from_secs(2)).await,
+        Some(1)
+    );
+    task.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_dangling_manifest_is_skipped_while_the_directory_stays() {
+    let dir = tempfile_dir("dangling");
+    std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
+    std::os::unix::fs::symlink(dir.join("nowhere"), dir.join("gone.yaml")).unwrap();
+    let files = manifest_files(&dir).expect("the directory is there");
+    let readable = files
+        .values()
+        .filter(|entry| matches!(entry, Listed::File(_)))
+        .count();
+    assert_eq!(readable, 1, "{files:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn tempfile_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("l3lb-file-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

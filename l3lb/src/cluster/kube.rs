@@ -1,4 +1,5 @@
-//! `--source kube`: Services and EndpointSlices watched on the API server.
+//! `--source kube`: Services and EndpointSlices watched on the API server, and this node's own
+//! Node (for maintenance, see [`crate::maintenance`]).
 //!
 //! Each watch turns into [`ClusterChange`]s as objects arrive, converted to their slim form on
 //! the spot so nothing else of the API objects stays in memory. A (re)list is buffered until it
@@ -9,7 +10,10 @@
 use std::{fmt::Debug, time::Duration};
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client,
     api::{WatchEvent, WatchParams},
@@ -20,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::model::{
-    ClusterChange, SERVICE_NAME_LABEL, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
+    ClusterChange, NodeSpec, SERVICE_NAME_LABEL, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
     has_unplaced_endpoints, slice_over_limits,
 };
 use crate::metrics::{Metrics, WatchLabels};
@@ -129,7 +133,7 @@ fn without_stale_version(query: &str) -> Option<String> {
     )
 }
 
-/// Watches Services and EndpointSlices until the receiver goes away.
+/// Watches Services, EndpointSlices and this node's Node until the receiver goes away.
 pub async fn run(
     client: Client,
     node: String,
@@ -149,6 +153,23 @@ pub async fn run(
         },
         ClusterChange::ServiceApplied,
         ClusterChange::ServicesListed,
+        changes.clone(),
+        metrics.clone(),
+    );
+    let own = node.clone();
+    let node_name = node.clone();
+    let nodes = watch(
+        Api::<Node>::all(client.clone()),
+        // Only this node's own object: a field selector, so no other Node is ever sent.
+        list_config(streaming).fields(&format!("metadata.name={node}")),
+        "nodes",
+        move |object: &Node| NodeSpec::from_node(object).filter(|spec| spec.name == own),
+        move |object: &Node| {
+            (object.metadata.name.as_deref() == Some(node_name.as_str()))
+                .then_some(ClusterChange::NodeApplied(None))
+        },
+        |spec| ClusterChange::NodeApplied(Some(spec)),
+        |specs: Vec<NodeSpec>| ClusterChange::NodeListed(specs.into_iter().next()),
         changes.clone(),
         metrics.clone(),
     );
@@ -203,7 +224,7 @@ pub async fn run(
         changes,
         metrics,
     );
-    futures::join!(services, slices);
+    futures::join!(services, slices, nodes);
 }
 
 #[expect(

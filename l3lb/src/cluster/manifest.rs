@@ -23,7 +23,7 @@ use super::{
     limits::{
         MAX_FLOW_DEPTH, MAX_MANIFEST_BYTES, MAX_YAML_NODES, MAX_YAML_SCALAR_BYTES, flow_depth,
     },
-    model::{ServiceSpec, SliceSpec, slice_over_limits},
+    model::{NodeSpec, ServiceSpec, SliceSpec, slice_over_limits},
 };
 use crate::crd::L3lbIPPool;
 
@@ -63,6 +63,8 @@ pub(super) struct Parsed {
     /// model drops).
     pub objects: Vec<Service>,
     pub pools: Vec<L3lbIPPool>,
+    /// This node's `kind: Node` manifest, for maintenance (the exclusion label, a cordon).
+    pub node: Option<NodeSpec>,
 }
 
 pub(super) fn parse_file(path: &Path, node: &str) -> Result<Parsed, ManifestError> {
@@ -159,6 +161,12 @@ fn collect(
             parsed.objects.push(service);
         }
         "L3lbIPPool" => parsed.pools.push(serde_yaml::from_value(value)?),
+        "Node" => {
+            let spec = NodeSpec::from_node(&serde_yaml::from_value(value)?);
+            if let Some(spec) = spec.filter(|spec| spec.name == node) {
+                parsed.node = Some(spec);
+            }
+        }
         "EndpointSlice" => {
             let mut slice: EndpointSlice = serde_yaml::from_value(value)?;
             slice
@@ -174,7 +182,7 @@ fn collect(
                 .slices
                 .extend(SliceSpec::from_endpoint_slice(&slice, node));
         }
-        "List" | "ServiceList" | "EndpointSliceList" => {
+        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
             // Taken, not cloned: a List may be most of the file.
             if let Value::Mapping(mut list) = value
                 && let Some(Value::Sequence(items)) = list.remove("items")

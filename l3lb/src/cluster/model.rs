@@ -6,7 +6,10 @@
 //! converts to an equal value, and the desired-state engine then does no work at all.
 use std::fmt;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 
 use super::limits::{
     MAX_ADDRESSES_PER_ENDPOINT, MAX_IPS_PER_SERVICE, MAX_LOCAL_ENDPOINTS_PER_SLICE, bounded,
@@ -356,6 +359,49 @@ pub enum ClusterChange {
     SliceApplied(SliceSpec),
     SliceDeleted(SliceKey),
     SlicesListed(Vec<SliceSpec>),
+    /// This node's Node object changed (`None`: deleted).
+    NodeApplied(Option<NodeSpec>),
+    /// This node's Node object as a (re)list found it (`None`: there is none).
+    NodeListed(Option<NodeSpec>),
+}
+
+/// The label that takes a node out of external load balancing (MetalLB and the service
+/// controller honour it too): l3lb withdraws every address from such a node.
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// The taint a cordoned node carries (`kubectl cordon`, `kubectl drain`).
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// What l3lb needs of its own Node object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    /// `metadata.uid`, for Events on the Node.
+    pub uid: Option<String>,
+    /// Carries [`EXCLUDE_LABEL`] (with any value, as the service controller reads it).
+    pub excluded: bool,
+    /// Cordoned: `spec.unschedulable`, or the [`UNSCHEDULABLE_TAINT`].
+    pub cordoned: bool,
+}
+
+impl NodeSpec {
+    pub fn from_node(node: &Node) -> Option<NodeSpec> {
+        let excluded = node
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|labels| labels.contains_key(EXCLUDE_LABEL));
+        let spec = node.spec.as_ref();
+        let tainted = spec
+            .and_then(|spec| spec.taints.as_ref())
+            .is_some_and(|taints| taints.iter().any(|t| t.key == UNSCHEDULABLE_TAINT));
+        Some(NodeSpec {
+            name: node.metadata.name.clone()?,
+            uid: node.metadata.uid.clone(),
+            excluded,
+            cordoned: tainted || spec.and_then(|spec| spec.unschedulable) == Some(true),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -425,5 +471,31 @@ mod tests {
         assert!(excess.contains("150 addresses"), "{excess}");
         let within = slice_over_limits(&slice, "node-c").expect("addresses still over");
         assert!(!within.contains("endpoints on this node"), "{within}");
+    }
+
+    #[test]
+    fn a_node_is_excluded_by_the_label_and_cordoned_by_the_flag_or_the_taint() {
+        let node = |json: serde_json::Value| {
+            NodeSpec::from_node(&serde_json::from_value::<Node>(json).unwrap()).unwrap()
+        };
+        let plain = node(serde_json::json!({"metadata": {"name": "node-a", "uid": "u1"}}));
+        assert_eq!(
+            plain,
+            NodeSpec {
+                name: "node-a".into(),
+                uid: Some("u1".into()),
+                excluded: false,
+                cordoned: false,
+            }
+        );
+        let labelled = node(serde_json::json!({"metadata": {"name": "node-a",
+            "labels": {EXCLUDE_LABEL: ""}}}));
+        assert!(labelled.excluded && !labelled.cordoned);
+        let cordoned = node(serde_json::json!({"metadata": {"name": "node-a"},
+            "spec": {"unschedulable": true}}));
+        assert!(cordoned.cordoned && !cordoned.excluded);
+        let tainted = node(serde_json::json!({"metadata": {"name": "node-a"},
+            "spec": {"taints": [{"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}]}}));
+        assert!(tainted.cordoned);
     }
 }

@@ -183,6 +183,8 @@ mod tests {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
             external_ips: true,
             status_ips: Default::default(),
+            weights: Default::default(),
+            withdraw_on_cordon: false,
         })
     }
 

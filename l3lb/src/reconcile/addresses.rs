@@ -22,8 +22,15 @@
 //! # Restarts
 //! Owned addresses left by a previous run are adopted: while still desired they are left exactly
 //! as they are (no delete and re-add, so no BGP withdraw/announce flap on restart).
+//!
+//! # Weights
+//! With [`AddressReconciler::apply_weighted`] each address also carries a metric
+//! (IFA_RT_PRIORITY). An owned address whose metric differs is deleted and re-added in one
+//! netlink datagram ([`netlink::replace_address`]), the one way FRR's zebra takes the new metric
+//! without a withdrawal. [`AddressReconciler::apply`] leaves metrics alone: without weights a
+//! metric never makes an address "need an update".
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
     pin::Pin,
@@ -42,8 +49,8 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, warn};
 
 use super::netlink::{
-    self, Error, Interface, InterfaceAddress, Verb, add_address, del_address, host_prefix_len,
-    list_addresses,
+    self, BatchHandle, Error, Interface, InterfaceAddress, Verb, add_address, del_address,
+    host_prefix_len, list_addresses, replace_address,
 };
 
 /// The IFA_PROTO value l3lb marks its addresses with (`ip -d addr` shows `proto 76`, or
@@ -60,11 +67,13 @@ pub struct Changes {
     pub removed: BTreeSet<IpAddr>,
     /// The part of `removed` that did not carry l3lb's mark (see the module docs).
     pub unowned_removed: BTreeSet<IpAddr>,
+    /// Addresses that stayed but were re-added with a new metric (weight).
+    pub reweighted: BTreeMap<IpAddr, u32>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty()
+        self.added.is_empty() && self.removed.is_empty() && self.reweighted.is_empty()
     }
 }
 
@@ -126,6 +135,8 @@ impl std::error::Error for ApplyError {
 /// from the returned [`Changes`].
 pub struct AddressReconciler {
     handle: Handle,
+    /// A second connection for delete-and-add pairs that must leave in one datagram.
+    batch: BatchHandle,
     interface: String,
     prefixes: Vec<IpNet>,
     proto: u8,
@@ -133,7 +144,7 @@ pub struct AddressReconciler {
     no_marking: AtomicBool,
     /// Serializes apply/withdraw_all, so two callers never race on the same addresses.
     apply_lock: tokio::sync::Mutex<()>,
-    connection: Option<JoinHandle<()>>,
+    connections: [JoinHandle<()>; 2],
 }
 
 impl AddressReconciler {
@@ -152,31 +163,26 @@ impl AddressReconciler {
         proto: u8,
     ) -> Result<Self, Error> {
         let interface = interface.into();
-        let (connection, handle, _) = rtnetlink::new_connection()
-            .map_err(|source| Error::socket(Verb::Connect, &interface, source))?;
-        let connection = tokio::spawn(connection);
-        let mut reconciler = Self::with_handle(handle, interface, prefixes, proto);
-        reconciler.connection = Some(connection);
-        Interface::lookup(&reconciler.handle, &reconciler.interface).await?;
-        Ok(reconciler)
-    }
-
-    /// Like [`new`](Self::new), on an rtnetlink connection the caller already drives.
-    pub fn with_handle(
-        handle: Handle,
-        interface: impl Into<String>,
-        prefixes: Vec<IpNet>,
-        proto: u8,
-    ) -> Self {
-        AddressReconciler {
+        let socket_error = |source| Error::socket(Verb::Connect, &interface, source);
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(socket_error)?;
+        // Both sockets are opened here, in the caller's network namespace.
+        let (mut batch_connection, batch, _) =
+            rtnetlink::proto::new_connection(rtnetlink::sys::protocols::NETLINK_ROUTE)
+                .map_err(socket_error)?;
+        // Each half of a batch answers; its ACK is how a success shows.
+        batch_connection.set_forward_ack(true);
+        let reconciler = AddressReconciler {
             handle,
-            interface: interface.into(),
+            batch,
+            interface,
             prefixes: prefixes.iter().map(IpNet::trunc).collect(),
             proto,
             no_marking: AtomicBool::new(false),
             apply_lock: tokio::sync::Mutex::new(()),
-            connection: None,
-        }
+            connections: [tokio::spawn(connection), tokio::spawn(batch_connection)],
+        };
+        Interface::lookup(&reconciler.handle, &reconciler.interface).await?;
+        Ok(reconciler)
     }
 
     pub fn interface(&self) -> &str {
@@ -210,17 +216,37 @@ impl AddressReconciler {
     /// other address alone. Desired IPs outside the managed prefixes are refused with a warning.
     ///
     /// One failing address does not stop the others: the error lists the failures and carries
-    /// the [`Changes`] that went through.
+    /// the [`Changes`] that went through. Metrics are left as they are.
     pub async fn apply(&self, desired: &BTreeSet<IpAddr>) -> Result<Changes, ApplyError> {
-        self.reconcile(desired).await
+        self.reconcile(&desired.iter().map(|&ip| (ip, None)).collect())
+            .await
+    }
+
+    /// Like [`apply`](Self::apply), and each address also carries its weight as its metric: an
+    /// owned address with another metric is re-added with this one (see the module docs).
+    pub async fn apply_weighted(
+        &self,
+        desired: &BTreeMap<IpAddr, u32>,
+    ) -> Result<Changes, ApplyError> {
+        self.reconcile(
+            &desired
+                .iter()
+                .map(|(&ip, &weight)| (ip, Some(weight)))
+                .collect(),
+        )
+        .await
     }
 
     /// Removes every owned address (shutdown without `--retain-on-exit`).
     pub async fn withdraw_all(&self) -> Result<Changes, ApplyError> {
-        self.reconcile(&BTreeSet::new()).await
+        self.reconcile(&BTreeMap::new()).await
     }
 
-    async fn reconcile(&self, desired: &BTreeSet<IpAddr>) -> Result<Changes, ApplyError> {
+    /// `desired`: each IP with the metric it must carry, or `None` for any metric.
+    async fn reconcile(
+        &self,
+        desired: &BTreeMap<IpAddr, Option<u32>>,
+    ) -> Result<Changes, ApplyError> {
         let _serialized = self.apply_lock.lock().await;
         let interface = Interface::lookup(&self.handle, &self.interface)
             .await
@@ -228,10 +254,10 @@ impl AddressReconciler {
         let current = list_addresses(&self.handle, &interface)
             .await
             .map_err(ApplyError::nothing_done)?;
-        let present: BTreeSet<IpAddr> = current
+        let present: BTreeMap<IpAddr, u32> = current
             .iter()
             .filter(|a| a.is_host())
-            .map(|a| a.ip)
+            .map(|a| (a.ip, a.metric))
             .collect();
         let owned = self.owned_among(&current);
         // Owned but without l3lb's mark: adopted while wanted, withdrawn loudly when not.
@@ -245,7 +271,7 @@ impl AddressReconciler {
         let mut failures = Vec::new();
         let mut to_verify = Vec::new();
         let iface = &self.interface;
-        for &ip in desired {
+        for (&ip, &metric) in desired {
             if !self.manages(ip) {
                 warn!(
                     interface = %iface,
@@ -254,23 +280,43 @@ impl AddressReconciler {
                 );
                 continue;
             }
-            if present.contains(&ip) {
+            let proto = self.marking_available().then_some(self.proto);
+            if let Some(&have) = present.get(&ip) {
                 if !owned.contains(&ip) {
                     debug!(
                         interface = %iface,
                         "address {ip} is already on {iface} with another program's mark: \
                          counting it as present, and it will never be removed"
                     );
-                } else if unmarked.contains(&ip) {
+                    continue;
+                }
+                if unmarked.contains(&ip) {
                     debug!(
                         interface = %iface,
                         "adopting address {ip} on {iface}: unmarked, and a Service needs it"
                     );
                 }
+                if let Some(want) = metric.filter(|&want| want != have) {
+                    match self.reweigh(&interface, ip, proto, want).await {
+                        Ok(()) => {
+                            debug!(interface = %iface, "re-added {ip} with metric {want} (was {have})");
+                            changes.reweighted.insert(ip, want);
+                        }
+                        Err(error) => failures.push(error),
+                    }
+                }
                 continue;
             }
-            let proto = self.marking_available().then_some(self.proto);
-            match add_address(&self.handle, &interface, ip, host_prefix_len(ip), proto).await {
+            match add_address(
+                &self.handle,
+                &interface,
+                ip,
+                host_prefix_len(ip),
+                proto,
+                metric,
+            )
+            .await
+            {
                 Ok(added) => {
                     if added.proto_refused {
                         self.lose_marking("the kernel refused the IFA_PROTO attribute");
@@ -287,7 +333,7 @@ impl AddressReconciler {
                 Err(error) => failures.push(error),
             }
         }
-        for &ip in owned.difference(desired) {
+        for &ip in owned.iter().filter(|ip| !desired.contains_key(ip)) {
             match del_address(&self.handle, &interface, ip, host_prefix_len(ip)).await {
                 Ok(true) => {
                     if unmarked.contains(&ip) && self.marking_available() {
@@ -316,6 +362,33 @@ impl AddressReconciler {
             Ok(changes)
         } else {
             Err(ApplyError { changes, failures })
+        }
+    }
+
+    /// Gives an owned address a new metric; when only the delete half went through, adds the
+    /// address back at once (the route is then withdrawn for that moment, loudly).
+    async fn reweigh(
+        &self,
+        interface: &Interface,
+        ip: IpAddr,
+        proto: Option<u8>,
+        metric: u32,
+    ) -> Result<(), Error> {
+        let len = host_prefix_len(ip);
+        match replace_address(&self.batch, interface, ip, len, proto, metric).await {
+            Err(error) if error.op().verb == Verb::Add => {
+                warn!(
+                    interface = %self.interface,
+                    "{error}: the address was deleted but not re-added; adding it again"
+                );
+                let added =
+                    add_address(&self.handle, interface, ip, len, proto, Some(metric)).await?;
+                if added.proto_refused {
+                    self.lose_marking("the kernel refused the IFA_PROTO attribute");
+                }
+                Ok(())
+            }
+            other => other,
         }
     }
 
@@ -413,7 +486,7 @@ impl AddressReconciler {
 
 impl Drop for AddressReconciler {
     fn drop(&mut self) {
-        if let Some(connection) = &self.connection {
+        for connection in &self.connections {
             connection.abort();
         }
     }
@@ -501,6 +574,7 @@ mod tests {
             ip: net.addr(),
             prefix_len: net.prefix_len(),
             proto,
+            metric: 0,
         }
     }
 

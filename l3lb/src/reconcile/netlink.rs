@@ -7,13 +7,25 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use rtnetlink::{
     AddressMessageBuilder, Handle,
-    packet_route::address::{
-        AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope,
+    packet_core::{
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
     },
+    packet_route::{
+        RouteNetlinkMessage,
+        address::{
+            AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope,
+        },
+    },
+    proto::ConnectionHandle,
+    sys::SocketAddr,
 };
+
+/// An rtnetlink connection that sends several messages in one datagram (one `sendmsg`), for
+/// [`replace_address`].
+pub type BatchHandle = ConnectionHandle<RouteNetlinkMessage>;
 
 /// What a failed request was doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +34,8 @@ pub enum Verb {
     List,
     Add,
     Delete,
+    /// Delete and re-add, to change an address's metric.
+    Reweight,
     Subscribe,
     Connect,
 }
@@ -34,6 +48,7 @@ impl Verb {
             Verb::List => "list",
             Verb::Add => "add",
             Verb::Delete => "delete",
+            Verb::Reweight => "reweight",
             Verb::Subscribe => "subscribe",
             Verb::Connect => "connect",
         }
@@ -79,6 +94,13 @@ impl fmt::Display for Operation {
             (Verb::Delete, Some((ip, len))) => {
                 write!(f, "removing address {ip}/{len} from {iface}")
             }
+            (Verb::Reweight, Some((ip, len))) => {
+                write!(
+                    f,
+                    "re-adding address {ip}/{len} on {iface} with a new metric"
+                )
+            }
+            (Verb::Reweight, None) => write!(f, "re-adding an address on {iface}"),
             (Verb::LookUp, _) => write!(f, "looking up interface {iface}"),
             (Verb::Subscribe, _) => write!(f, "subscribing to address changes on {iface}"),
             (Verb::Connect, _) => write!(
@@ -233,6 +255,9 @@ pub struct InterfaceAddress {
     pub prefix_len: u8,
     /// IFA_PROTO: who added it. `None` when unset (0), and always on kernels without IFA_PROTO.
     pub proto: Option<u8>,
+    /// IFA_RT_PRIORITY (`ip addr … metric N`): l3lb's weight with `--weights endpoints`; 0 when
+    /// unset.
+    pub metric: u32,
 }
 
 impl InterfaceAddress {
@@ -291,11 +316,13 @@ pub fn parse_address(message: &AddressMessage) -> Option<InterfaceAddress> {
     let mut local = None;
     let mut address = None;
     let mut proto = None;
+    let mut metric = 0;
     for attribute in &message.attributes {
         match attribute {
             AddressAttribute::Local(ip) => local = Some(*ip),
             AddressAttribute::Address(ip) => address = Some(*ip),
             AddressAttribute::Protocol(p) => proto = Some(u8::from(*p)).filter(|&p| p != 0),
+            AddressAttribute::RoutePriority(m) => metric = *m,
             _ => {}
         }
     }
@@ -303,6 +330,7 @@ pub fn parse_address(message: &AddressMessage) -> Option<InterfaceAddress> {
         ip: local.or(address)?,
         prefix_len: message.header.prefix_len,
         proto,
+        metric,
     })
 }
 
@@ -318,7 +346,8 @@ pub struct Added {
 }
 
 /// Adds `ip/prefix_len` to `interface`, scope global (what `ip addr add X/32 dev lo` gives, and
-/// what FRR's `redistribute connected` picks up), IPv6 without DAD. `proto` sets IFA_PROTO; when
+/// what FRR's `redistribute connected` picks up), IPv6 without DAD, with `metric` as
+/// IFA_RT_PRIORITY when given. `proto` sets IFA_PROTO; when
 /// the kernel refuses the attribute (EINVAL/EOPNOTSUPP) the add is retried without it and
 /// [`Added::proto_refused`] says so. Kernels that ignore the attribute silently are only caught by
 /// reading the address back. EEXIST is success, with [`Added::created`] false.
@@ -328,9 +357,10 @@ pub async fn add_address(
     ip: IpAddr,
     prefix_len: u8,
     proto: Option<u8>,
+    metric: Option<u32>,
 ) -> Result<Added, Error> {
     let op = || Operation::on(Verb::Add, interface, ip, prefix_len);
-    let err = match try_add(handle, interface.index, ip, prefix_len, proto).await {
+    let err = match try_add(handle, interface.index, ip, prefix_len, proto, metric).await {
         Ok(()) => {
             return Ok(Added {
                 created: true,
@@ -345,7 +375,7 @@ pub async fn add_address(
             proto_refused: false,
         }),
         Some(libc::EINVAL | libc::EOPNOTSUPP) if proto.is_some() => {
-            match try_add(handle, interface.index, ip, prefix_len, None).await {
+            match try_add(handle, interface.index, ip, prefix_len, None, metric).await {
                 Ok(()) => Ok(Added {
                     created: true,
                     proto_refused: true,
@@ -368,9 +398,15 @@ async fn try_add(
     ip: IpAddr,
     prefix_len: u8,
     proto: Option<u8>,
+    metric: Option<u32>,
 ) -> Result<(), rtnetlink::Error> {
     let mut request = handle.address().add(index, ip, prefix_len);
-    let message = request.message_mut();
+    describe_new(request.message_mut(), ip, proto, metric);
+    request.execute().await
+}
+
+/// What every address l3lb adds carries besides the address itself.
+fn describe_new(message: &mut AddressMessage, ip: IpAddr, proto: Option<u8>, metric: Option<u32>) {
     message.header.scope = AddressScope::Universe;
     if ip.is_ipv6() {
         // A service IP is meant to be on many nodes at once; and on `lo` DAD only delays it.
@@ -381,7 +417,84 @@ async fn try_add(
             .attributes
             .push(AddressAttribute::Protocol(AddressProtocol::from(proto)));
     }
-    request.execute().await
+    if let Some(metric) = metric.filter(|&m| m > 0) {
+        message
+            .attributes
+            .push(AddressAttribute::RoutePriority(metric));
+    }
+}
+
+/// An RTM_NEWADDR/RTM_DELADDR body naming exactly `ip/prefix_len` on interface `index`.
+fn address_message(index: u32, ip: IpAddr, prefix_len: u8) -> AddressMessage {
+    match ip {
+        IpAddr::V4(v4) => AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(v4, prefix_len)
+            .build(),
+        IpAddr::V6(v6) => AddressMessageBuilder::<Ipv6Addr>::new()
+            .index(index)
+            .address(v6, prefix_len)
+            .build(),
+    }
+}
+
+/// Gives `ip/prefix_len` on `interface` the metric `metric` by deleting and re-adding it (marked
+/// with `proto`) in ONE netlink datagram. Changing the metric in place (RTM_NEWADDR with
+/// NLM_F_REPLACE) reaches the kernel, but FRR 8.4's zebra keeps the old metric; a delete and an
+/// add that arrive together are one update to zebra (its RIB work queue coalesces them), so BGP
+/// sends the new weight without withdrawing the route in between.
+///
+/// An address already gone is simply added. When the add half fails the address may be gone:
+/// the error's verb is then [`Verb::Add`], and the caller should add it again at once (with
+/// [`add_address`], which also copes with kernels that refuse IFA_PROTO).
+pub async fn replace_address(
+    batch: &BatchHandle,
+    interface: &Interface,
+    ip: IpAddr,
+    prefix_len: u8,
+    proto: Option<u8>,
+    metric: u32,
+) -> Result<(), Error> {
+    let op = |verb| Operation::on(verb, interface, ip, prefix_len);
+    let mut delete = NetlinkMessage::from(RouteNetlinkMessage::DelAddress(address_message(
+        interface.index,
+        ip,
+        prefix_len,
+    )));
+    delete.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut body = address_message(interface.index, ip, prefix_len);
+    describe_new(&mut body, ip, proto, Some(metric));
+    let mut add = NetlinkMessage::from(RouteNetlinkMessage::NewAddress(body));
+    add.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
+
+    let mut replies = batch
+        .request_batch([delete, add], SocketAddr::new(0, 0))
+        .map_err(|_| Error::ConnectionClosed {
+            op: op(Verb::Reweight),
+        })?;
+    // One ACK or error per message; the connection numbers them in order, delete first.
+    let mut answers = Vec::with_capacity(2);
+    while let Some(reply) = replies.next().await {
+        if let NetlinkPayload::Error(error) = reply.payload {
+            let errno = error.code.map_or(0, |code| code.get().abs());
+            answers.push((reply.header.sequence_number, errno));
+        }
+    }
+    answers.sort_unstable();
+    let [(_, deleted), (_, added)] = answers[..] else {
+        return Err(Error::ConnectionClosed {
+            op: op(Verb::Reweight),
+        });
+    };
+    match (deleted, added) {
+        (_, 0) => Ok(()),
+        // The delete failed for another reason than "already gone", so the add found the old
+        // address: nothing changed.
+        (deleted, libc::EEXIST) if !matches!(deleted, 0 | libc::EADDRNOTAVAIL | libc::ENOENT) => {
+            Err(Error::from_errno(op(Verb::Reweight), deleted))
+        }
+        (_, added) => Err(Error::from_errno(op(Verb::Add), added)),
+    }
 }
 
 /// Removes exactly `ip/prefix_len` from `interface` (a /32 never takes a covering /24 with it).
@@ -392,16 +505,7 @@ pub async fn del_address(
     ip: IpAddr,
     prefix_len: u8,
 ) -> Result<bool, Error> {
-    let message = match ip {
-        IpAddr::V4(v4) => AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(interface.index)
-            .address(v4, prefix_len)
-            .build(),
-        IpAddr::V6(v6) => AddressMessageBuilder::<Ipv6Addr>::new()
-            .index(interface.index)
-            .address(v6, prefix_len)
-            .build(),
-    };
+    let message = address_message(interface.index, ip, prefix_len);
     match handle.address().del(message).execute().await {
         Ok(()) => Ok(true),
         Err(err) if matches!(errno(&err), Some(libc::EADDRNOTAVAIL | libc::ENOENT)) => Ok(false),

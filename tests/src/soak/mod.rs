@@ -78,6 +78,7 @@ pub fn run(mut options: SoakOptions) -> Result<Report, LabError> {
     lab.wait_routes(&wanted, Instant::now(), CONVERGE)?;
 
     let started = Instant::now();
+    let wall_start = jiff::Timestamp::now();
     let timeline = Arc::new(Mutex::new(Timeline::new(
         started,
         options.allowance,
@@ -117,8 +118,47 @@ pub fn run(mut options: SoakOptions) -> Result<Report, LabError> {
     report.long = long.join().unwrap_or_default();
     report.elapsed = started.elapsed();
     report.tally = timeline.lock().expect("the timeline").tally.clone();
+    report.diagnostics = diagnose(&lab, &report, wall_start);
     outcome?;
     Ok(report)
+}
+
+/// For the first violations: what the l3lbs logged around their start, and the router's BGP
+/// summary now.
+fn diagnose(lab: &Lab, report: &Report, wall_start: jiff::Timestamp) -> Vec<String> {
+    let mut out = Vec::new();
+    let window = jiff::SignedDuration::from_millis(1500);
+    for violation in report.tally.examples.iter().take(3) {
+        let Ok(began) = wall_start
+            .checked_add(jiff::SignedDuration::try_from(violation.at).unwrap_or_default())
+        else {
+            continue;
+        };
+        out.push(format!(
+            "l3lb logs within 1.5 s of the violation at {:.2} s ({began}):",
+            violation.at.as_secs_f64()
+        ));
+        for node in 0..lab.nodes() {
+            for line in lab.l3lb_log(node).lines() {
+                let stamp = line.split_whitespace().next().unwrap_or("");
+                let Ok(at) = stamp.parse::<jiff::Timestamp>() else {
+                    continue;
+                };
+                if (at.duration_since(began)).abs() <= window {
+                    out.push(format!("  {} │ {line}", crate::lab::node_name(node)));
+                }
+            }
+        }
+    }
+    if !out.is_empty() {
+        out.push("the router's BGP sessions at the end:".to_owned());
+        out.extend(
+            lab.vtysh(None, "show bgp summary")
+                .lines()
+                .map(|l| format!("  {l}")),
+        );
+    }
+    out
 }
 
 /// The schedule until the duration is up; what it did goes into `report`.

@@ -23,6 +23,8 @@ pub struct Report {
     pub long: Long,
     /// Each node's l3lb resident memory (KiB), sampled between changes.
     pub rss: BTreeMap<usize, Vec<u64>>,
+    /// What the l3lbs logged around the first violations.
+    pub diagnostics: Vec<String>,
 }
 
 impl Report {
@@ -39,6 +41,7 @@ impl Report {
             short: Short::default(),
             long: Long::default(),
             rss: BTreeMap::new(),
+            diagnostics: Vec::new(),
         }
     }
 
@@ -166,6 +169,9 @@ impl fmt::Display for Report {
                     series.len()
                 )?;
             }
+        }
+        for line in &self.diagnostics {
+            writeln!(f, "{line}")?;
         }
         write!(
             f,
