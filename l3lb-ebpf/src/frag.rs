@@ -8,6 +8,10 @@
 //! is all they carry; IPv6 has none) and the same delivery. The pod reassembles the datagram.
 //! kube-proxy gets the same from conntrack's defragmentation.
 //!
+//! A malformed fragment of a service datagram (an IP length beyond the frame or short of the
+//! headers, a bad IPv4 header checksum) passes untouched, counted `Truncated`, and leaves no
+//! entry: found by `cargo xtask fuzz` (docs/reliability.md).
+//!
 //! A later fragment with no entry (one that arrived before its first fragment, or belongs to no
 //! steered datagram) passes untouched and is counted as `Fragment`: the kernel then has a
 //! datagram it cannot complete, which times out in its reassembly queue. Reordering that puts
@@ -27,10 +31,10 @@ use l3lb_common::{
 use crate::{
     flow::select,
     maps::{L3LB_FRAGMENTS, L3LB_SERVICES, count, count_service},
-    nat::{End, decrement_ttl, rewrite, ttl},
+    nat::{End, decrement_ttl, rewrite, ttl, well_formed},
     parse::{
         ETH_LEN, ETH_TYPE, IPV4_CHECK, IPV4_DST, IPV4_FRAGMENT, IPV4_ID, IPV4_LEN, IPV4_SRC,
-        IPV6_DST, IPV6_LEN, IPV6_SRC, L4_DPORT, Packet,
+        IPV6_DST, IPV6_LEN, IPV6_SRC, L4_DPORT, Packet, TCP_LEN, UDP_LEN,
     },
     tc_ingress::redirect,
 };
@@ -88,6 +92,9 @@ fn forward_v4(ctx: &TcContext, bytes: u64) -> i32 {
     let mut service = ServiceEntry::default();
     let mut backend = Backend::default();
     let mut reason = prepare(ctx, &mut packet, &mut service);
+    if reason == DONE && !well_formed(ctx, transport_len(packet.key.proto)) {
+        reason = Reason::Truncated as u32;
+    }
     if reason == DONE {
         reason = pick(&packet.key, &service, bytes, &mut backend);
     }
@@ -103,16 +110,24 @@ fn forward_v4(ctx: &TcContext, bytes: u64) -> i32 {
     action
 }
 
+/// The transport header a first fragment must hold whole: the rewrite updates its checksum.
+#[inline(always)]
+fn transport_len(proto: u8) -> usize {
+    if proto == PROTO_TCP { TCP_LEN } else { UDP_LEN }
+}
+
 /// A step went through.
 pub const DONE: u32 = u32::MAX;
 
-/// The `Reason` a step returned as a number (one of the three it can give).
+/// The `Reason` a step returned as a number (one of the four it can give).
 #[inline(always)]
 fn reason_of(reason: u32) -> Reason {
     if reason == Reason::NotService as u32 {
         Reason::NotService
     } else if reason == Reason::NoBackend as u32 {
         Reason::NoBackend
+    } else if reason == Reason::Truncated as u32 {
+        Reason::Truncated
     } else {
         Reason::Fragment
     }
@@ -226,6 +241,9 @@ fn try_later(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let backend = unsafe { L3LB_FRAGMENTS.get(datagram) }
         .copied()
         .ok_or(Reason::Fragment)?;
+    if !well_formed(ctx, 0) {
+        return Err(Reason::Truncated);
+    }
     if rewrite_destination(ctx, &datagram.dst, &backend.addr).is_err() {
         return Ok((TC_ACT_OK, Reason::Truncated));
     }
@@ -314,7 +332,18 @@ fn forward_v6(ctx: &TcContext, bytes: u64) -> i32 {
         count(Reason::Fragment, bytes);
         return TC_ACT_OK;
     }
-    if fragment.offset_flags & IPV6_OFFSET != 0 {
+    // As IPv4's: a malformed fragment passes untouched and leaves no entry.
+    let later = fragment.offset_flags & IPV6_OFFSET != 0;
+    let headers = if later {
+        IPV6_FRAGMENT_LEN
+    } else {
+        IPV6_FRAGMENT_LEN + transport_len(packet.key.proto)
+    };
+    if !well_formed(ctx, headers) {
+        count(Reason::Truncated, bytes);
+        return TC_ACT_OK;
+    }
+    if later {
         return later_v6(ctx, &packet.key, &fragment, bytes);
     }
     let mut service = ServiceEntry::default();

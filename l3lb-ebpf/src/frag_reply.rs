@@ -27,6 +27,9 @@ use crate::{
     tc_pod::{fib_params, send_out},
 };
 
+/// `FlowKey::pad[0]` of the reply direction's entries in `L3LB_FRAGMENTS` (0: forward).
+const REPLY_DATAGRAM: u8 = 1;
+
 /// A fragment of the pod's reply: translated and sent out when it belongs to a steered flow;
 /// returns the TC verdict. A call of its own: in the entry point, its locals would add to the
 /// frame below the reply path's, which already takes most of the 512 bytes.
@@ -75,9 +78,13 @@ fn identify(ctx: &TcContext, packet: &mut Packet, fragment: &mut Fragment6) -> u
 /// passes.
 #[inline(never)]
 fn translate(ctx: &TcContext, packet: &mut Packet, fragment: &Fragment6) -> i32 {
-    // The datagram's key: its ID where the ports are (as frag.rs keys the forward direction's;
-    // the addresses tell the two apart).
-    let datagram = datagram_key_v6(&packet.key, fragment);
+    // The datagram's key: its ID where the ports are, as frag.rs keys the forward direction's,
+    // marked as a reply's: a packet through here with a client's and a service's addresses (a
+    // pod spoofing, or hairpinning) must not find a forward datagram's entry, nor make one.
+    let datagram = FlowKey {
+        pad: [REPLY_DATAGRAM, 0],
+        ..datagram_key_v6(&packet.key, fragment)
+    };
     let bytes = u64::from(ctx.len());
     let (source, sport_be) = if fragment.offset_flags & IPV6_OFFSET == 0 {
         // The first fragment: the ports find the flow.

@@ -34,7 +34,7 @@ use network_types::icmp::Icmpv4Hdr;
 use crate::{
     csum::CsumDelta,
     maps::{L3LB_BACKENDS, L3LB_FLOWS, L3LB_REPLIES},
-    nat::decrement_ttl,
+    nat::{decrement_ttl, well_formed},
     parse::{
         ETH_LEN, ETH_TYPE, IPV4_CHECK, IPV4_DST, IPV4_FRAGMENT, IPV4_LEN, IPV4_PROTO, IPV4_SRC,
         IPV4_TOTAL_LENGTH, IPV6_DST, IPV6_LEN, IPV6_NEXT_HEADER, IPV6_PAYLOAD_LENGTH, IPV6_SRC,
@@ -402,7 +402,9 @@ pub const NOT_TCP_UDP: i32 = i32::MIN;
 
 /// [`to_pod`] and [`from_pod`]: not an ICMP error about a steered flow (left untouched).
 pub const NOT_OURS: i32 = -1;
-/// [`to_pod`] and [`from_pod`]: a helper failed mid-rewrite (the packet goes on as it is).
+/// [`to_pod`] and [`from_pod`]: a helper failed mid-rewrite, or (towards the pod) the error is
+/// malformed: an IP length beyond the frame, a bad outer IPv4 header checksum. The packet goes
+/// on as it is, counted as truncated.
 pub const FAILED: i32 = -2;
 
 /// Uplink ingress: an ICMP error to a service address about a steered flow's reply goes to the
@@ -434,6 +436,10 @@ pub fn to_pod(ctx: &TcContext) -> i32 {
         || !addr_eq(&backend.addr, &flow.backend_addr)
     {
         return NOT_OURS;
+    }
+    // A malformed error (found by `cargo xtask fuzz`) is not redirected into the pod.
+    if !well_formed(ctx, 0) {
+        return FAILED;
     }
     if !rewrite(
         ctx,

@@ -50,7 +50,8 @@ pub static L3LB_AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY
 /// to, so later fragments (which carry no ports) follow it (frag.rs). The key is a `FlowKey` of
 /// the datagram's addresses, protocol and family with its fragment ID where the ports are
 /// (network order): IPv4's 16-bit ID in `sport_be` and 0 in `dport_be`, IPv6's 32-bit one across
-/// both. LRU: a datagram's entry goes when newer ones push it out.
+/// both; `pad[0]` is 1 for a pod's reply (frag_reply.rs: the value then holds the service's
+/// address), 0 for a client's datagram. LRU: a datagram's entry goes when newer ones push it out.
 #[btf_map]
 pub static L3LB_FRAGMENTS: LruHashMap<FlowKey, Backend, { capacity::FRAGMENTS as usize }> =
     LruHashMap::new();

@@ -19,8 +19,8 @@ use l3lb_common::{FAMILY_IPV4, PROTO_UDP, Reason};
 use crate::{
     csum::CsumDelta,
     parse::{
-        ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_SRC, IPV4_TTL, IPV6_DST, IPV6_HOP_LIMIT, IPV6_SRC,
-        L4_DPORT, L4_SPORT, Packet, TCP_LEN, parse, ptr_at, ptr_at_mut,
+        ETH_LEN, IPV4_CHECK, IPV4_DST, IPV4_SRC, IPV4_TTL, IPV6_DST, IPV6_HOP_LIMIT, IPV6_LEN,
+        IPV6_SRC, L4_DPORT, L4_SPORT, Packet, TCP_LEN, parse, ptr_at, ptr_at_mut,
     },
 };
 
@@ -201,4 +201,42 @@ pub fn decrement_ttl(ctx: &TcContext, packet: &Packet) -> Result<bool, i64> {
         }
     }
     Ok(true)
+}
+
+/// Whether the IP packet in `ctx` is one the kernel would accept, as `validate` (parse.rs) asks
+/// of whole TCP/UDP packets, for the paths that translate other packets towards a pod (IPv4
+/// fragments, ICMP errors): an IP length that lies within the frame and covers the header and
+/// `transport` bytes after it, and for IPv4 a header checksum that verifies. Such a packet is
+/// otherwise left untouched, leaves no state behind, and is not redirected. A call of its own,
+/// beside the backend choice's (its locals stay out of the callers' frames).
+#[inline(never)]
+pub fn well_formed(ctx: &TcContext, transport: usize) -> bool {
+    let Ok(head) = ctx.load::<[u8; 6]>(ETH_LEN) else {
+        return false;
+    };
+    if head[0] >> 4 == 6 {
+        let payload = usize::from(u16::from_be_bytes([head[4], head[5]]));
+        return ETH_LEN + IPV6_LEN + payload <= ctx.len() as usize && payload >= transport;
+    }
+    let header_len = usize::from(head[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    if total < header_len + transport || ETH_LEN + total > ctx.len() as usize {
+        return false;
+    }
+    // RFC 1071 §2(B): the words may be summed in either byte order.
+    let mut sum: u64 = 0;
+    for i in 0..15 {
+        if i * 4 >= header_len {
+            break;
+        }
+        let Ok(word) = ctx.load::<u32>(ETH_LEN + i * 4) else {
+            return false;
+        };
+        sum += u64::from(word);
+    }
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
 }

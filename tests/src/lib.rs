@@ -8,9 +8,11 @@ pub mod fastpath;
 pub mod fixtures;
 pub mod frames;
 pub mod frr_fabric;
+pub mod fuzz;
 pub mod interrupt;
 pub mod lab;
 pub mod netns;
+pub mod programs;
 pub mod soak;
 pub mod traffic;
 

@@ -14,111 +14,17 @@
 //! Which interface a redirect targets is not visible to a test run (the kernel only records it
 //! for the redirect that follows a real receive); `tests/tests/fastpath_e2e.rs` shows the
 //! packets arriving in the right pods.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::{
-    Ebpf,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+use l3lb::fastpath::plan::Delivery;
+use l3lb_common::{PROTO_TCP, PROTO_UDP, Reason, program_names};
+use l3lb_tests::{
+    frames, privileged,
+    programs::{Fastpath, FibNode, TC_ACT_OK, TC_ACT_REDIRECT},
 };
-use l3lb::fastpath::{
-    plan::{Delivery, Target, Vip},
-    tables::{self, Tables},
-};
-use l3lb_common::{
-    Flow, FlowKey, PROTO_TCP, PROTO_UDP, PacketCounter, Reason, map_names, program_names,
-};
-use l3lb_tests::{frames, netns::NetNs, privileged};
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_REDIRECT: u32 = 7;
 const TABLE_SIZE: u32 = 13;
 const MAX_SERVICES: u32 = 8;
-
-/// The object with the TC programs loaded and the daemon's tables over its maps.
-struct Fastpath {
-    ebpf: Ebpf,
-    tables: Tables,
-}
-
-impl Fastpath {
-    fn load() -> Fastpath {
-        let mut ebpf = l3lb::ebpf::load(tables::maglev_entries(TABLE_SIZE, MAX_SERVICES))
-            .expect("load the embedded object");
-        for name in [program_names::TC_INGRESS, program_names::TC_POD] {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("program present")
-                .try_into()
-                .expect("a classifier");
-            program
-                .load()
-                .unwrap_or_else(|err| panic!("the verifier accepts {name}: {err:?}"));
-        }
-        let tables = Tables::adopt(&mut ebpf, TABLE_SIZE, MAX_SERVICES).expect("tables");
-        Fastpath { ebpf, tables }
-    }
-
-    /// A service with one backend, reached the way `delivery` says.
-    fn service(&mut self, vip: (IpAddr, u16, u8), pod: (IpAddr, u16), delivery: Delivery) {
-        let vip = Vip {
-            ip: vip.0,
-            port: vip.1,
-            proto: vip.2,
-        };
-        let target = Target {
-            ip: pod.0,
-            port: pod.1,
-            terminating: false,
-            delivery,
-        };
-        self.tables
-            .set(vip, &[target], None)
-            .expect("install the service");
-    }
-
-    fn run(&self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let program: &SchedClassifier = self.ebpf.program(name).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of {name}: {err}"));
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    /// Whether the flow of `frame` (client → service) left an entry in `L3LB_FLOWS`.
-    fn has_flow(&self, frame: &[u8]) -> bool {
-        let flows: aya::maps::HashMap<_, FlowKey, Flow> =
-            aya::maps::HashMap::try_from(self.ebpf.map(map_names::FLOWS).unwrap()).unwrap();
-        let (src, dst) = (frames::source(frame), frames::destination(frame));
-        let key = FlowKey::new(
-            SocketAddr::new(src.0, src.1),
-            SocketAddr::new(dst.0, dst.1),
-            frames::layout(frame).proto,
-        );
-        flows.get(&key, 0).is_ok()
-    }
-
-    fn reasons(&self) -> [PacketCounter; Reason::COUNT as usize] {
-        l3lb::ebpf::reason_counters(&self.ebpf).expect("read the reason counters")
-    }
-
-    /// The reasons counted while `f` ran, with their packet counts.
-    fn counted(&self, f: impl FnOnce()) -> Vec<(Reason, u64)> {
-        let before = self.reasons();
-        f();
-        let after = self.reasons();
-        Reason::ALL
-            .iter()
-            .map(|&r| (r, after[r as usize].packets - before[r as usize].packets))
-            .filter(|&(_, n)| n != 0)
-            .collect()
-    }
-}
 
 /// What a case's output must be.
 enum Expect {
@@ -201,7 +107,7 @@ fn ingress_cases() {
     if !privileged("ingress_cases") {
         return;
     }
-    let mut lb = Fastpath::load();
+    let mut lb = Fastpath::load(TABLE_SIZE, MAX_SERVICES);
     let client = Ipv4Addr::new(192, 0, 2, 10);
     let client6: Ipv6Addr = "2001:db8::10".parse().unwrap();
     let service = Ipv4Addr::new(10, 96, 0, 10);
@@ -421,58 +327,14 @@ fn pod_replies_leave_by_the_fib() {
     }
     // A node whose uplink knows one client network through a resolved next hop, one through a
     // next hop not resolved yet, and nothing about a third.
-    let node = NetNs::new("tcfib");
-    for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
-        l3lb_tests::netns::sh(node.command("sysctl").args(["-qw", setting]));
-    }
-    node.ip(&[
-        "link", "add", "uplink", "type", "veth", "peer", "name", "far",
-    ]);
-    for iface in ["uplink", "far"] {
-        node.ip(&["link", "set", iface, "up"]);
-    }
-    node.ip(&["addr", "add", "10.9.0.1/24", "dev", "uplink"]);
-    node.ip(&["addr", "add", "fd09::1/64", "dev", "uplink", "nodad"]);
-    let gateway_mac = [0x02, 0, 0, 0, 0, 0x09];
-    let mac = "02:00:00:00:00:09";
-    node.ip(&[
-        "neigh",
-        "add",
-        "10.9.0.2",
-        "lladdr",
-        mac,
-        "dev",
-        "uplink",
-        "nud",
-        "permanent",
-    ]);
-    node.ip(&[
-        "neigh",
-        "add",
-        "fd09::2",
-        "lladdr",
-        mac,
-        "dev",
-        "uplink",
-        "nud",
-        "permanent",
-    ]);
-    node.ip(&["route", "add", "192.0.2.0/24", "via", "10.9.0.2"]);
-    node.ip(&["route", "add", "198.18.0.0/24", "via", "10.9.0.3"]);
-    node.ip(&["-6", "route", "add", "2001:db8::/64", "via", "fd09::2"]);
-    let uplink_mac: [u8; 6] = {
-        let out = node.ip(&["-j", "link", "show", "uplink"]);
-        let links: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let text = links[0]["address"].as_str().unwrap().to_owned();
-        let bytes: Vec<u8> = text
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect();
-        bytes.try_into().unwrap()
-    };
+    let FibNode {
+        ns: node,
+        gateway_mac,
+        uplink_mac,
+    } = FibNode::new("tcfib");
 
     node.run_inside(move || {
-        let mut lb = Fastpath::load();
+        let mut lb = Fastpath::load(TABLE_SIZE, MAX_SERVICES);
         let service = Ipv4Addr::new(10, 96, 0, 20);
         let service6: Ipv6Addr = "fd00:96::20".parse().unwrap();
         let pod = Ipv4Addr::new(10, 244, 1, 7);

@@ -1136,6 +1136,62 @@ fn fragments_case<A: Copy>(
         counted,
         vec![(Reason::Fragment, 1, other_second.len() as u64)]
     );
+
+    // Malformed fragments of service datagrams (found by `cargo xtask fuzz`): untouched,
+    // counted as truncated, and a malformed first leaves no entry for its later fragments.
+    let corrupt = |mut frame: Vec<u8>| {
+        frame[frames::ETH_LEN + 10] ^= 0x5a;
+        frame
+    };
+    let [first, second] = fragments(46003, None);
+    let mut malformed_firsts = vec![(
+        "an IP length beyond the frame",
+        first[..first.len() - 100].to_vec(),
+    )];
+    if ipv4(&first) {
+        malformed_firsts.push(("a bad IPv4 header checksum", corrupt(first.clone())));
+    }
+    for (description, malformed) in malformed_firsts {
+        let (out, counted) = run(&malformed);
+        assert_eq!(
+            out, malformed,
+            "first fragment with {description}: untouched"
+        );
+        assert_eq!(
+            counted,
+            vec![(Reason::Truncated, 1, malformed.len() as u64)],
+            "first fragment with {description}"
+        );
+        let (out, counted) = run(&second);
+        assert!(out == second, "after a first with {description}: no entry");
+        assert_eq!(counted, vec![(Reason::Fragment, 1, second.len() as u64)]);
+    }
+    let [_, second_sent] = fragments(46003, Some(pod));
+    run(&first);
+    if ipv4(&second) {
+        let bad_second = corrupt(second.clone());
+        let (out, counted) = run(&bad_second);
+        assert_eq!(
+            out, bad_second,
+            "a later fragment with a bad header checksum"
+        );
+        assert_eq!(
+            counted,
+            vec![(Reason::Truncated, 1, bad_second.len() as u64)]
+        );
+    }
+    let cut_second = second[..second.len() - 10].to_vec();
+    let (out, counted) = run(&cut_second);
+    assert_eq!(out, cut_second, "a later fragment cut short: untouched");
+    assert_eq!(
+        counted,
+        vec![(Reason::Truncated, 1, cut_second.len() as u64)]
+    );
+    let (out, _) = run(&second);
+    assert_eq!(
+        out, second_sent,
+        "the well-formed one still follows its first"
+    );
 }
 
 type Frame = Vec<u8>;
@@ -1262,6 +1318,33 @@ fn icmp_errors_follow_their_flow() {
             vec![(reason, 1, error.len() as u64)],
             "{description}: counted as {}",
             reason.label()
+        );
+    }
+
+    // Malformed errors about a steered flow (found by `cargo xtask fuzz`): untouched, counted
+    // as truncated, never redirected into the pod.
+    let (error, _) = to_pod4(3, 4, 1400, q(&tcp_seen), q(&tcp));
+    let mut bad_header = error.clone();
+    bad_header[frames::ETH_LEN + 10] ^= 0x5a;
+    let cut = error[..error.len() - 40].to_vec();
+    let (error6, _) = to_pod6(2, 0, 1280, q(&tcp6_seen), q(&tcp6));
+    let cut6 = error6[..error6.len() - 40].to_vec();
+    for (description, malformed) in [
+        ("v4 error with a bad header checksum", bad_header),
+        ("v4 error whose IP length reaches beyond the frame", cut),
+        (
+            "v6 error whose payload length reaches beyond the frame",
+            cut6,
+        ),
+    ] {
+        let before = lb.reasons();
+        let (verdict, out) = lb.run_tc(program_names::TC_INGRESS, &malformed);
+        assert_eq!(verdict, TC_ACT_OK, "{description}: verdict");
+        assert!(out == malformed, "{description}: untouched");
+        assert_eq!(
+            delta(&before, &lb.reasons()),
+            vec![(Reason::Truncated, 1, malformed.len() as u64)],
+            "{description}: counted as truncated"
         );
     }
 

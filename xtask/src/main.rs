@@ -4,6 +4,7 @@ mod bench;
 mod bootstrap;
 mod build_ebpf;
 mod cmd;
+mod fuzz;
 mod lab;
 mod soak;
 mod test;
@@ -34,6 +35,9 @@ enum Command {
     /// controller (vs the fake API server) and write docs/benchmarks.md (root); `--quick` for
     /// the reduced set.
     Bench(bench::Options),
+    /// Fuzz the fast path's XDP and TC programs with random and mutated frames through
+    /// BPF_PROG_TEST_RUN against an independent oracle (root); `--frames N`, `--seed S`.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> Result<()> {
@@ -43,5 +47,6 @@ fn main() -> Result<()> {
         Command::Lab(options) => lab::run(&options),
         Command::Bench(options) => bench::run(&options),
         Command::Soak(options) => soak::run(&options),
+        Command::Fuzz(options) => fuzz::run(&options),
     }
 }
