@@ -27,7 +27,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::{
-    cluster::model::{LOAD_BALANCER_IPS_ANNOTATION, ServiceKey},
+    cluster::{
+        limits::MAX_IPS_PER_SERVICE,
+        model::{LOAD_BALANCER_IPS_ANNOTATION, ServiceKey},
+    },
     crd::{L3lbIPPool, PoolError, pool_status},
     events::{Regarding, ServiceEvent},
     metrics::{Component, Metrics, PoolLabels},
@@ -72,9 +75,12 @@ fn managed(service: &Service, class: &str) -> bool {
             .is_none_or(|c| c == class)
 }
 
+/// The IPs in `raw`, a Service's first [`MAX_IPS_PER_SERVICE`] items as the nodes honour them.
 fn parse_ips<'a>(raw: impl IntoIterator<Item = &'a str>) -> Vec<IpAddr> {
     raw.into_iter()
         .flat_map(|value| value.split(','))
+        .filter(|item| !item.trim().is_empty())
+        .take(MAX_IPS_PER_SERVICE)
         .filter_map(|ip| ip.trim().parse().ok())
         .collect()
 }

@@ -48,7 +48,9 @@ pub struct RunConfig {
     pub external_ips: bool,
 
     /// Where Services and EndpointSlices come from: `kube` (the API server) or `file:DIR`
-    /// (manifests in a directory, reloaded on change).
+    /// (manifests in a directory, reloaded on change; `*.yaml`, `*.yml` and `*.json` files of
+    /// at most 1 MiB each, YAML anchors expanded to at most 200 000 nodes; a file over a limit
+    /// or unreadable is skipped with a warning and keeps its last good contents).
     #[arg(long, env = "L3LB_SOURCE", default_value = "kube")]
     pub source: Source,
 

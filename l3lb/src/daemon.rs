@@ -153,7 +153,9 @@ async fn start_sources(
                 cluster::file::DEFAULT_POLL_INTERVAL,
             )
             .allocating(config.load_balancer_class.clone(), pools_tx);
-            tokio::spawn(source.run(changes));
+            source
+                .spawn(changes)
+                .context("starting the thread that reads the manifests")?;
         }
         Source::Kube => {
             let client = kube_client(config).await?;

@@ -13,8 +13,11 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    cluster::model::{
-        ClusterChange, IngressOwner, NodeSpec, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
+    cluster::{
+        limits::MAX_IPS_PER_SERVICE,
+        model::{
+            ClusterChange, IngressOwner, NodeSpec, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
+        },
     },
     maintenance::{Maintenance, maintenance},
     weights::{self, Weights},
@@ -62,6 +65,9 @@ pub struct Policy {
 pub enum IpProblem {
     Malformed(String),
     OutsidePrefixes(IpAddr),
+    /// More IPs than [`MAX_IPS_PER_SERVICE`]: the ones after the first are ignored. The limit,
+    /// not the count, is the problem, so a count that keeps changing reports once.
+    TooMany,
 }
 
 impl fmt::Display for IpProblem {
@@ -69,6 +75,10 @@ impl fmt::Display for IpProblem {
         match self {
             IpProblem::Malformed(raw) => write!(f, "{raw:?} is not an IP address"),
             IpProblem::OutsidePrefixes(ip) => write!(f, "{ip} is outside the managed prefixes"),
+            IpProblem::TooMany => write!(
+                f,
+                "IPs beyond the first {MAX_IPS_PER_SERVICE} it asks for (the per-Service limit)"
+            ),
         }
     }
 }
@@ -173,14 +183,17 @@ fn requested_by_spec(service: &ServiceSpec) -> impl Iterator<Item = &str> {
         .map(String::as_str)
 }
 
-/// Parses and checks raw IPs against the prefixes.
+/// Parses and checks raw IPs against the prefixes: the first [`MAX_IPS_PER_SERVICE`] of them,
+/// in the order they are written, so every node honours the same ones.
 fn validate<'a>(
     policy: &Policy,
+    service: &ServiceSpec,
     raw: impl Iterator<Item = &'a str>,
 ) -> (BTreeSet<IpAddr>, BTreeSet<IpProblem>) {
     let mut ips = BTreeSet::new();
     let mut problems = BTreeSet::new();
-    for raw in raw {
+    let mut raw = raw.peekable();
+    for raw in raw.by_ref().take(MAX_IPS_PER_SERVICE) {
         match raw.trim().parse::<IpAddr>() {
             Ok(ip) if policy.prefixes.iter().any(|prefix| prefix.contains(&ip)) => {
                 ips.insert(ip);
@@ -193,6 +206,9 @@ fn validate<'a>(
             }
         }
     }
+    if service.ips_over_limit || raw.peek().is_some() {
+        problems.insert(IpProblem::TooMany);
+    }
     (ips, problems)
 }
 
@@ -202,7 +218,7 @@ fn validate<'a>(
 /// status alone (another controller's, or nothing to say).
 pub fn ingress_to_publish(policy: &Policy, service: &ServiceSpec) -> Option<BTreeSet<IpAddr>> {
     let ips = if service.is_load_balancer && manages(policy, service) {
-        validate(policy, requested_by_spec(service)).0
+        validate(policy, service, requested_by_spec(service)).0
     } else {
         BTreeSet::new()
     };
@@ -226,7 +242,7 @@ pub fn decide<'a>(
             problems: BTreeSet::new(),
         };
     }
-    let (ips, problems) = validate(policy, requested_raw(policy, service));
+    let (ips, problems) = validate(policy, service, requested_raw(policy, service));
     let reason = if ips.is_empty() {
         Reason::NoManagedIp
     } else if policy.mode == Mode::Gateway {
@@ -711,6 +727,40 @@ mod tests {
             d.announced().copied().collect::<BTreeSet<_>>(),
             ips(&["10.0.100.7"])
         );
+    }
+
+    #[test]
+    fn only_the_first_ips_count_and_the_excess_is_one_problem() {
+        let p = policy(Mode::Gateway);
+        let many: Vec<String> = (0..200).map(|i| format!("10.0.100.{i}")).collect();
+        let mut svc = ServiceSpec {
+            external_ips: many,
+            ..lb("greedy", &["2001:db8:100::1"])
+        };
+        let d = decide(&p, &svc, []);
+        assert_eq!(d.ips.len(), MAX_IPS_PER_SERVICE);
+        assert!(
+            d.ips.contains(&ip("2001:db8:100::1")),
+            "the annotation comes first"
+        );
+        assert!(
+            !d.ips.contains(&ip("10.0.100.63")),
+            "the 65th IP is ignored"
+        );
+        assert_eq!(d.problems, BTreeSet::from([IpProblem::TooMany]));
+
+        // Already cut on arrival: still reported.
+        svc.external_ips.truncate(3);
+        svc.ips_over_limit = true;
+        assert!(decide(&p, &svc, []).problems.contains(&IpProblem::TooMany));
+
+        // Reported once, however the count changes.
+        let mut state = DesiredState::new(p);
+        let first = state.apply(ClusterChange::ServiceApplied(svc.clone()));
+        assert_eq!(first.problems, [(svc.key.clone(), IpProblem::TooMany)]);
+        svc.external_ips.push("10.0.100.99".into());
+        let again = state.apply(ClusterChange::ServiceApplied(svc));
+        assert!(again.problems.is_empty());
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub fn from_outcome(
         let reason = match problem {
             IpProblem::Malformed(_) => "InvalidIP",
             IpProblem::OutsidePrefixes(_) => "IPOutsidePrefixes",
+            IpProblem::TooMany => "TooManyIPs",
         };
         events.push(event(
             service,

@@ -10,15 +10,19 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant, SystemTime},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use serde::Deserialize as _;
+use k8s_openapi::api::core::v1::Service;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::model::{ClusterChange, DEFAULT_LOAD_BALANCER_CLASS, NodeSpec, ServiceSpec, SliceSpec};
+pub use super::manifest::ManifestError;
+use super::{
+    manifest::{Parsed, parse_file},
+    model::{ClusterChange, DEFAULT_LOAD_BALANCER_CLASS, ServiceSpec, SliceSpec},
+};
 use crate::{
     allocator::{parse_pools, pool_reports, request_from_service},
     crd::L3lbIPPool,
@@ -30,38 +34,11 @@ use crate::{
 /// for what it cannot see (a directory replaced or back after an outage, network filesystems,
 /// a watch that failed). inotify brings every other change at once.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// A parse taking longer than this is named in a warning: the limits keep every known hostile
+/// shape far below it, so it means one they miss (see [`super::limits::flow_depth`]).
+const SLOW_PARSE: Duration = Duration::from_secs(10);
 /// How often the directory is checked while no watch runs on it.
 const UNWATCHED_POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
-    #[error("{file}: reading: {source}")]
-    Read {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: document {document}: {source}")]
-    Parse {
-        file: PathBuf,
-        document: usize,
-        #[source]
-        source: serde_yaml::Error,
-    },
-}
-
-/// The objects parsed out of one file.
-#[derive(Clone, Debug, Default)]
-struct Parsed {
-    services: Vec<ServiceSpec>,
-    slices: Vec<SliceSpec>,
-    /// The Services as written, for the allocator (which needs labels and annotations the slim
-    /// model drops).
-    objects: Vec<Service>,
-    pools: Vec<L3lbIPPool>,
-    /// This node's `kind: Node` manifest, for maintenance (the exclusion label, a cordon).
-    node: Option<NodeSpec>,
-}
 
 /// A file's identity for change detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +56,9 @@ pub struct FileSource {
     files: BTreeMap<PathBuf, (Stamp, Parsed)>,
     /// Stamps whose failure was already logged, so a broken file warns once per version.
     reported: BTreeMap<PathBuf, Stamp>,
+    /// Entries that cannot be read or are no files, with what was logged about them: each
+    /// warns once, not on every scan.
+    unusable: BTreeMap<PathBuf, String>,
     load_balancer_class: String,
     /// Where the pools' state goes for `l3lb status`.
     pool_reports: Option<watch::Sender<Vec<PoolReport>>>,
@@ -86,6 +66,8 @@ pub struct FileSource {
     missing: bool,
     /// The inotify watch could not start last time (said once).
     watch_failed: bool,
+    /// The file being parsed, and since when: what the watchdog looks at.
+    parsing: Arc<Mutex<Option<(PathBuf, Instant)>>>,
 }
 
 impl FileSource {
@@ -96,10 +78,12 @@ impl FileSource {
             poll_interval,
             files: BTreeMap::new(),
             reported: BTreeMap::new(),
+            unusable: BTreeMap::new(),
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.into(),
             pool_reports: None,
             missing: false,
             watch_failed: false,
+            parsing: Arc::default(),
         }
     }
 
@@ -112,7 +96,8 @@ impl FileSource {
     }
 
     /// Sends the directory's contents as a relist now and after every change, until the receiver
-    /// goes away.
+    /// goes away. Reading and parsing block (up to a second for a hostile file at the limits):
+    /// the daemon runs this on a thread of its own, see [`FileSource::spawn`].
     pub async fn run(mut self, changes: mpsc::Sender<ClusterChange>) {
         info!(dir = %self.dir.display(), "reading Services and EndpointSlices from files");
         // Whether a relist went out yet: the first one does even when nothing changed.
@@ -225,17 +210,53 @@ impl FileSource {
         }
     }
 
+    /// Runs [`FileSource::run`] on a thread of its own, so a slow file never stalls the
+    /// runtime's workers, and the parser's garbage stays in that one thread's malloc arena
+    /// instead of being spread over (and kept by) the blocking pool's threads.
+    pub fn spawn(self, changes: mpsc::Sender<ClusterChange>) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let state = Arc::downgrade(&self.parsing);
+        std::thread::Builder::new()
+            .name("l3lb-manifests".into())
+            .spawn(move || runtime.block_on(self.run(changes)))?;
+        // A parse that never ends would stall the source without a word: the watchdog names the
+        // file. It ends with the source (the state it watches goes away).
+        std::thread::Builder::new()
+            .name("l3lb-manifests-watchdog".into())
+            .spawn(move || {
+                let mut warned = None;
+                while let Some(parsing) = state.upgrade() {
+                    let current = parsing
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    drop(parsing);
+                    if let Some((file, since)) = stalled(current, &mut warned, Instant::now()) {
+                        warn!(
+                            file = %file.display(),
+                            "still parsing this manifest after {:?}: the file source is stalled until it finishes; what is announced stays as it is",
+                            since.elapsed()
+                        );
+                    }
+                    std::thread::sleep(SLOW_PARSE / 4);
+                }
+            })?;
+        Ok(())
+    }
+
     /// Re-reads files whose stamp changed; true when anything differs from before.
     fn rescan(&mut self) -> bool {
-        let present = match manifest_files(&self.dir) {
-            Ok(present) => {
+        let listed = match manifest_files(&self.dir) {
+            Ok(listed) => {
                 self.missing = false;
-                present
+                listed
             }
             Err(err) => {
                 // A missing directory reads as the last known state, not as "delete everything".
                 if !self.missing {
-                    warn!(dir = %self.dir.display(), "cannot list manifests: {err}");
+                    warn!(dir = %self.dir.display(), "cannot list manifests, keeping the last known state: {err}");
                 }
                 self.missing = true;
                 return false;
@@ -243,9 +264,35 @@ impl FileSource {
         };
         let mut changed = false;
         let before = self.files.len();
-        self.files.retain(|path, _| present.contains_key(path));
+        // A file that cannot be read keeps its last good contents, as one that fails to parse.
+        self.files.retain(|path, _| {
+            matches!(
+                listed.get(path),
+                Some(Listed::File(_) | Listed::Unreadable(_))
+            )
+        });
         changed |= self.files.len() != before;
-        for (path, stamp) in present {
+        self.reported.retain(|path, _| listed.contains_key(path));
+        self.unusable.retain(|path, _| listed.contains_key(path));
+        for (path, entry) in listed {
+            let stamp = match entry {
+                Listed::File(stamp) => stamp,
+                Listed::Unreadable(reason) => {
+                    if self.unusable.get(&path) != Some(&reason) {
+                        warn!(file = %path.display(), "cannot read manifest, keeping its last good contents: {reason}");
+                        self.unusable.insert(path, reason);
+                    }
+                    continue;
+                }
+                Listed::NotAFile(what) => {
+                    if self.unusable.get(&path).map(String::as_str) != Some(what) {
+                        warn!(file = %path.display(), "ignoring {what}, not a manifest file");
+                        self.unusable.insert(path, what.to_owned());
+                    }
+                    continue;
+                }
+            };
+            self.unusable.remove(&path);
             if self
                 .files
                 .get(&path)
@@ -254,7 +301,11 @@ impl FileSource {
             {
                 continue;
             }
-            match parse_file(&path, &self.node) {
+            *self.parsing.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((path.clone(), Instant::now()));
+            let result = parse_file(&path, &self.node);
+            *self.parsing.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            match result {
                 Ok(parsed) => {
                     self.reported.remove(&path);
                     self.files.insert(path, (stamp, parsed));
@@ -322,7 +373,32 @@ impl FileSource {
     }
 }
 
-fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
+/// The file of a parse running longer than [`SLOW_PARSE`] at `now`, and when it started; once
+/// per parse (`warned` remembers the start of the last one reported).
+fn stalled(
+    parsing: Option<(PathBuf, Instant)>,
+    warned: &mut Option<Instant>,
+    now: Instant,
+) -> Option<(PathBuf, Instant)> {
+    let (file, since) = parsing?;
+    if now.saturating_duration_since(since) < SLOW_PARSE || *warned == Some(since) {
+        return None;
+    }
+    *warned = Some(since);
+    Some((file, since))
+}
+
+/// A directory entry named like a manifest.
+#[derive(Debug, PartialEq, Eq)]
+enum Listed {
+    File(Stamp),
+    /// It exists but cannot be looked at: a symlink loop, a permission error.
+    Unreadable(String),
+    /// A directory, FIFO, socket or device (reading a FIFO would block), or a dangling symlink.
+    NotAFile(&'static str),
+}
+
+fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Listed>> {
     let mut files = BTreeMap::new();
     let mut vanished = false;
     for entry in std::fs::read_dir(dir)? {
@@ -339,17 +415,23 @@ fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
         if !is_manifest || hidden {
             continue;
         }
-        let Ok(metadata) = std::fs::metadata(&path) else {
-            vanished = true;
-            continue; // removed between listing and stat
-        };
-        if metadata.is_file() {
-            let stamp = Stamp {
+        let listed = match std::fs::metadata(&path) {
+            Ok(metadata) if metadata.is_file() => Listed::File(Stamp {
                 modified: metadata.modified().ok(),
                 len: metadata.len(),
-            };
-            files.insert(path, stamp);
-        }
+            }),
+            Ok(metadata) => Listed::NotAFile(file_kind(&metadata)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    Listed::NotAFile("a symlink to nothing")
+                } else {
+                    vanished = true;
+                    continue; // removed between listing and stat
+                }
+            }
+            Err(err) => Listed::Unreadable(err.to_string()),
+        };
+        files.insert(path, listed);
     }
     // Files vanish one by one when they are deleted, and all at once when the directory itself
     // goes away (moved, unmounted) while it is read: then this is no listing at all, not a
@@ -360,335 +442,22 @@ fn manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
     Ok(files)
 }
 
-fn parse_file(path: &Path, node: &str) -> Result<Parsed, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-        file: path.to_owned(),
-        source,
-    })?;
-    parse_manifests(&text, node).map_err(|(document, source)| ManifestError::Parse {
-        file: path.to_owned(),
-        document,
-        source,
-    })
-}
-
-/// Parses a multi-document YAML (or JSON) text. Objects of other kinds are ignored; objects
-/// without a namespace land in `default`, as `kubectl apply` would put them.
-fn parse_manifests(text: &str, node: &str) -> Result<Parsed, (usize, serde_yaml::Error)> {
-    let mut parsed = Parsed::default();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document).map_err(|err| (index + 1, err))?;
-        collect(value, node, &mut parsed).map_err(|err| (index + 1, err))?;
+fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
     }
-    Ok(parsed)
-}
-
-fn collect(
-    value: serde_yaml::Value,
-    node: &str,
-    parsed: &mut Parsed,
-) -> Result<(), serde_yaml::Error> {
-    let kind = value
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or_default();
-    match kind {
-        "Service" => {
-            let mut service: Service = serde_yaml::from_value(value)?;
-            service
-                .metadata
-                .namespace
-                .get_or_insert_with(|| "default".into());
-            parsed.services.extend(ServiceSpec::from_service(&service));
-            parsed.objects.push(service);
-        }
-        "L3lbIPPool" => parsed.pools.push(serde_yaml::from_value(value)?),
-        "Node" => {
-            let spec = NodeSpec::from_node(&serde_yaml::from_value(value)?);
-            if let Some(spec) = spec.filter(|spec| spec.name == node) {
-                parsed.node = Some(spec);
-            }
-        }
-        "EndpointSlice" => {
-            let mut slice: EndpointSlice = serde_yaml::from_value(value)?;
-            slice
-                .metadata
-                .namespace
-                .get_or_insert_with(|| "default".into());
-            parsed
-                .slices
-                .extend(SliceSpec::from_endpoint_slice(&slice, node));
-        }
-        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
-            if let Some(serde_yaml::Value::Sequence(items)) = value.get("items").cloned() {
-                for item in items {
-                    collect(item, node, parsed)?;
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MANIFESTS: &str = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  annotations:
-    l3lb.io/loadBalancerIPs: "10.0.100.7, 2001:db8:100::7"
-spec:
-  type: LoadBalancer
-  ports: [{port: 80, targetPort: 8080}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-abc
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv4
-endpoints:
-  - addresses: [10.244.1.5]
-    nodeName: node-a
-    conditions: {ready: true}
-  - addresses: [10.244.2.5]
-    nodeName: node-b
-    conditions: {ready: false, serving: true, terminating: true}
-ports: [{port: 8080, protocol: TCP}]
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: ignored}
-"#;
-
-    #[test]
-    fn parses_services_and_slices_for_this_node() {
-        let parsed = parse_manifests(MANIFESTS, "node-b").expect("valid manifests");
-        assert_eq!(parsed.services.len(), 1);
-        let service = &parsed.services[0];
-        assert_eq!(service.key.to_string(), "default/web");
-        assert_eq!(service.annotation_ips, ["10.0.100.7", "2001:db8:100::7"]);
-        assert!(service.is_load_balancer);
-
-        assert_eq!(parsed.slices.len(), 1);
-        let slice = &parsed.slices[0];
-        assert_eq!(slice.service.as_ref().unwrap().to_string(), "default/web");
-        assert!(slice.any_ready, "node-a's endpoint is ready");
-        assert_eq!(slice.local.len(), 1, "only node-b's endpoint is kept");
-        assert!(!slice.local[0].ready && slice.local[0].serving && slice.local[0].terminating);
-        assert_eq!(slice.ports[0].port, 8080);
-    }
-
-    #[test]
-    fn reads_this_nodes_own_node_manifest() {
-        let text = "kind: Node\nmetadata:\n  name: node-a\n  labels:\n    \
-                    node.kubernetes.io/exclude-from-external-load-balancers: \"\"\n";
-        let here = parse_manifests(text, "node-a").expect("a Node");
-        assert!(
-            here.node
-                .is_some_and(|node| node.excluded && !node.cordoned)
-        );
-        let elsewhere = parse_manifests(text, "node-b").expect("a Node");
-        assert!(
-            elsewhere.node.is_none(),
-            "another node's object is not ours"
-        );
-    }
-
-    #[test]
-    fn a_broken_document_is_an_error_naming_it() {
-        let (document, _) = parse_manifests(
-            "kind: Service\nmetadata: {name: a}\n---\nkind: Service\nspec: [",
-            "n",
-        )
-        .expect_err("second document is broken");
-        assert_eq!(document, 2);
-    }
-
-    #[test]
-    fn broken_file_keeps_its_last_good_contents() {
-        let dir = std::env::temp_dir().join(format!("l3lb-file-source-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("web.yaml");
-        std::fs::write(&file, MANIFESTS).unwrap();
-        let mut source = FileSource::new(dir.clone(), "node-a".into(), DEFAULT_POLL_INTERVAL);
-        assert!(source.rescan());
-        assert_eq!(source.snapshot().0.len(), 1);
-
-        std::fs::write(&file, "kind: Service\nspec: [\n").unwrap();
-        source.rescan();
-        assert_eq!(
-            source.snapshot().0.len(),
-            1,
-            "the typo does not withdraw the service"
-        );
-
-        std::fs::remove_file(&file).unwrap();
-        assert!(source.rescan());
-        assert_eq!(
-            source.snapshot().0.len(),
-            0,
-            "a deleted file removes its objects"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    const POOLED: &str = r#"
-apiVersion: l3lb.io/v1alpha1
-kind: L3lbIPPool
-metadata: {name: small}
-spec:
-  blocks: [10.0.100.32/31]
----
-apiVersion: v1
-kind: Service
-metadata: {name: zeta}
-spec: {type: LoadBalancer, ports: [{port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: alpha}
-spec: {type: LoadBalancer, ports: [{port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: pinned
-  annotations: {l3lb.io/loadBalancerIPs: 10.0.100.32}
-spec: {type: LoadBalancer, ports: [{port: 80}]}
-"#;
-
-    #[test]
-    fn pools_in_the_files_give_every_node_the_same_addresses() {
-        let dir = tempfile_dir("pools");
-        std::fs::write(dir.join("all.yaml"), POOLED).unwrap();
-        let allocated_on = |node: &str| {
-            let (reports_tx, reports_rx) = watch::channel(Vec::new());
-            let mut source = FileSource::new(dir.clone(), node.into(), DEFAULT_POLL_INTERVAL)
-                .allocating(DEFAULT_LOAD_BALANCER_CLASS.into(), reports_tx);
-            source.rescan();
-            let services: BTreeMap<String, Vec<String>> = source
-                .snapshot()
-                .0
-                .into_iter()
-                .map(|s| (s.key.name.clone(), s.allocated_ips))
-                .collect();
-            (services, reports_rx.borrow().clone())
-        };
-        let (on_a, reports) = allocated_on("node-a");
-        let (on_b, _) = allocated_on("node-b");
-        assert_eq!(on_a, on_b, "every node computes the same");
-        // The pinned IP is reserved, so alpha (first by name) gets the other one and zeta none.
-        assert_eq!(on_a["alpha"], ["10.0.100.33"]);
-        assert!(on_a["zeta"].is_empty(), "the pool is exhausted");
-        assert!(
-            on_a["pinned"].is_empty(),
-            "a hand-picked IP is not written as an allocation"
-        );
-        assert_eq!(reports.len(), 1);
-        assert_eq!(reports[0].usage, "IPv4 2 used, 0 free of 2");
-        assert_eq!(reports[0].allocations, ["default/alpha 10.0.100.33"]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// The Services of the next relist the source sends, waiting at most `within`.
-    async fn next_services(
-        changes: &mut mpsc::Receiver<ClusterChange>,
-        within: Duration,
-    ) -> Option<usize> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, changes.recv()).await {
-                Ok(Some(ClusterChange::ServicesListed(services))) => return Some(services.len()),
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn changes_arrive_through_inotify_also_after_the_directory_was_away() {
-        let dir = tempfile_dir("inotify");
-        // An hour between polls: whatever arrives sooner came through the watch.
-        let source = FileSource::new(dir.clone(), "node-a".into(), Duration::from_secs(3600));
-        let (tx, mut changes) = mpsc::channel(16);
-        let task = tokio::spawn(source.run(tx));
-        let quick = Duration::from_secs(2);
-        assert_eq!(
-            next_services(&mut changes, quick).await,
-            Some(0),
-            "first relist"
-        );
-
-        std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
-        assert_eq!(
-            next_services(&mut changes, quick).await,
-            Some(1),
-            "a new file"
-        );
-
-        // An outage: the directory goes away and comes back. Nothing changes meanwhile (the
-        // last known state stands), and the watch starts again on the directory that returned.
-        let away = dir.with_extension("away");
-        std::fs::rename(&dir, &away).unwrap();
-        assert_eq!(
-            next_services(&mut changes, Duration::from_millis(500)).await,
-            None,
-            "a missing directory changes nothing"
-        );
-        // Changed as soon as it is back: without a watch the source polls every 100 ms, and
-        // with the new one it hears of it.
-        std::fs::rename(&away, &dir).unwrap();
-        std::fs::remove_file(dir.join("web.yaml")).unwrap();
-        assert_eq!(
-            next_services(&mut changes, quick).await,
-            Some(0),
-            "a change after the outage"
-        );
-        task.abort();
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn no_relist_until_the_directory_can_be_read() {
-        let dir = tempfile_dir("late");
-        std::fs::remove_dir(&dir).unwrap();
-        let source = FileSource::new(dir.clone(), "node-a".into(), Duration::from_secs(3600));
-        let (tx, mut changes) = mpsc::channel(16);
-        let task = tokio::spawn(source.run(tx));
-        assert_eq!(
-            next_services(&mut changes, Duration::from_millis(500)).await,
-            None,
-            "a missing directory is no empty cluster: it would withdraw what an earlier run left"
-        );
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
-        assert_eq!(
-            next_services(&mut changes, Duration::from_secs(2)).await,
-            Some(1)
-        );
-        task.abort();
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_dangling_manifest_is_skipped_while_the_directory_stays() {
-        let dir = tempfile_dir("dangling");
-        std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
-        std::os::unix::fs::symlink(dir.join("nowhere"), dir.join("gone.yaml")).unwrap();
-        let files = manifest_files(&dir).expect("the directory is there");
-        assert_eq!(files.len(), 1, "{files:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn tempfile_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("l3lb-file-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-}
+#[path = "file_tests.rs"]
+mod tests;

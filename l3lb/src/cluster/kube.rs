@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use super::model::{
     ClusterChange, NodeSpec, SERVICE_NAME_LABEL, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
-    has_unplaced_endpoints,
+    has_unplaced_endpoints, slice_over_limits,
 };
 use crate::metrics::{Metrics, WatchLabels};
 
@@ -176,6 +176,8 @@ pub async fn run(
     let slice_node = node.clone();
     // Services already reported for endpoints without nodeName: once each is enough.
     let unplaced = std::sync::Mutex::new(std::collections::HashSet::<ServiceKey>::new());
+    // Slices over the limits, warned about once each until they are within them again.
+    let over_limits = std::sync::Mutex::new(std::collections::HashSet::<SliceKey>::new());
     let slices = watch(
         Api::<EndpointSlice>::all(client),
         // Slices without the label belong to no Service (mirrored or hand-made ones); the API
@@ -184,6 +186,19 @@ pub async fn run(
         "endpointslices",
         move |slice: &EndpointSlice| {
             let spec = SliceSpec::from_endpoint_slice(slice, &slice_node)?;
+            let mut over = over_limits
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match slice_over_limits(slice, &slice_node) {
+                Some(excess) if over.insert(spec.key.clone()) => {
+                    warn!(slice = %spec.key, "EndpointSlice over the limits: {excess}");
+                }
+                Some(_) => {}
+                None => {
+                    over.remove(&spec.key);
+                }
+            }
+            drop(over);
             if has_unplaced_endpoints(slice)
                 && let Some(service) = &spec.service
                 && unplaced

@@ -2,4 +2,6 @@
 //! same [`model::ClusterChange`]s, so everything downstream is the same code path.
 pub mod file;
 pub mod kube;
+pub mod limits;
+mod manifest;
 pub mod model;

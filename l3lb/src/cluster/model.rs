@@ -11,6 +11,11 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
+use super::limits::{
+    MAX_ADDRESSES_PER_ENDPOINT, MAX_IPS_PER_SERVICE, MAX_LOCAL_ENDPOINTS_PER_SLICE, bounded,
+    split_list,
+};
+
 /// The `loadBalancerClass` l3lb answers to unless told otherwise.
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "l3lb.io/l3lb";
 
@@ -88,6 +93,8 @@ pub struct ServiceSpec {
     /// `sessionAffinity: ClientIP`: its timeout in seconds
     /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, default 10800); `None` without it.
     pub client_ip_affinity_secs: Option<u32>,
+    /// Some IP list held more than [`MAX_IPS_PER_SERVICE`] items; only the first were kept.
+    pub ips_over_limit: bool,
 }
 
 /// Who owns `status.loadBalancer.ingress` in the Service's `managedFields`.
@@ -169,21 +176,40 @@ impl ServiceSpec {
         let metadata = &service.metadata;
         let key = ServiceKey::new(metadata.namespace.clone()?, metadata.name.clone()?);
         let spec = service.spec.as_ref();
+        // Every list is cut to the per-Service limit here, on arrival, so a Service asking for
+        // thousands of IPs never keeps thousands of strings resident.
+        let mut over_limit = false;
+        let mut keep = |(items, more): (Vec<String>, bool)| {
+            over_limit |= more;
+            items
+        };
         let annotation = |name: &str| {
             metadata
                 .annotations
                 .as_ref()
                 .and_then(|annotations| annotations.get(name))
-                .map(|value| split_list(value))
+                .map(|value| split_list(value, MAX_IPS_PER_SERVICE))
                 .unwrap_or_default()
         };
-        let ingress_ips = service
-            .status
-            .as_ref()
-            .and_then(|status| status.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .map(|ingress| ingress.iter().filter_map(|i| i.ip.clone()).collect())
-            .unwrap_or_default();
+        let annotation_ips = keep(annotation(LOAD_BALANCER_IPS_ANNOTATION));
+        let allocated_ips = keep(annotation(ALLOCATED_IPS_ANNOTATION));
+        let ingress_ips = keep(bounded(
+            service
+                .status
+                .as_ref()
+                .and_then(|status| status.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref()),
+            MAX_IPS_PER_SERVICE,
+        ));
+        let external_ips = keep(bounded(
+            spec.and_then(|s| s.external_ips.as_ref())
+                .into_iter()
+                .flatten(),
+            MAX_IPS_PER_SERVICE,
+        ));
         let ports = spec
             .and_then(|spec| spec.ports.as_ref())
             .map(|ports| {
@@ -204,16 +230,15 @@ impl ServiceSpec {
             uid: metadata.uid.clone(),
             is_load_balancer: spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"),
             load_balancer_class: spec.and_then(|s| s.load_balancer_class.clone()),
-            annotation_ips: annotation(LOAD_BALANCER_IPS_ANNOTATION),
-            allocated_ips: annotation(ALLOCATED_IPS_ANNOTATION),
+            annotation_ips,
+            allocated_ips,
             load_balancer_ip: spec
-                .and_then(|s| s.load_balancer_ip.clone())
-                .filter(|ip| !ip.trim().is_empty()),
+                .and_then(|s| s.load_balancer_ip.as_deref())
+                .filter(|ip| !ip.trim().is_empty())
+                .map(super::limits::clip),
             ingress_ips,
             ingress_owner: IngressOwner::of(service),
-            external_ips: spec
-                .and_then(|s| s.external_ips.clone())
-                .unwrap_or_default(),
+            external_ips,
             ports,
             client_ip_affinity_secs: spec
                 .filter(|s| s.session_affinity.as_deref() == Some("ClientIP"))
@@ -226,6 +251,7 @@ impl ServiceSpec {
                         .filter(|&secs| secs > 0)
                         .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
                 }),
+            ips_over_limit: over_limit,
         })
     }
 }
@@ -265,9 +291,13 @@ impl SliceSpec {
             let serving = conditions.and_then(|c| c.serving).unwrap_or(ready_flag);
             let ready = ready_flag && !terminating;
             any_ready |= ready;
-            if endpoint.node_name.as_deref() == Some(node) {
+            // Past the limit the slice still counts towards `any_ready`; only what is kept
+            // resident is bounded.
+            if endpoint.node_name.as_deref() == Some(node)
+                && local.len() < MAX_LOCAL_ENDPOINTS_PER_SLICE
+            {
                 local.push(LocalEndpoint {
-                    addresses: endpoint.addresses.clone(),
+                    addresses: bounded(&endpoint.addresses, MAX_ADDRESSES_PER_ENDPOINT).0,
                     ready,
                     serving,
                     terminating,
@@ -296,13 +326,27 @@ impl SliceSpec {
     }
 }
 
-fn split_list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// How `slice` exceeds what l3lb keeps of it on `node` ([`MAX_LOCAL_ENDPOINTS_PER_SLICE`]
+/// endpoints, [`MAX_ADDRESSES_PER_ENDPOINT`] addresses each), for a warning; `None` within them.
+pub fn slice_over_limits(slice: &EndpointSlice, node: &str) -> Option<String> {
+    let endpoints = slice.endpoints.iter().flatten();
+    let local = endpoints
+        .clone()
+        .filter(|e| e.node_name.as_deref() == Some(node))
+        .count();
+    let most_addresses = endpoints.map(|e| e.addresses.len()).max().unwrap_or(0);
+    let mut excess = Vec::new();
+    if local > MAX_LOCAL_ENDPOINTS_PER_SLICE {
+        excess.push(format!(
+            "{local} endpoints on this node, only the first {MAX_LOCAL_ENDPOINTS_PER_SLICE} are used"
+        ));
+    }
+    if most_addresses > MAX_ADDRESSES_PER_ENDPOINT {
+        excess.push(format!(
+            "an endpoint with {most_addresses} addresses, only the first {MAX_ADDRESSES_PER_ENDPOINT} are used"
+        ));
+    }
+    (!excess.is_empty()).then(|| excess.join("; "))
 }
 
 /// One change from a cluster source. A relist replaces everything of its kind at once, which is
@@ -392,6 +436,41 @@ mod tests {
             "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}},
         }));
         assert_eq!(invalid.client_ip_affinity_secs, Some(10_800));
+    }
+
+    #[test]
+    fn lists_are_cut_to_the_limits_on_arrival() {
+        let many: Vec<String> = (0..100).map(|i| format!("10.0.100.{i}")).collect();
+        let spec = service(serde_json::json!({"externalIPs": many}));
+        assert_eq!(spec.external_ips.len(), MAX_IPS_PER_SERVICE);
+        assert!(spec.ips_over_limit);
+        let few = service(serde_json::json!({"externalIPs": ["10.0.100.1"]}));
+        assert!(!few.ips_over_limit);
+
+        let endpoint = |node: &str, addresses: usize| {
+            serde_json::json!({
+                "nodeName": node,
+                "addresses": (0..addresses).map(|i| format!("10.244.{}.{}", i / 256, i % 256)).collect::<Vec<_>>(),
+            })
+        };
+        let mut endpoints: Vec<_> = (0..1500).map(|_| endpoint("node-a", 1)).collect();
+        endpoints.push(endpoint("node-b", 150));
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "big"},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+        }))
+        .unwrap();
+        let here = SliceSpec::from_endpoint_slice(&slice, "node-a").unwrap();
+        assert_eq!(here.local.len(), MAX_LOCAL_ENDPOINTS_PER_SLICE);
+        assert!(here.any_ready);
+        let there = SliceSpec::from_endpoint_slice(&slice, "node-b").unwrap();
+        assert_eq!(there.local[0].addresses.len(), MAX_ADDRESSES_PER_ENDPOINT);
+        let excess = slice_over_limits(&slice, "node-a").expect("over the limits");
+        assert!(excess.contains("1500 endpoints on this node"), "{excess}");
+        assert!(excess.contains("150 addresses"), "{excess}");
+        let within = slice_over_limits(&slice, "node-c").expect("addresses still over");
+        assert!(!within.contains("endpoints on this node"), "{within}");
     }
 
     #[test]
