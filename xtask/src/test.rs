@@ -63,8 +63,9 @@ pub fn run(options: &Options) -> Result<()> {
     step("build l3lb", cmd::cargo().args(["build", "-p", "l3lb"]))?;
     step(
         "integration tests (privileged)",
+        // Every suite runs even when one fails, so a run shows all that is broken.
         cmd::cargo()
-            .args(["test", "--test", "*", "--"])
+            .args(["test", "--no-fail-fast", "--test", "*", "--"])
             .args(&filter)
             .env("L3LB_REQUIRE_PRIVILEGED", "1"),
     )?;
