@@ -65,6 +65,19 @@ impl NetNs {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The path MTU towards `to` that this namespace's route cache holds (`ip route get`), once
+    /// it learned one.
+    pub fn learned_mtu(&self, to: std::net::IpAddr) -> Option<u32> {
+        let route = self.ip(&["route", "get", &to.to_string()]);
+        let mut words = route.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == "mtu" {
+                return words.next()?.parse().ok();
+            }
+        }
+        None
+    }
+
     /// A command to run inside the namespace. Only the network namespace is entered (`nsenter`,
     /// not `ip netns exec`, which would remount /sys and hide bpffs).
     pub fn command(&self, program: &str) -> Command {

@@ -259,19 +259,6 @@ fn manifests(dir: &std::path::Path) {
     write_manifest(dir, "big", yaml);
 }
 
-/// The MTU the pod's route cache holds for `client` (`ip route get`), if any.
-fn learned_mtu(pod: &NetNs, client: &str) -> Option<u32> {
-    let family = if client.contains(':') { "-6" } else { "-4" };
-    let route = pod.ip(&[family, "route", "get", client]);
-    let mut words = route.split_whitespace();
-    while let Some(word) = words.next() {
-        if word == "mtu" {
-            return words.next()?.parse().ok();
-        }
-    }
-    None
-}
-
 #[test]
 fn path_mtu_discovery_and_pod_errors_go_through_the_fast_path() {
     if !privileged("path_mtu_discovery_and_pod_errors_go_through_the_fast_path") {
@@ -289,7 +276,7 @@ fn path_mtu_discovery_and_pod_errors_go_through_the_fast_path() {
         (SERVICE_V6, "fd01::2", CLIENT_MTU_V6),
     ] {
         assert_eq!(
-            learned_mtu(pod, client),
+            pod.learned_mtu(client.parse().expect("an address")),
             None,
             "no MTU learned for {client} before the download"
         );
@@ -313,7 +300,7 @@ fn path_mtu_discovery_and_pod_errors_go_through_the_fast_path() {
             "the router's error reached the pod through the fast path: {after}"
         );
         assert_eq!(
-            learned_mtu(pod, client),
+            pod.learned_mtu(client.parse().expect("an address")),
             Some(mtu),
             "the pod's route cache holds the client's path MTU"
         );

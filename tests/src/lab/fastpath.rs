@@ -9,7 +9,6 @@ use std::{
 };
 
 use super::{Lab, LabError, SERVICE_PORT, node::Node};
-use crate::netns::NetNs;
 
 /// Every lab's pins live under `/sys/fs/bpf/<lab>/`, one directory per node.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -113,20 +112,8 @@ impl Lab {
     /// The path MTU towards `to` that pod `pod`'s route cache holds (`ip route get`), if any.
     pub fn pod_path_mtu(&self, pod: &str, to: IpAddr) -> Option<u32> {
         let pod = self.pods.get(pod)?;
-        learned_mtu(&pod.ns, to)
+        pod.ns.learned_mtu(to)
     }
-}
-
-/// The MTU in `ip route get <to>`'s answer in `ns`: set once the route cache learned one.
-pub(super) fn learned_mtu(ns: &NetNs, to: IpAddr) -> Option<u32> {
-    let text = ns.ip(&["route", "get", &to.to_string()]);
-    let mut words = text.split_whitespace();
-    while let Some(word) = words.next() {
-        if word == "mtu" {
-            return words.next()?.parse().ok();
-        }
-    }
-    None
 }
 
 /// Stdout of a command that must succeed.
