@@ -25,6 +25,12 @@ use crate::{
 /// Upper bound on changes folded into one recompute, so a relist storm still yields to the loop.
 const MAX_BURST: usize = 1024;
 
+/// A fast-path sync slower than this is logged: it delays whatever waits behind it.
+const SLOW_FASTPATH_SYNC: Duration = Duration::from_millis(50);
+
+/// A reconcile of the interface slower than this is logged.
+const SLOW_RECONCILE: Duration = Duration::from_millis(50);
+
 /// How soon a failed reconcile is retried.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -112,7 +118,7 @@ impl Controller {
                     None => std::future::pending().await,
                 }
             };
-            let reconcile_now = tokio::select! {
+            let step = tokio::select! {
                 () = &mut shutdown => break,
                 change = changes.recv() => {
                     let Some(change) = change else { return Err(Error::SourceClosed) };
@@ -125,29 +131,53 @@ impl Controller {
                     }
                     let was_synced = self.synced();
                     let outcome = self.absorb(burst).await;
-                    // The first moment the picture is complete is when adoption ends.
-                    (self.synced() && !was_synced) || outcome.addresses_changed()
+                    Step::Absorbed { outcome: Box::new(outcome), was_synced }
                 }
                 Some(()) = next_event(&mut interface_events) => {
                     debug!("interface addresses changed");
-                    true
+                    Step::Reconcile
                 }
-                _ = resync.tick() => true,
-                () = retry => true,
+                _ = resync.tick() => {
+                    // Read the interface whole: whatever the event-fed view missed shows here.
+                    self.addresses.forget_view();
+                    Step::Reconcile
+                }
+                () = retry => Step::Reconcile,
                 Some(()) = leadership_gained(&mut leader) => {
                     self.report_cluster_warnings();
-                    false
+                    Step::Nothing
                 }
                 Some(reply) = reports.recv() => {
                     let _ = reply.send(self.report());
-                    false
+                    Step::Nothing
                 }
             };
-            if reconcile_now && self.synced() {
-                retry_at = match self.reconcile().await {
-                    Ok(()) => None,
-                    Err(()) => Some(Instant::now() + RETRY_AFTER),
-                };
+            match step {
+                Step::Nothing => {}
+                Step::Reconcile => self.reconcile_and_schedule(&mut retry_at).await,
+                Step::Absorbed {
+                    outcome,
+                    was_synced,
+                } => {
+                    // The first moment the picture is complete is when adoption ends.
+                    let first_sync = self.synced() && !was_synced;
+                    let reconcile_now = first_sync || outcome.addresses_changed();
+                    // An address is announced only once the fast path can steer its packets,
+                    // and withdrawn before anything else: the routers stop sending to a node
+                    // without a ready pod as soon as l3lb can tell them, whatever the fast
+                    // path's own work (route look-ups, attaching to pods' interfaces) costs.
+                    if first_sync || self.gains_addresses(&outcome) {
+                        self.sync_fastpath(&outcome, was_synced);
+                        if reconcile_now {
+                            self.reconcile_and_schedule(&mut retry_at).await;
+                        }
+                    } else {
+                        if reconcile_now {
+                            self.reconcile_and_schedule(&mut retry_at).await;
+                        }
+                        self.sync_fastpath(&outcome, was_synced);
+                    }
+                }
             }
         }
 
@@ -173,7 +203,6 @@ impl Controller {
 
     #[instrument(skip_all, fields(changes = burst.len()))]
     async fn absorb(&mut self, burst: Vec<ClusterChange>) -> Outcome {
-        let was_synced = self.synced();
         for change in &burst {
             match change {
                 ClusterChange::ServicesListed(_) => self.listed_services = true,
@@ -190,7 +219,6 @@ impl Controller {
             outcome.withdrawn.clear();
         }
         self.log_outcome(&outcome);
-        self.sync_fastpath(&outcome, was_synced);
         self.outputs
             .metrics
             .services_seen
@@ -231,11 +259,20 @@ impl Controller {
         let Some(fastpath) = self.outputs.fastpath.as_mut() else {
             return;
         };
+        let started = Instant::now();
         let errors = if was_synced {
             fastpath.sync_services(&self.state, &outcome.touched)
         } else {
             fastpath.sync_all(&self.state)
         };
+        let took = started.elapsed();
+        if took > SLOW_FASTPATH_SYNC {
+            info!(
+                services = outcome.touched.len(),
+                "fast path sync took {} ms",
+                took.as_millis()
+            );
+        }
         for err in errors {
             self.outputs
                 .metrics
@@ -326,6 +363,22 @@ impl Controller {
         }
     }
 
+    /// Whether this outcome puts an address on the interface that was not there.
+    fn gains_addresses(&self, outcome: &Outcome) -> bool {
+        !outcome.assumed.is_empty()
+            || (outcome.maintenance_changed && self.state.maintenance().is_none())
+    }
+
+    /// Reconciles once the picture is complete; a failure is retried soon.
+    async fn reconcile_and_schedule(&mut self, retry_at: &mut Option<Instant>) {
+        if self.synced() {
+            *retry_at = match self.reconcile().await {
+                Ok(()) => None,
+                Err(()) => Some(Instant::now() + RETRY_AFTER),
+            };
+        }
+    }
+
     /// Makes the interface match the desired addresses; `Err` means retry soon.
     async fn reconcile(&mut self) -> Result<(), ()> {
         let desired = self.state.addresses();
@@ -334,10 +387,18 @@ impl Controller {
             Weights::Endpoints => self.addresses.apply_weighted(self.state.weights()).await,
             Weights::None => self.addresses.apply(&desired).await,
         };
+        let took = started.elapsed();
         self.outputs
             .metrics
             .reconcile_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        if took > SLOW_RECONCILE {
+            info!(
+                "reconciling {} took {} ms",
+                self.addresses.interface(),
+                took.as_millis()
+            );
+        }
         let (changes, failure) = match result {
             Ok(changes) => (changes, None),
             Err(err) => (err.changes.clone(), Some(err)),
@@ -450,6 +511,17 @@ impl Controller {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// What one turn of the loop asks for.
+enum Step {
+    Nothing,
+    Reconcile,
+    /// A burst of cluster changes was folded into the desired state.
+    Absorbed {
+        outcome: Box<Outcome>,
+        was_synced: bool,
+    },
 }
 
 /// Resolves when `leader` turns true; never without an election.
