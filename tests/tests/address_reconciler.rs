@@ -721,3 +721,101 @@ mod raw {
         out
     }
 }
+
+/// With its address events followed, the reconciler reads `lo` from the kernel once and then
+/// keeps its own view: changes, and addresses added or deleted by hand, still converge, and
+/// only a resync reads the interface whole again.
+#[test]
+fn follows_the_interface_from_its_events_instead_of_reading_it_each_time() {
+    if !privileged("follows_the_interface_from_its_events_instead_of_reading_it_each_time") {
+        return;
+    }
+    let ns = NetNs::new("addr-view");
+    let (converged, dumps_during, dumps_after_resync) = in_ns(&ns, |name| async move {
+        let r = Arc::new(reconciler().await);
+        let mut events = r.address_events().expect("subscribe");
+        let (want, mut wanted) = tokio::sync::watch::channel(ips(&["10.0.100.1"]));
+        // The controller's loop: apply on every desired change and every address event.
+        let looped = r.clone();
+        let reconcile_loop = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = wanted.changed() => if changed.is_err() { break },
+                    event = events.recv() => if event.is_none() { break },
+                }
+                let desired = wanted.borrow_and_update().clone();
+                looped.apply(&desired).await.expect("apply");
+            }
+        });
+        let shows = |set: BTreeSet<IpAddr>| {
+            let name = name.clone();
+            async move {
+                poll_lo(&name, Duration::from_secs(5), |lo| {
+                    let ours: BTreeSet<String> = lo
+                        .iter()
+                        .filter(|a| a.starts_with("10.0.100.") || a.starts_with("2001:db8:100:"))
+                        .cloned()
+                        .collect();
+                    ours == set
+                        .iter()
+                        .map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
+                        .collect()
+                })
+                .await
+            }
+        };
+        want.send_modify(|_| {});
+        let mut converged = shows(ips(&["10.0.100.1"])).await;
+        let warm = r.dumps();
+
+        // Twenty changes, each a different set in both families.
+        for i in 0..20u8 {
+            let set = ips(&[
+                &format!("10.0.100.{}", 1 + i % 3),
+                &format!("10.0.100.{}", 10 + i % 5),
+                &format!("2001:db8:100::{}", 1 + i % 2),
+            ]);
+            want.send(set.clone()).expect("the loop runs");
+            converged &= shows(set).await;
+        }
+        let last = want.borrow().clone();
+        // By hand: an unmarked address inside the prefix (withdrawn), a wanted one deleted
+        // (restored), both seen only through the events.
+        let run = |args: &[&str]| {
+            let mut command = tokio::process::Command::new("ip");
+            command.args(["-n", &name]).args(args);
+            command
+        };
+        let out = run(&["addr", "add", "10.0.100.99/32", "dev", "lo"])
+            .output()
+            .await
+            .expect("ip addr add");
+        assert!(out.status.success(), "{out:?}");
+        converged &= shows(last.clone()).await;
+        let gone = last.iter().next().copied().unwrap();
+        let cidr = format!("{gone}/{}", if gone.is_ipv4() { 32 } else { 128 });
+        let out = run(&["addr", "del", &cidr, "dev", "lo"])
+            .output()
+            .await
+            .expect("ip addr del");
+        assert!(out.status.success(), "{out:?}");
+        converged &= shows(last.clone()).await;
+        let dumps_during = r.dumps() - warm;
+
+        r.forget_view();
+        want.send_modify(|_| {});
+        let resynced = Instant::now() + Duration::from_secs(5);
+        while r.dumps() == warm + dumps_during && Instant::now() < resynced {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let dumps_after_resync = r.dumps() - warm - dumps_during;
+        reconcile_loop.abort();
+        (converged, dumps_during, dumps_after_resync)
+    });
+    assert!(converged, "lo did not follow the desired sets");
+    assert_eq!(
+        dumps_during, 0,
+        "lo was read whole {dumps_during} times over 22 changes while its events were followed"
+    );
+    assert_eq!(dumps_after_resync, 1, "a resync reads lo once");
+}

@@ -34,7 +34,10 @@ use std::{
     fmt,
     net::IpAddr,
     pin::Pin,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -48,9 +51,12 @@ use rtnetlink::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, warn};
 
-use super::netlink::{
-    self, BatchHandle, Error, Interface, InterfaceAddress, Verb, add_address, del_address,
-    host_prefix_len, list_addresses, replace_address,
+use super::{
+    netlink::{
+        self, BatchHandle, Error, Interface, InterfaceAddress, Verb, add_address, del_address,
+        host_prefix_len, list_addresses, replace_address,
+    },
+    view::{self, AddressView},
 };
 
 /// The IFA_PROTO value l3lb marks its addresses with (`ip -d addr` shows `proto 76`, or
@@ -142,6 +148,12 @@ pub struct AddressReconciler {
     proto: u8,
     /// Set once the kernel has shown it cannot mark addresses with IFA_PROTO.
     no_marking: AtomicBool,
+    /// Set once a marked address was read back with its mark: the kernel keeps IFA_PROTO.
+    marking_verified: AtomicBool,
+    /// The interface's addresses as the address events left them (see [`view`]).
+    view: Arc<AddressView>,
+    /// How many times a reconcile read the interface whole.
+    dumps: AtomicU64,
     /// Serializes apply/withdraw_all, so two callers never race on the same addresses.
     apply_lock: tokio::sync::Mutex<()>,
     connections: [JoinHandle<()>; 2],
@@ -178,6 +190,9 @@ impl AddressReconciler {
             prefixes: prefixes.iter().map(IpNet::trunc).collect(),
             proto,
             no_marking: AtomicBool::new(false),
+            marking_verified: AtomicBool::new(false),
+            view: Arc::default(),
+            dumps: AtomicU64::new(0),
             apply_lock: tokio::sync::Mutex::new(()),
             connections: [tokio::spawn(connection), tokio::spawn(batch_connection)],
         };
@@ -202,6 +217,33 @@ impl AddressReconciler {
     /// on every host address inside the managed prefixes counts as owned.
     pub fn marking_available(&self) -> bool {
         !self.no_marking.load(Ordering::Relaxed)
+    }
+
+    /// How many times a reconcile has read the interface's addresses from the kernel. With
+    /// [`address_events`](Self::address_events) followed, that is once, then only after a
+    /// resync ([`forget_view`](Self::forget_view)), an overrun or a failure.
+    pub fn dumps(&self) -> u64 {
+        self.dumps.load(Ordering::Relaxed)
+    }
+
+    /// The next reconcile reads the interface from the kernel instead of the event-fed view
+    /// (the periodic resync: whatever the view might have missed, it is found there).
+    pub fn forget_view(&self) {
+        self.view.forget();
+    }
+
+    /// The interface and its addresses: from the view when it can be trusted, else read from
+    /// the kernel (and kept as the view when no event raced the read).
+    async fn current(&self) -> Result<(Interface, Vec<InterfaceAddress>), Error> {
+        if let Some(current) = self.view.current() {
+            return Ok(current);
+        }
+        let before = self.view.generation();
+        let interface = Interface::lookup(&self.handle, &self.interface).await?;
+        let current = list_addresses(&self.handle, &interface).await?;
+        self.dumps.fetch_add(1, Ordering::Relaxed);
+        self.view.install(before, &interface, &current);
+        Ok((interface, current))
     }
 
     /// The addresses l3lb owns on the interface now.
@@ -248,12 +290,7 @@ impl AddressReconciler {
         desired: &BTreeMap<IpAddr, Option<u32>>,
     ) -> Result<Changes, ApplyError> {
         let _serialized = self.apply_lock.lock().await;
-        let interface = Interface::lookup(&self.handle, &self.interface)
-            .await
-            .map_err(ApplyError::nothing_done)?;
-        let current = list_addresses(&self.handle, &interface)
-            .await
-            .map_err(ApplyError::nothing_done)?;
+        let (interface, current) = self.current().await.map_err(ApplyError::nothing_done)?;
         let present: BTreeMap<IpAddr, u32> = current
             .iter()
             .filter(|a| a.is_host())
@@ -298,8 +335,14 @@ impl AddressReconciler {
                 }
                 if let Some(want) = metric.filter(|&want| want != have) {
                     match self.reweigh(&interface, ip, proto, want).await {
-                        Ok(()) => {
+                        Ok(marked) => {
                             debug!(interface = %iface, "re-added {ip} with metric {want} (was {have})");
+                            self.view.added(InterfaceAddress {
+                                ip,
+                                prefix_len: host_prefix_len(ip),
+                                proto: marked,
+                                metric: want,
+                            });
                             changes.reweighted.insert(ip, want);
                         }
                         Err(error) => failures.push(error),
@@ -320,14 +363,24 @@ impl AddressReconciler {
                 Ok(added) => {
                     if added.proto_refused {
                         self.lose_marking("the kernel refused the IFA_PROTO attribute");
-                    } else if added.created && proto.is_some() {
+                    } else if added.created
+                        && proto.is_some()
+                        && !self.marking_verified.load(Ordering::Relaxed)
+                    {
                         to_verify.push(ip);
                     }
                     if added.created {
                         debug!(interface = %iface, "added {ip}");
+                        self.view.added(InterfaceAddress {
+                            ip,
+                            prefix_len: host_prefix_len(ip),
+                            proto: proto.filter(|_| !added.proto_refused),
+                            metric: metric.unwrap_or(0),
+                        });
                         changes.added.insert(ip);
                     } else {
                         debug!(interface = %iface, "address {ip} appeared on {iface} meanwhile");
+                        self.view.forget();
                     }
                 }
                 Err(error) => failures.push(error),
@@ -336,6 +389,7 @@ impl AddressReconciler {
         for &ip in owned.iter().filter(|ip| !desired.contains_key(ip)) {
             match del_address(&self.handle, &interface, ip, host_prefix_len(ip)).await {
                 Ok(true) => {
+                    self.view.removed(ip, host_prefix_len(ip));
                     if unmarked.contains(&ip) && self.marking_available() {
                         warn!(
                             interface = %iface,
@@ -350,7 +404,10 @@ impl AddressReconciler {
                     }
                     changes.removed.insert(ip);
                 }
-                Ok(false) => debug!(interface = %iface, "address {ip} was already gone"),
+                Ok(false) => {
+                    debug!(interface = %iface, "address {ip} was already gone");
+                    self.view.forget();
+                }
                 Err(error) => failures.push(error),
             }
         }
@@ -361,19 +418,22 @@ impl AddressReconciler {
         if failures.is_empty() {
             Ok(changes)
         } else {
+            // Whatever failed (a vanished interface, a refused address), the view may be wrong.
+            self.view.forget();
             Err(ApplyError { changes, failures })
         }
     }
 
     /// Gives an owned address a new metric; when only the delete half went through, adds the
-    /// address back at once (the route is then withdrawn for that moment, loudly).
+    /// address back at once (the route is then withdrawn for that moment, loudly). Returns the
+    /// mark the address now carries.
     async fn reweigh(
         &self,
         interface: &Interface,
         ip: IpAddr,
         proto: Option<u8>,
         metric: u32,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<u8>, Error> {
         let len = host_prefix_len(ip);
         match replace_address(&self.batch, interface, ip, len, proto, metric).await {
             Err(error) if error.op().verb == Verb::Add => {
@@ -385,10 +445,11 @@ impl AddressReconciler {
                     add_address(&self.handle, interface, ip, len, proto, Some(metric)).await?;
                 if added.proto_refused {
                     self.lose_marking("the kernel refused the IFA_PROTO attribute");
+                    return Ok(None);
                 }
-                Ok(())
+                Ok(proto)
             }
-            other => other,
+            other => other.map(|()| proto),
         }
     }
 
@@ -407,6 +468,10 @@ impl AddressReconciler {
             .any(|a| a.is_host() && added.contains(&a.ip) && a.proto.is_none());
         if unmarked {
             self.lose_marking("the kernel accepted IFA_PROTO but did not keep it");
+            // The view recorded the mark the kernel dropped.
+            self.view.forget();
+        } else {
+            self.marking_verified.store(true, Ordering::Relaxed);
         }
     }
 
@@ -453,6 +518,7 @@ impl AddressReconciler {
         let handle = self.handle.clone();
         let name = self.interface.clone();
         let prefixes = self.prefixes.clone();
+        let view = self.view.clone();
         let pump = tokio::spawn(async move {
             // Subscribed already (the socket is bound), so nothing is missed while this resolves.
             let index = match netlink::ifindex_of(&handle, &name).await {
@@ -462,11 +528,19 @@ impl AddressReconciler {
                     None
                 }
             };
+            // However the pump ends (the socket failed, or the subscription was dropped and
+            // this task aborted), the view stops being trusted.
+            let _unfollow = index.map(|index| {
+                view.follow(index);
+                Unfollow(view.clone())
+            });
             loop {
                 tokio::select! {
                     () = tx.closed() => break,
                     message = messages.next() => match message {
                         Some((message, _)) => {
+                            // The view first: the reconcile a notification causes must see it.
+                            update_view(&view, &message);
                             if is_relevant(&message, index, &prefixes) {
                                 // Full means a notification is already pending: coalesce.
                                 let _ = tx.try_send(());
@@ -520,6 +594,33 @@ impl Drop for AddressEvents {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Stops trusting the view when dropped.
+struct Unfollow(Arc<AddressView>);
+
+impl Drop for Unfollow {
+    fn drop(&mut self) {
+        self.0.unfollow();
+    }
+}
+
+/// Applies one message from the address events to the view.
+fn update_view(view: &AddressView, message: &NetlinkMessage<RouteNetlinkMessage>) {
+    match &message.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(address)) => {
+            if let Some(parsed) = netlink::parse_address(address) {
+                view.apply(address.header.index, view::Event::New(parsed));
+            }
+        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(address)) => {
+            if let Some(parsed) = netlink::parse_address(address) {
+                view.apply(address.header.index, view::Event::Del(parsed));
+            }
+        }
+        NetlinkPayload::Overrun(_) => view.overrun(),
+        _ => {}
     }
 }
 

@@ -10,6 +10,7 @@
 //! to someone else, and is never removed or changed.
 pub mod addresses;
 pub mod netlink;
+mod view;
 
 pub use addresses::{
     AddressEvents, AddressReconciler, ApplyError, Changes, DEFAULT_INTERFACE, L3LB_ADDR_PROTO,
