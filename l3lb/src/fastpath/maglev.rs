@@ -39,7 +39,7 @@ pub fn validate_table_size(size: u32) -> Result<u32, Error> {
 
 /// Builds a table of `size` entries (a prime) for backends identified by `names`; each entry is
 /// an index into `names`. Empty `names` gives an empty table.
-pub fn build_table(names: &[Vec<u8>], size: u32) -> Vec<u32> {
+pub fn build_table(names: &[impl AsRef<[u8]>], size: u32) -> Vec<u32> {
     if names.is_empty() {
         return Vec::new();
     }
@@ -47,6 +47,7 @@ pub fn build_table(names: &[Vec<u8>], size: u32) -> Vec<u32> {
     let permutation: Vec<(u64, u64)> = names
         .iter()
         .map(|name| {
+            let name = name.as_ref();
             let offset = hash(name, 0x9e37_79b9_7f4a_7c15) % m;
             let skip = hash(name, 0xc2b2_ae3d_27d4_eb4f) % (m - 1) + 1;
             (offset, skip)
@@ -181,6 +182,6 @@ mod tests {
         let mut other = names(4);
         other[0] = b"10.244.9.9:8080".to_vec();
         assert_ne!(build_table(&other, 251), build_table(&names(4), 251));
-        assert!(build_table(&[], 251).is_empty());
+        assert!(build_table(&[] as &[Vec<u8>], 251).is_empty());
     }
 }

@@ -67,7 +67,15 @@ struct Installed {
     targets: Vec<Target>,
     /// The session affinity timeout (seconds), when the service has `ClientIP` affinity.
     affinity: Option<u32>,
+    /// What each half of the region holds, as the backends (name, slot) its table was built
+    /// from; `None` when unknown (adopted from an earlier run, or a reused region). A table is
+    /// rewritten only where it differs from what its half holds: Maglev keeps consecutive
+    /// tables alike, so a change costs a few map updates, not one per entry.
+    halves: [Option<Live>; 2],
 }
+
+/// The backends that take new flows, by Maglev name and slot, in table order.
+type Live = Vec<(Vec<u8>, u32)>;
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
@@ -228,6 +236,7 @@ impl Tables {
                     targets,
                     affinity: (entry.flags & SERVICE_AFFINITY != 0)
                         .then_some(entry.affinity_timeout_secs),
+                    halves: [None, None],
                 },
             );
         }
@@ -305,19 +314,33 @@ impl Tables {
         }
 
         // Only backends that take new flows are in the table.
-        let live: Vec<(Vec<u8>, u32)> = targets
+        let live: Live = targets
             .iter()
             .zip(&ids)
             .filter(|(target, _)| !target.terminating)
             .map(|(target, id)| (target.name(), *id))
             .collect();
-        let names: Vec<Vec<u8>> = live.iter().map(|(name, _)| name.clone()).collect();
-        let table = maglev::build_table(&names, self.table_size);
+        let mut halves = match self.installed.get(&vip) {
+            Some(installed) => installed.halves.clone(),
+            None => [None, None],
+        };
+        let table = self.slots_table(&live);
         let base = (id * 2 + half) * self.table_size;
-        for (i, &backend) in table.iter().enumerate() {
-            self.maglev
-                .set(base + i as u32, live[backend as usize].1, 0)
-                .map_err(update(map_names::MAGLEV))?;
+        if !table.is_empty() {
+            let held = halves[half as usize]
+                .as_ref()
+                .map(|held| self.slots_table(held));
+            // A half left unwritten keeps what it held; a failure leaves it unknown.
+            halves[half as usize] = None;
+            for (i, &slot) in table.iter().enumerate() {
+                if held.as_ref().is_some_and(|held| held.get(i) == Some(&slot)) {
+                    continue;
+                }
+                self.maglev
+                    .set(base + i as u32, slot, 0)
+                    .map_err(update(map_names::MAGLEV))?;
+            }
+            halves[half as usize] = Some(live);
         }
         let entry = ServiceEntry {
             id,
@@ -341,6 +364,7 @@ impl Tables {
                 half,
                 targets: targets.to_vec(),
                 affinity,
+                halves,
             },
         );
         if let Some(previous) = previous {
@@ -350,6 +374,15 @@ impl Tables {
         }
         debug!(%vip, backends = targets.len(), "fast path updated");
         Ok(())
+    }
+
+    /// The Maglev table of `live` as backend slots (empty without a backend).
+    fn slots_table(&self, live: &Live) -> Vec<u32> {
+        let names: Vec<&[u8]> = live.iter().map(|(name, _)| name.as_slice()).collect();
+        maglev::build_table(&names, self.table_size)
+            .iter()
+            .map(|&backend| live[backend as usize].1)
+            .collect()
     }
 
     /// Stops steering `vip`.
