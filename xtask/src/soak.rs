@@ -21,14 +21,24 @@ pub struct Options {
     /// Do not print each change as it is made.
     #[arg(long)]
     quiet: bool,
+    /// Build and run optimised binaries (l3lb as operators run it); the default is the debug
+    /// build CI tests.
+    #[arg(long)]
+    release: bool,
 }
 
 pub fn run(options: &Options) -> Result<()> {
     bootstrap::require_root_linux("cargo xtask soak")?;
     bootstrap::ebpf_toolchain()?;
     bootstrap::debian_packages(bootstrap::LAB_PACKAGES)?;
-    cmd::run(cmd::cargo().args(["build", "-p", "l3lb", "-p", "l3lb-tests", "--bins"]))?;
-    let mut soak = Command::new(cmd::target_dir().join("debug/l3lb-soak"));
+    let mut build = cmd::cargo();
+    build.args(["build", "-p", "l3lb", "-p", "l3lb-tests", "--bins"]);
+    if options.release {
+        build.arg("--release");
+    }
+    cmd::run(&mut build)?;
+    let profile = if options.release { "release" } else { "debug" };
+    let mut soak = Command::new(cmd::target_dir().join(profile).join("l3lb-soak"));
     soak.current_dir(cmd::workspace_root())
         .args(["--minutes", &options.minutes.to_string()])
         .args(["--allowance-ms", &options.allowance_ms.to_string()]);
