@@ -516,16 +516,18 @@ pub async fn del_address(
     }
 }
 
+/// `lo` with index 1, for unit tests.
+#[cfg(test)]
+pub(super) fn test_lo() -> Interface {
+    Interface {
+        name: "lo".into(),
+        index: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn lo() -> Interface {
-        Interface {
-            name: "lo".into(),
-            index: 1,
-        }
-    }
+    use super::{test_lo as lo, *};
 
     #[test]
     fn errors_name_verb_address_and_interface() {

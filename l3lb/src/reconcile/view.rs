@@ -166,14 +166,7 @@ impl AddressView {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn lo() -> Interface {
-        Interface {
-            name: "lo".into(),
-            index: 1,
-        }
-    }
+    use super::{super::netlink::test_lo as lo, *};
 
     fn address(ip: &str) -> InterfaceAddress {
         let ip: IpAddr = ip.parse().unwrap();
