@@ -59,7 +59,8 @@ pub struct RunConfig {
     pub kubeconfig: Option<PathBuf>,
 
     /// Full resync of the interface against the desired state, as a safety net behind the
-    /// event-driven updates (e.g. `30s`, `5m`).
+    /// event-driven updates (e.g. `30s`, `5m`): the interface's addresses are read from the
+    /// kernel again; between resyncs l3lb follows them through netlink address events.
     #[arg(long, env = "L3LB_RESYNC_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub resync_interval: Duration,
 
