@@ -72,7 +72,9 @@ impl Node {
         let mut command = self.ns.command(&how.binary.to_string_lossy());
         command
             .args(["run", "--node-name", &self.name, "--prefix", &prefixes])
-            .args(["--interface", "lo", "--source", &source]);
+            .args(["--interface", "lo", "--source", &source])
+            // The nodes' FRR has weights.conf: the router weights each node by its ready pods.
+            .args(["--weights", "endpoints"]);
         if let Some(pin_root) = how.pin_root {
             command
                 .args(["--xdp", "--xdp-iface", "uplink", "--pin-root"])
