@@ -603,11 +603,17 @@ fn frr_unnumbered_configs_match_the_numbered_ones() {
         "  neighbor NODES route-map L3LB-TO-NODES out",
         "  maximum-paths 16",
     ] {
-        assert!(router.contains(line), "router-unnumbered.conf has no `{line}`");
+        assert!(
+            router.contains(line),
+            "router-unnumbered.conf has no `{line}`"
+        );
     }
     // Both address families of the one session per node.
     assert_eq!(router.matches("  neighbor NODES activate").count(), 2);
-    assert_eq!(router.matches("  neighbor NODES default-originate").count(), 2);
+    assert_eq!(
+        router.matches("  neighbor NODES default-originate").count(),
+        2
+    );
 }
 
 #[test]

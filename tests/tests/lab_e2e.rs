@@ -53,6 +53,7 @@ fn lab_with(
     options.l3lb_args = l3lb_args.iter().map(|arg| arg.to_string()).collect();
     options.fast_path = fast_path;
     options.numbered = numbered;
+    options.weights = true;
     let lab = Lab::up(options).unwrap_or_else(|err| panic!("bringing the lab up: {err}"));
     (turn, lab)
 }
@@ -240,7 +241,11 @@ fn a_service_without_an_ip_gets_one_from_a_pool() {
     // Numbered: the router's next hops are the nodes' addresses on their /30s.
     let hops = lab.router_hops(allocated).expect("a route");
     let vias: BTreeSet<&str> = hops.iter().map(|hop| hop.via.as_str()).collect();
-    assert_eq!(vias, BTreeSet::from(["172.16.1.2", "172.16.3.2"]), "{hops:?}");
+    assert_eq!(
+        vias,
+        BTreeSet::from(["172.16.1.2", "172.16.3.2"]),
+        "{hops:?}"
+    );
 }
 
 /// Only service host routes reach the router: l3lb ignores a service IP outside its prefixes,

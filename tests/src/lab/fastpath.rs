@@ -102,12 +102,14 @@ impl Lab {
     /// `reply_redirected`, `reply_to_stack`, …) so far.
     pub fn reason_packets(&self, node: usize, reason: &str) -> Result<u64, LabError> {
         let report = self.inspect_json(node)?;
-        report["reasons"][reason]["packets"].as_u64().ok_or_else(|| {
-            LabError::Failed(format!(
-                "l3lb inspect of {} counts no reason {reason}: {report}",
-                self.nodes[node].name
-            ))
-        })
+        report["reasons"][reason]["packets"]
+            .as_u64()
+            .ok_or_else(|| {
+                LabError::Failed(format!(
+                    "l3lb inspect of {} counts no reason {reason}: {report}",
+                    self.nodes[node].name
+                ))
+            })
     }
 
     /// The nftables rules of node `node` that DNAT (none with the fast path).

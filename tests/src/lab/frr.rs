@@ -59,10 +59,13 @@ impl Role {
 pub(super) struct Fabric {
     /// Numbered sessions (`node.conf`, `router.conf`) instead of BGP unnumbered.
     pub numbered: bool,
+    /// The nodes' config gets weights.conf (their l3lbs run `--weights endpoints`).
+    pub weights: bool,
     pub nodes: usize,
 }
 
-/// bgpd's config for `role`: the shipped configs, and on the nodes `weights.conf` after them.
+/// bgpd's config for `role`: the shipped configs, and with weights on the nodes `weights.conf`
+/// after them.
 pub(super) fn bgpd_conf(role: Role, fabric: Fabric) -> String {
     match role {
         Role::Router if fabric.numbered => fill(
@@ -105,7 +108,11 @@ pub(super) fn bgpd_conf(role: Role, fabric: Fabric) -> String {
                 values.push(("UPLINK", "uplink".to_owned()));
                 fill(NODE_UNNUMBERED_CONF, &values)
             };
-            conf + WEIGHTS_CONF
+            if fabric.weights {
+                conf + WEIGHTS_CONF
+            } else {
+                conf
+            }
         }
     }
 }
@@ -605,6 +612,7 @@ mod tests {
     fn the_deployed_configs_fill_completely() {
         let numbered = Fabric {
             numbered: true,
+            weights: true,
             nodes: 3,
         };
         let router = bgpd_conf(Role::Router, numbered);
@@ -619,6 +627,7 @@ mod tests {
     fn unnumbered_configs_peer_over_interfaces() {
         let unnumbered = Fabric {
             numbered: false,
+            weights: false,
             nodes: 3,
         };
         let router = bgpd_conf(Role::Router, unnumbered);
@@ -635,7 +644,7 @@ mod tests {
             "{node}"
         );
         assert!(node.contains("bgp router-id 172.16.2.2"), "{node}");
-        assert!(node.contains("route-map L3LB-WEIGHT permit 64"), "{node}");
+        assert!(!node.contains("L3LB-WEIGHT"), "{node}");
         // The placeholder's own documentation line stays a comment.
         assert!(router.contains("!   {{NODE_INTERFACE}}"), "{router}");
     }

@@ -16,12 +16,13 @@
 //! over BGP. The FRR configs are `deploy/frr/node-unnumbered.conf` and
 //! `deploy/frr/router-unnumbered.conf`; with [`LabOptions::numbered`], the links get a /30 and a
 //! /64 each and the configs are `deploy/frr/node.conf` and `deploy/frr/router.conf` (one session
-//! per family and node). Either way their placeholders are filled in and nothing else, and the
-//! nodes' config gets `deploy/frr/weights.conf` (`l3lb frr-config`) appended: every l3lb runs
-//! with `--weights endpoints`. All l3lbs read the same manifest directory (`--source file:`);
+//! per family and node). Either way their placeholders are filled in and nothing else; with
+//! [`LabOptions::weights`] (the walk-through and the e2e tests) the nodes' config gets
+//! `deploy/frr/weights.conf` (`l3lb frr-config`) appended and every l3lb runs with `--weights
+//! endpoints`. All l3lbs read the same manifest directory (`--source file:`);
 //! each announces what runs on its node, FRR redistributes `lo`, and the router ends up with one
-//! multipath route per service IP across the nodes that host a ready pod, each next hop weighted
-//! by that node's ready pods.
+//! multipath route per service IP across the nodes that host a ready pod (with weights, each
+//! next hop weighted by that node's ready pods).
 //!
 //! Pods are namespaces behind their node (a veth, a /30 and a /64 each) running `lab-pod`, which
 //! answers HTTP with its own name (or with N bytes for `GET /bytes/N`). A request to a service IP
@@ -116,6 +117,11 @@ pub struct LabOptions {
     /// Numbered BGP sessions (a /30 and a /64 per link, `deploy/frr/{node,router}.conf`)
     /// instead of BGP unnumbered (the default).
     pub numbered: bool,
+    /// Every l3lb runs with `--weights endpoints` and the nodes' FRR has
+    /// `deploy/frr/weights.conf`: the router weights each node's next hop by its ready pods
+    /// (the walk-through and the e2e tests). Off (the default, and the soak's), plain ECMP, as
+    /// l3lb's own default `--weights none`.
+    pub weights: bool,
     pub l3lb: PathBuf,
     pub pod_server: PathBuf,
     /// When set (by a signal handler), every wait gives up with [`LabError::Interrupted`].
@@ -133,6 +139,7 @@ impl LabOptions {
             l3lb_args: Vec::new(),
             fast_path: true,
             numbered: false,
+            weights: false,
             l3lb: l3lb_binary(),
             pod_server: pod_binary(),
             cancel: None,
@@ -349,7 +356,12 @@ impl Lab {
     /// A description of the fabric: namespaces, links, addresses, ASNs.
     pub fn topology(&self) -> String {
         let nodes: Vec<&str> = self.nodes.iter().map(|node| node.ns.name()).collect();
-        topology::describe(self.name(), &nodes, self.options.numbered)
+        topology::describe(
+            self.name(),
+            &nodes,
+            self.options.numbered,
+            self.options.weights,
+        )
     }
 
     /// The router's routes, for sampling from another thread.
@@ -508,6 +520,7 @@ impl Lab {
             extra_args: &self.options.l3lb_args,
             manifests: self.manifests.dir(),
             pin_root: self.options.fast_path.then_some(pin_root.as_path()),
+            weights: self.options.weights,
             cancel: self.options.cancel,
         };
         self.nodes[node].start_l3lb(&how)
@@ -554,12 +567,7 @@ impl Lab {
             self.nodes.len()
         };
         let deadline = Duration::from_secs(30);
-        frr::wait_sessions(
-            &self.frr_dir(None),
-            sessions,
-            self.options.cancel,
-            deadline,
-        )?;
+        frr::wait_sessions(&self.frr_dir(None), sessions, self.options.cancel, deadline)?;
         if !self.options.numbered {
             for node in &self.nodes {
                 frr::wait_default_routes(&node.ns, self.options.cancel, deadline)?;
@@ -571,6 +579,7 @@ impl Lab {
     fn fabric(&self) -> Fabric {
         Fabric {
             numbered: self.options.numbered,
+            weights: self.options.weights,
             nodes: self.options.nodes,
         }
     }

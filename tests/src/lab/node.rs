@@ -34,6 +34,8 @@ pub(super) struct L3lbCommand<'a> {
     pub manifests: &'a Path,
     /// With the fast path: where the node's l3lb pins its maps and links.
     pub pin_root: Option<&'a Path>,
+    /// `--weights endpoints` (the node's FRR has weights.conf).
+    pub weights: bool,
     pub cancel: Option<&'static AtomicBool>,
 }
 
@@ -72,9 +74,10 @@ impl Node {
         let mut command = self.ns.command(&how.binary.to_string_lossy());
         command
             .args(["run", "--node-name", &self.name, "--prefix", &prefixes])
-            .args(["--interface", "lo", "--source", &source])
-            // The nodes' FRR has weights.conf: the router weights each node by its ready pods.
-            .args(["--weights", "endpoints"]);
+            .args(["--interface", "lo", "--source", &source]);
+        if how.weights {
+            command.args(["--weights", "endpoints"]);
+        }
         if let Some(pin_root) = how.pin_root {
             command
                 .args(["--xdp", "--xdp-iface", "uplink", "--pin-root"])

@@ -234,9 +234,10 @@ fn sysctl(ns: &NetNs, settings: &[(&str, &str)]) {
 
 /// A description of the fabric of lab `name` with node namespaces `nodes`: namespaces, links,
 /// addresses, ASNs.
-pub(super) fn describe(name: &str, nodes: &[&str], numbered: bool) -> String {
+pub(super) fn describe(name: &str, nodes: &[&str], numbered: bool, weights: bool) -> String {
     let mut out = String::new();
-    let head = format!("  client ─── router (AS {ROUTER_ASN}, weighted ECMP) ─");
+    let multipath = if weights { "weighted ECMP" } else { "ECMP" };
+    let head = format!("  client ─── router (AS {ROUTER_ASN}, {multipath}) ─");
     let indent = " ".repeat(head.chars().count());
     for index in 0..nodes.len() {
         let branch = match (index, nodes.len()) {
@@ -285,9 +286,13 @@ pub(super) fn describe(name: &str, nodes: &[&str], numbered: bool) -> String {
             "uplink with only its IPv6 link-local address, default routes from the router"
                 .to_owned()
         };
+        let l3lb = if weights {
+            ", l3lb --weights endpoints"
+        } else {
+            ""
+        };
         out += &format!(
-            "  {:<8} {:<22} AS {}, {uplink}, pods in 10.244.{n}.0/24 fd00:244:{n:x}::/48, \
-             l3lb --weights endpoints\n",
+            "  {:<8} {:<22} AS {}, {uplink}, pods in 10.244.{n}.0/24 fd00:244:{n:x}::/48{l3lb}\n",
             node_name(index),
             ns,
             FIRST_NODE_ASN + index as u32

@@ -190,7 +190,8 @@ fn demo(args: &Args) -> Result<(), LabError> {
         },
         Step {
             title: format!(
-                "scale {SERVICE} to {}: a second pod on {}, which the router now weights 2:1",
+                "scale {SERVICE} to {}: a second pod on {}, which the router now weights twice \
+                 as much as each other node",
                 nodes + 1,
                 lab::node_name(0)
             ),
@@ -234,6 +235,7 @@ fn demo(args: &Args) -> Result<(), LabError> {
     options.progress = true;
     options.fast_path = !args.no_xdp;
     options.numbered = args.numbered;
+    options.weights = true;
     let mut lab = Lab::up(options)?;
     println!(
         "  up in {} ms, all BGP sessions established\n",
@@ -285,8 +287,7 @@ fn demo(args: &Args) -> Result<(), LabError> {
             }
         };
         let want: &[(usize, u32)] = &step.pods;
-        let took =
-            lab.wait_weights(&[(v4, want), (v6, want)], changed_at, CONVERGENCE_DEADLINE)?;
+        let took = lab.wait_weights(&[(v4, want), (v6, want)], changed_at, CONVERGENCE_DEADLINE)?;
         let set: BTreeSet<usize> = want.iter().map(|&(node, _)| node).collect();
         let what = match want.len() {
             0 => "no route".to_owned(),
