@@ -353,20 +353,29 @@ fn the_fast_path_carries_the_service_and_path_mtu_discovery() {
     // The pods' replies leave through the uplink straight from TC (`bpf_fib_lookup`, then
     // `bpf_redirect`/`bpf_redirect_neigh`): on BGP unnumbered the node's default route is via
     // the router's IPv6 link-local address, for IPv4 too, and the lookup must resolve it.
-    let redirected = |lab: &Lab| -> Vec<u64> {
+    let counted = |lab: &Lab, reason: &str| -> Vec<u64> {
         (0..lab.nodes())
             .map(|node| {
-                lab.reason_packets(node, "reply_redirected")
+                lab.reason_packets(node, reason)
                     .unwrap_or_else(|err| panic!("{err}"))
             })
             .collect()
     };
+    let redirected = |lab: &Lab| counted(lab, "reply_redirected");
     let (before, replies_before) = (steered(&lab), redirected(&lab));
+    let to_stack_before = counted(&lab, "reply_to_stack");
     let mut landed = landings(&mut lab, v4, &[0, 1, 2]);
     for (node, count) in landings(&mut lab, v6, &[0, 1, 2]) {
         *landed.entry(node).or_default() += count;
     }
     let (after, replies_after) = (steered(&lab), redirected(&lab));
+    // None of them needed the kernel's routing: the lookup found the gateway (or had
+    // `bpf_redirect_neigh` resolve it).
+    assert_eq!(
+        counted(&lab, "reply_to_stack"),
+        to_stack_before,
+        "replies went to the nodes' stacks"
+    );
     for node in 0..lab.nodes() {
         // A connection is at least its SYN, the ACK of the reply, the request and a FIN.
         let connections = landed[&lab::node_name(node)] as u64;
