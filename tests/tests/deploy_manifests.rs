@@ -548,13 +548,72 @@ fn frr_weights_snippet_is_what_frr_config_prints() {
         "deploy/frr/weights.conf differs from `l3lb frr-config`: regenerate it with \
          `cargo run -p l3lb -- frr-config > deploy/frr/weights.conf`"
     );
-    // It hooks into the service route-map node.conf really has.
-    let node = std::fs::read_to_string(root().join("deploy/frr/node.conf"))
-        .expect("reading deploy/frr/node.conf");
-    for entry in ["permit 10", "permit 20"] {
-        let line = format!("route-map {} {entry}", l3lb::weights::SERVICES_ROUTE_MAP);
-        assert!(node.contains(&line), "node.conf has no `{line}`");
+    // It hooks into the service route-map both node configs really have.
+    for file in ["node.conf", "node-unnumbered.conf"] {
+        let node = std::fs::read_to_string(root().join("deploy/frr").join(file))
+            .unwrap_or_else(|err| panic!("reading deploy/frr/{file}: {err}"));
+        for entry in ["permit 10", "permit 20"] {
+            let line = format!("route-map {} {entry}", l3lb::weights::SERVICES_ROUTE_MAP);
+            assert!(node.contains(&line), "{file} has no `{line}`");
+        }
     }
+}
+
+/// The unnumbered configs filter exactly as the numbered ones (the same prefix-lists and
+/// route-maps), peer over interfaces, and the router keeps what weighted multipath needs.
+/// (The lab e2e runs both pairs in real FRR.)
+#[test]
+fn frr_unnumbered_configs_match_the_numbered_ones() {
+    let read = |file: &str| {
+        std::fs::read_to_string(root().join("deploy/frr").join(file))
+            .unwrap_or_else(|err| panic!("reading deploy/frr/{file}: {err}"))
+    };
+    // Everything before `router bgp`, comments aside: prefix-lists and route-maps.
+    let policy = |text: &str| -> Vec<String> {
+        text.lines()
+            .take_while(|line| !line.starts_with("router bgp"))
+            .filter(|line| !line.trim_start().starts_with('!') && !line.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    for (numbered, unnumbered) in [
+        ("node.conf", "node-unnumbered.conf"),
+        ("router.conf", "router-unnumbered.conf"),
+    ] {
+        assert_eq!(
+            policy(&read(numbered)),
+            policy(&read(unnumbered)),
+            "{unnumbered} filters differently from {numbered}"
+        );
+    }
+    let node = read("node-unnumbered.conf");
+    for line in [
+        " neighbor {{UPLINK}} interface remote-as external",
+        "  neighbor {{UPLINK}} activate",
+        "  neighbor {{UPLINK}} route-map L3LB-SERVICES out",
+    ] {
+        assert!(node.contains(line), "node-unnumbered.conf has no `{line}`");
+    }
+    assert_eq!(node.matches("  neighbor {{UPLINK}} activate").count(), 2);
+    let router = read("router-unnumbered.conf");
+    for line in [
+        " neighbor {{NODE_INTERFACE}} interface peer-group NODES",
+        " bgp bestpath as-path multipath-relax",
+        "  neighbor NODES default-originate",
+        "  neighbor NODES route-map L3LB-TO-NODES out",
+        "  maximum-paths 16",
+    ] {
+        assert!(
+            router.contains(line),
+            "router-unnumbered.conf has no `{line}`"
+        );
+    }
+    // Both address families of the one session per node.
+    assert_eq!(router.matches("  neighbor NODES activate").count(), 2);
+    assert_eq!(
+        router.matches("  neighbor NODES default-originate").count(),
+        2
+    );
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! End to end on the lab (`l3lb_tests::lab`): a router and three nodes running FRR in network
-//! namespaces, a real `l3lb` per node with its fast path (one test runs the nodes the
-//! `--no-xdp` way, with nftables DNAT), pods, and a client. Each test drives manifests and checks
-//! what the router ends up with: the ECMP route to a service IP goes through exactly the nodes
-//! that host a ready pod, and the client's connections land only on those pods.
+//! namespaces over BGP unnumbered (one test runs `--numbered` sessions), a real `l3lb` per node
+//! with its fast path and `--weights endpoints` (one test runs the nodes the `--no-xdp` way, with
+//! nftables DNAT), pods, and a client. Each test drives manifests and checks what the router ends
+//! up with: the multipath route to a service IP goes through exactly the nodes that host a ready
+//! pod, weighted by their ready pods, and the client's connections land only on those pods.
 //!
 //! Needs root, FRR, nftables, bpftool and curl, and `target/debug/l3lb` (`cargo build -p l3lb`; `cargo
 //! xtask test` builds it). Labs are heavy (eight FRR daemons each), so the tests take turns.
@@ -30,11 +31,17 @@ fn ip(text: &str) -> IpAddr {
 /// A lab of its own for one test (unique namespace names), with the fast path, after the
 /// previous test's lab is gone. The guard must outlive the lab: declare it first.
 fn lab_for(tag: &str, l3lb_args: &[&str]) -> (MutexGuard<'static, ()>, Lab) {
-    lab_with(tag, l3lb_args, true)
+    lab_with(tag, l3lb_args, true, false)
 }
 
-/// [`lab_for`], with the fast path or with the nodes' nftables DNAT instead.
-fn lab_with(tag: &str, l3lb_args: &[&str], fast_path: bool) -> (MutexGuard<'static, ()>, Lab) {
+/// [`lab_for`], with the fast path or with the nodes' nftables DNAT instead, BGP unnumbered or
+/// numbered.
+fn lab_with(
+    tag: &str,
+    l3lb_args: &[&str],
+    fast_path: bool,
+    numbered: bool,
+) -> (MutexGuard<'static, ()>, Lab) {
     let turn = ONE_LAB_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -45,6 +52,8 @@ fn lab_with(tag: &str, l3lb_args: &[&str], fast_path: bool) -> (MutexGuard<'stat
     let mut options = LabOptions::new(&format!("l3lb-e2e-{}-{tag}", std::process::id()));
     options.l3lb_args = l3lb_args.iter().map(|arg| arg.to_string()).collect();
     options.fast_path = fast_path;
+    options.numbered = numbered;
+    options.weights = true;
     let lab = Lab::up(options).unwrap_or_else(|err| panic!("bringing the lab up: {err}"));
     (turn, lab)
 }
@@ -202,13 +211,15 @@ fn anycast_route_follows_the_ready_pods() {
 
 /// A Service that names no IP gets one from the `L3lbIPPool` in the manifest directory: every
 /// node computes the same address on its own (no leader with `--source file:`), and the router
-/// routes it through exactly the nodes with a ready pod.
+/// routes it through exactly the nodes with a ready pod. On numbered sessions (`cargo xtask lab
+/// --numbered`, `deploy/frr/{node,router}.conf`), so that they keep working.
 #[test]
 fn a_service_without_an_ip_gets_one_from_a_pool() {
     if !l3lb_tests::privileged("lab_e2e::a_service_without_an_ip_gets_one_from_a_pool") {
         return;
     }
-    let (_turn, mut lab) = lab_for("pool", &[]);
+    let (_turn, mut lab) = lab_with("pool", &[], true, true);
+    assert!(lab.numbered());
     lab.write_manifest("pool", &lab::pool_manifest("lab", &["10.0.100.200/30"]));
     // web asks for the pool's first address by hand, so auto (no IP) gets the next one.
     let pinned_web = web(&["10.0.100.200"], vec![Endpoint::ready("web-b", 1)]);
@@ -227,6 +238,14 @@ fn a_service_without_an_ip_gets_one_from_a_pool() {
     );
     landings(&mut lab, allocated, &[0, 2]);
     converge(&lab, ip("10.0.100.200"), &[1], at);
+    // Numbered: the router's next hops are the nodes' addresses on their /30s.
+    let hops = lab.router_hops(allocated).expect("a route");
+    let vias: BTreeSet<&str> = hops.iter().map(|hop| hop.via.as_str()).collect();
+    assert_eq!(
+        vias,
+        BTreeSet::from(["172.16.1.2", "172.16.3.2"]),
+        "{hops:?}"
+    );
 }
 
 /// Only service host routes reach the router: l3lb ignores a service IP outside its prefixes,
@@ -331,12 +350,32 @@ fn the_fast_path_carries_the_service_and_path_mtu_discovery() {
             })
             .collect()
     };
-    let before = steered(&lab);
+    // The pods' replies leave through the uplink straight from TC (`bpf_fib_lookup`, then
+    // `bpf_redirect`/`bpf_redirect_neigh`): on BGP unnumbered the node's default route is via
+    // the router's IPv6 link-local address, for IPv4 too, and the lookup must resolve it.
+    let counted = |lab: &Lab, reason: &str| -> Vec<u64> {
+        (0..lab.nodes())
+            .map(|node| {
+                lab.reason_packets(node, reason)
+                    .unwrap_or_else(|err| panic!("{err}"))
+            })
+            .collect()
+    };
+    let redirected = |lab: &Lab| counted(lab, "reply_redirected");
+    let (before, replies_before) = (steered(&lab), redirected(&lab));
+    let to_stack_before = counted(&lab, "reply_to_stack");
     let mut landed = landings(&mut lab, v4, &[0, 1, 2]);
     for (node, count) in landings(&mut lab, v6, &[0, 1, 2]) {
         *landed.entry(node).or_default() += count;
     }
-    let after = steered(&lab);
+    let (after, replies_after) = (steered(&lab), redirected(&lab));
+    // None of them needed the kernel's routing: the lookup found the gateway (or had
+    // `bpf_redirect_neigh` resolve it).
+    assert_eq!(
+        counted(&lab, "reply_to_stack"),
+        to_stack_before,
+        "replies went to the nodes' stacks"
+    );
     for node in 0..lab.nodes() {
         // A connection is at least its SYN, the ACK of the reply, the request and a FIN.
         let connections = landed[&lab::node_name(node)] as u64;
@@ -346,7 +385,21 @@ fn the_fast_path_carries_the_service_and_path_mtu_discovery() {
             lab::node_name(node),
             after[node] - before[node]
         );
+        // And the way back: at least the SYN-ACK, the response and a FIN.
+        let replies = replies_after[node] - replies_before[node];
+        assert!(
+            replies >= 3 * connections,
+            "{}'s fast path redirected {replies} replies for {connections} connections\n{}",
+            lab::node_name(node),
+            lab.inspect(node).unwrap_or_default()
+        );
     }
+    eprintln!(
+        "replies redirected from TC per node: {:?}",
+        (0..lab.nodes())
+            .map(|node| replies_after[node] - replies_before[node])
+            .collect::<Vec<_>>()
+    );
 
     // Each download hashes onto some node by its source port; until every pod learned the
     // client's path MTU in both families, keep downloading (each one must complete).
@@ -389,7 +442,7 @@ fn without_the_fast_path_the_nodes_dnat() {
     if !l3lb_tests::privileged("lab_e2e::without_the_fast_path_the_nodes_dnat") {
         return;
     }
-    let (_turn, mut lab) = lab_with("nft", &[], false);
+    let (_turn, mut lab) = lab_with("nft", &[], false, false);
     let v4 = ip("10.0.100.7");
     let (at, _) = lab.apply(&web(
         &["10.0.100.7"],
@@ -486,4 +539,94 @@ fn restart_with_retain_on_exit_keeps_the_route() {
         !log.contains("forfeiting address 10.0.100.7"),
         "node-b's l3lb forfeited the address around its restart:\n{log}"
     );
+}
+
+/// Weighted anycast on BGP unnumbered, both families: two ready pods on node-a and one on
+/// node-b make the router's route `nexthop via inet6 fe80::… dev to-node-a weight 66` /
+/// `… dev to-node-b weight 33` (IPv4 over IPv6 link-local next hops, RFC 5549), the client's
+/// connections split about 2:1 so that every pod gets about a third, and a third pod on node-a
+/// turns the weights to 3:1.
+#[test]
+fn the_router_weights_nodes_by_their_ready_pods() {
+    if !l3lb_tests::privileged("lab_e2e::the_router_weights_nodes_by_their_ready_pods") {
+        return;
+    }
+    let (_turn, mut lab) = lab_for("weights", &[]);
+    assert!(!lab.numbered());
+    let (v4, v6) = (ip("10.0.100.7"), ip("2001:db8:100::7"));
+    let ips = ["10.0.100.7", "2001:db8:100::7"];
+    let two_to_one = web(
+        &ips,
+        vec![
+            Endpoint::ready("web-a", 0),
+            Endpoint::ready("web-a2", 0),
+            Endpoint::ready("web-b", 1),
+        ],
+    );
+    let (at, _) = lab.apply(&two_to_one);
+    let want: &[(usize, u32)] = &[(0, 2), (1, 1)];
+    let took = lab
+        .wait_weights(&[(v4, want), (v6, want)], at, DEADLINE)
+        .unwrap_or_else(|err| panic!("{err}\n{}", lab.diagnostics()));
+    eprintln!("2:1 at the router after {took:?} (IPv4, IPv6)");
+    for (service, family) in [(v4, "inet6 fe80:"), (v6, "fe80:")] {
+        let hops = lab.router_hops(service).expect("a route");
+        eprintln!("{service}: {}", lab::hops_label(&hops));
+        assert!(
+            hops.iter().all(|hop| hop.via.starts_with(family)),
+            "{service} is not routed via IPv6 link-local next hops: {hops:?}\n{}",
+            lab.router_kernel_routes()
+        );
+    }
+
+    // The client's connections, each from a new source port, spread by the router's 5-tuple
+    // hash in proportion to the weights: node-a should take 2/3 of them. 150 connections per
+    // family; the share's standard deviation is then about 0.04, and a share within 0.12 of
+    // 2/3 (3 standard deviations) passes. Each pod should get about a third (node-a's fast
+    // path spreads its share over its two pods): within 0.12 of 1/3.
+    const CONNECTIONS: usize = 150;
+    const TOLERANCE: f64 = 0.12;
+    for service in [v4, v6] {
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        let mut per_pod: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..CONNECTIONS {
+            let reply = lab
+                .client_get(service)
+                .unwrap_or_else(|err| panic!("{err}\n{}", lab.diagnostics()));
+            *per_node.entry(reply.node).or_default() += 1;
+            *per_pod.entry(reply.pod).or_default() += 1;
+        }
+        eprintln!("{CONNECTIONS} connections to {service}: {per_node:?}, {per_pod:?}");
+        let share = |count: Option<&usize>| *count.unwrap_or(&0) as f64 / CONNECTIONS as f64;
+        let node_a = share(per_node.get("node-a"));
+        assert!(
+            (node_a - 2.0 / 3.0).abs() <= TOLERANCE,
+            "node-a took {node_a:.2} of the connections to {service}, not about 2/3: {per_node:?}"
+        );
+        assert_eq!(
+            per_node.keys().cloned().collect::<BTreeSet<_>>(),
+            BTreeSet::from(["node-a".to_owned(), "node-b".to_owned()]),
+            "{per_node:?}"
+        );
+        for pod in ["web-a", "web-a2", "web-b"] {
+            let pod_share = share(per_pod.get(pod));
+            assert!(
+                (pod_share - 1.0 / 3.0).abs() <= TOLERANCE,
+                "{pod} took {pod_share:.2} of the connections to {service}, not about 1/3: \
+                 {per_pod:?}"
+            );
+        }
+    }
+
+    // A third pod on node-a: 3:1, in both families.
+    let mut three_to_one = two_to_one.clone();
+    three_to_one
+        .endpoints
+        .insert(2, Endpoint::ready("web-a3", 0));
+    let (at, _) = lab.apply(&three_to_one);
+    let want: &[(usize, u32)] = &[(0, 3), (1, 1)];
+    let took = lab
+        .wait_weights(&[(v4, want), (v6, want)], at, DEADLINE)
+        .unwrap_or_else(|err| panic!("{err}\n{}", lab.diagnostics()));
+    eprintln!("3:1 at the router after {took:?} (IPv4, IPv6)");
 }

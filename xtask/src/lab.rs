@@ -1,7 +1,8 @@
 //! `cargo xtask lab`: a BGP anycast fabric in network namespaces on this machine (a router and
-//! three nodes running FRR, one l3lb per node with its fast path, pods and a client), walked
-//! through a service's life while showing routes, logs, client connections, the fast path's maps
-//! and counters, and convergence times. The lab itself is the `l3lb-lab` binary of the test crate
+//! three nodes running FRR, BGP unnumbered unless `--numbered`, one l3lb per node with its fast
+//! path and `--weights endpoints`, pods and a client), walked through a service's life while
+//! showing routes with their weights, logs, client connections, the fast path's maps and
+//! counters, and convergence times. The lab itself is the `l3lb-lab` binary of the test crate
 //! (`tests/src/lab/`); this only prepares the machine, builds, and runs it.
 use std::process::Command;
 
@@ -18,6 +19,11 @@ pub struct Options {
     /// fast path (`l3lb run --xdp`).
     #[arg(long)]
     no_xdp: bool,
+    /// Numbered BGP sessions (a /30 and a /64 per router–node link, deploy/frr/node.conf and
+    /// router.conf) instead of BGP unnumbered, the default (IPv6 link-local addresses only, IPv4
+    /// routes with IPv6 next hops; deploy/frr/node-unnumbered.conf and router-unnumbered.conf).
+    #[arg(long)]
+    numbered: bool,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -49,6 +55,9 @@ pub fn run(options: &Options) -> Result<()> {
             }
             if options.no_xdp {
                 lab.arg("--no-xdp");
+            }
+            if options.numbered {
+                lab.arg("--numbered");
             }
         }
     }

@@ -98,6 +98,20 @@ impl Lab {
             .sum())
     }
 
+    /// The packets node `node`'s fast path counted under `reason` (a label of `l3lb inspect`:
+    /// `reply_redirected`, `reply_to_stack`, …) so far.
+    pub fn reason_packets(&self, node: usize, reason: &str) -> Result<u64, LabError> {
+        let report = self.inspect_json(node)?;
+        report["reasons"][reason]["packets"]
+            .as_u64()
+            .ok_or_else(|| {
+                LabError::Failed(format!(
+                    "l3lb inspect of {} counts no reason {reason}: {report}",
+                    self.nodes[node].name
+                ))
+            })
+    }
+
     /// The nftables rules of node `node` that DNAT (none with the fast path).
     pub fn dnat_rules(&self, node: usize) -> Vec<String> {
         let mut ruleset = self.nodes[node].ns.command("nft");

@@ -45,12 +45,7 @@ impl Lab {
         )?;
         self.frr[at] = new;
         self.save_state();
-        frr::wait_sessions(
-            &self.frr_dir(None),
-            2 * self.nodes.len(),
-            self.options.cancel,
-            Duration::from_secs(30),
-        )
+        self.wait_fabric()
     }
 
     /// Moves the manifest directory away, as an outage of the source: the l3lbs must keep what

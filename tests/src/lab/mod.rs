@@ -9,10 +9,20 @@
 //! ```
 //!
 //! Every box is a network namespace named `<lab>-router`, `<lab>-client`, `<lab>-node-a`, …,
-//! `<lab>-pod-<pod>`. The FRR configs are `deploy/frr/node.conf` and `deploy/frr/router.conf`
-//! with their placeholders filled in. All l3lbs read the same manifest directory (`--source
-//! file:`); each announces what runs on its node, FRR redistributes `lo`, and the router ends up
-//! with one ECMP route per service IP across the nodes that host a ready pod.
+//! `<lab>-pod-<pod>`. The fabric is BGP unnumbered, like the seeds' own: the links between the
+//! router and the nodes carry only IPv6 link-local addresses, each node peers over its uplink
+//! interface and the router over each interface facing a node, IPv4 and IPv6 routes travel
+//! with IPv6 link-local next hops (RFC 5549), and the nodes' default routes come from the router
+//! over BGP. The FRR configs are `deploy/frr/node-unnumbered.conf` and
+//! `deploy/frr/router-unnumbered.conf`; with [`LabOptions::numbered`], the links get a /30 and a
+//! /64 each and the configs are `deploy/frr/node.conf` and `deploy/frr/router.conf` (one session
+//! per family and node). Either way their placeholders are filled in and nothing else; with
+//! [`LabOptions::weights`] (the walk-through and the e2e tests) the nodes' config gets
+//! `deploy/frr/weights.conf` (`l3lb frr-config`) appended and every l3lb runs with `--weights
+//! endpoints`. All l3lbs read the same manifest directory (`--source file:`);
+//! each announces what runs on its node, FRR redistributes `lo`, and the router ends up with one
+//! multipath route per service IP across the nodes that host a ready pod (with weights, each
+//! next hop weighted by that node's ready pods).
 //!
 //! Pods are namespaces behind their node (a veth, a /30 and a /64 each) running `lab-pod`, which
 //! answers HTTP with its own name (or with N bytes for `GET /bytes/N`). A request to a service IP
@@ -60,13 +70,13 @@ use std::{
 
 pub use self::{
     client::{Download, Reply},
-    frr::{NOT_A_NODE, RouterView, nodes_label},
+    frr::{Hop, NOT_A_NODE, RouterView, counts_label, hops_label, nodes_label, proportional},
     manifests::{Endpoint, Service, pool as pool_manifest},
     teardown::STATE_DIR,
     topology::node_name,
 };
 use self::{
-    frr::Role,
+    frr::{Fabric, Role},
     manifests::Manifests,
     node::{L3lbCommand, Node},
     pods::Pods,
@@ -104,6 +114,14 @@ pub struct LabOptions {
     /// Every node runs `l3lb run --xdp` and the fast path takes service traffic to the pods
     /// (the default); off, the nodes DNAT with nftables instead (kube-proxy's way).
     pub fast_path: bool,
+    /// Numbered BGP sessions (a /30 and a /64 per link, `deploy/frr/{node,router}.conf`)
+    /// instead of BGP unnumbered (the default).
+    pub numbered: bool,
+    /// Every l3lb runs with `--weights endpoints` and the nodes' FRR has
+    /// `deploy/frr/weights.conf`: the router weights each node's next hop by its ready pods
+    /// (the walk-through and the e2e tests). Off (the default, and the soak's), plain ECMP, as
+    /// l3lb's own default `--weights none`.
+    pub weights: bool,
     pub l3lb: PathBuf,
     pub pod_server: PathBuf,
     /// When set (by a signal handler), every wait gives up with [`LabError::Interrupted`].
@@ -120,6 +138,8 @@ impl LabOptions {
             nodes: 3,
             l3lb_args: Vec::new(),
             fast_path: true,
+            numbered: false,
+            weights: false,
             l3lb: l3lb_binary(),
             pod_server: pod_binary(),
             cancel: None,
@@ -238,16 +258,27 @@ impl Lab {
         for index in 0..lab.options.nodes {
             // In the lab's list before wiring, so that a failure still removes the namespace.
             lab.nodes.push(Node::new(&name, index, lab.dir.path()));
-            topology::wire_node(&lab.router, &lab.nodes[index].ns, index);
+            topology::wire_node(
+                &lab.router,
+                &lab.nodes[index].ns,
+                index,
+                lab.options.numbered,
+            );
         }
         lab.save_state();
 
-        say("FRR (zebra + bgpd) on the router, then on every node");
+        say(if lab.options.numbered {
+            "FRR (zebra + bgpd) on the router, then on every node: numbered sessions"
+        } else {
+            "FRR (zebra + bgpd) on the router, then on every node: BGP unnumbered"
+        });
         let router_dir = lab.frr_dir(None);
+        let fabric = lab.fabric();
         frr::start(
             &lab.router,
             &router_dir,
             Role::Router,
+            fabric,
             lab.options.cancel,
             &mut lab.frr,
         )?;
@@ -256,6 +287,7 @@ impl Lab {
                 &node.ns,
                 &node.dir,
                 Role::Node(index),
+                fabric,
                 lab.options.cancel,
                 &mut lab.frr,
             )?;
@@ -273,14 +305,13 @@ impl Lab {
             lab.start_l3lb(index)?;
         }
 
-        say("waiting for the BGP sessions (IPv4 and IPv6 per node) and their initial updates");
-        let want = 2 * lab.nodes.len();
-        frr::wait_sessions(
-            &router_dir,
-            want,
-            lab.options.cancel,
-            Duration::from_secs(30),
-        )?;
+        say(if lab.options.numbered {
+            "waiting for the BGP sessions (IPv4 and IPv6 per node) and their initial updates"
+        } else {
+            "waiting for the BGP sessions (one per node, both families) and their initial \
+             updates, and for the nodes' default routes over them"
+        });
+        lab.wait_fabric()?;
         Ok(lab)
     }
 
@@ -298,6 +329,11 @@ impl Lab {
 
     pub fn nodes(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Numbered sessions rather than BGP unnumbered.
+    pub fn numbered(&self) -> bool {
+        self.options.numbered
     }
 
     pub fn router_ns(&self) -> &NetNs {
@@ -320,7 +356,12 @@ impl Lab {
     /// A description of the fabric: namespaces, links, addresses, ASNs.
     pub fn topology(&self) -> String {
         let nodes: Vec<&str> = self.nodes.iter().map(|node| node.ns.name()).collect();
-        topology::describe(self.name(), &nodes)
+        topology::describe(
+            self.name(),
+            &nodes,
+            self.options.numbered,
+            self.options.weights,
+        )
     }
 
     /// The router's routes, for sampling from another thread.
@@ -346,6 +387,25 @@ impl Lab {
         deadline: Duration,
     ) -> Result<Duration, LabError> {
         Ok(self.wait_routes(&[(ip, nodes)], since, deadline)?[0])
+    }
+
+    /// The next hops of the router's route to `ip` (node, gateway, weight), or `None` without
+    /// a route.
+    pub fn router_hops(&self, ip: IpAddr) -> Option<Vec<Hop>> {
+        self.router_view().hops(ip)
+    }
+
+    /// Polls the router until the route to each IP goes through exactly the nodes named, with
+    /// next-hop weights in the ratio of their counts (their ready pods); an empty list wants no
+    /// route. Returns per IP the time from `since` to the first poll that saw it.
+    pub fn wait_weights(
+        &self,
+        wanted: &[(IpAddr, &[(usize, u32)])],
+        since: Instant,
+        deadline: Duration,
+    ) -> Result<Vec<Duration>, LabError> {
+        self.router_view()
+            .wait_weights(wanted, since, deadline, self.options.cancel)
     }
 
     /// [`Lab::wait_route`] for several IPs at once, each timed on its own: polls every couple of
@@ -460,6 +520,7 @@ impl Lab {
             extra_args: &self.options.l3lb_args,
             manifests: self.manifests.dir(),
             pin_root: self.options.fast_path.then_some(pin_root.as_path()),
+            weights: self.options.weights,
             cancel: self.options.cancel,
         };
         self.nodes[node].start_l3lb(&how)
@@ -494,6 +555,33 @@ impl Lab {
             );
         }
         out
+    }
+
+    /// Waits until the router has every BGP session established and past its initial updates
+    /// and, unnumbered, every node has its default routes from the router (the nodes' replies
+    /// leave by them).
+    fn wait_fabric(&self) -> Result<(), LabError> {
+        let sessions = if self.options.numbered {
+            2 * self.nodes.len()
+        } else {
+            self.nodes.len()
+        };
+        let deadline = Duration::from_secs(30);
+        frr::wait_sessions(&self.frr_dir(None), sessions, self.options.cancel, deadline)?;
+        if !self.options.numbered {
+            for node in &self.nodes {
+                frr::wait_default_routes(&node.ns, self.options.cancel, deadline)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fabric(&self) -> Fabric {
+        Fabric {
+            numbered: self.options.numbered,
+            weights: self.options.weights,
+            nodes: self.options.nodes,
+        }
     }
 
     /// Where the FRR of the router (`None`) or a node keeps its files and vty sockets.

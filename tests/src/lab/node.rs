@@ -34,6 +34,8 @@ pub(super) struct L3lbCommand<'a> {
     pub manifests: &'a Path,
     /// With the fast path: where the node's l3lb pins its maps and links.
     pub pin_root: Option<&'a Path>,
+    /// `--weights endpoints` (the node's FRR has weights.conf).
+    pub weights: bool,
     pub cancel: Option<&'static AtomicBool>,
 }
 
@@ -73,6 +75,9 @@ impl Node {
         command
             .args(["run", "--node-name", &self.name, "--prefix", &prefixes])
             .args(["--interface", "lo", "--source", &source]);
+        if how.weights {
+            command.args(["--weights", "endpoints"]);
+        }
         if let Some(pin_root) = how.pin_root {
             command
                 .args(["--xdp", "--xdp-iface", "uplink", "--pin-root"])

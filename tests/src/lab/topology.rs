@@ -1,15 +1,17 @@
-//! The fabric's namespaces, links and addresses: the client and router, node `i` behind the
-//! router on `172.16.{i+1}.0/30` and `fd00:16:{i+1}::/64`, and pod `k` of node `i` behind its
-//! node on `10.244.{i+1}.{4k}/30` and `fd00:244:{i+1}:{k}::/64`.
+//! The fabric's namespaces, links and addresses: the client and router; node `i` behind the
+//! router on a link with IPv6 link-local addresses only (BGP unnumbered, the default) or, with
+//! [`super::LabOptions::numbered`], on `172.16.{i+1}.0/30` and `fd00:16:{i+1}::/64`; and pod `k`
+//! of node `i` behind its node on `10.244.{i+1}.{4k}/30` and `fd00:244:{i+1}:{k}::/64`.
 use std::{
     fs,
     net::{Ipv4Addr, Ipv6Addr},
+    process::Command,
 };
 
 use super::{
     CLIENT_IPV4, CLIENT_IPV6, CLIENT_LINK_MTU, FIRST_NODE_ASN, ROUTER_ASN, SERVICE_PREFIXES,
 };
-use crate::netns::{self, NetNs};
+use crate::netns::{self, NetNs, sh};
 
 /// The ranges the nodes peer from (the router's `bgp listen range`).
 pub(super) const NODE_LINKS_V4: &str = "172.16.0.0/16";
@@ -123,8 +125,11 @@ pub(super) fn wire_router_and_client(router: &NetNs, client: &NetNs) {
     default_routes(client, ROUTER_CLIENT_IPV4, ROUTER_CLIENT_IPV6);
 }
 
-/// Links node `index` to the router, both families, default route via the router.
-pub(super) fn wire_node(router: &NetNs, node: &NetNs, index: usize) {
+/// Links node `index` to the router. Numbered: a /30 and a /64, static default routes via the
+/// router. Unnumbered: only the link-local addresses IPv6 gives every link (DAD is off on both
+/// ends, so they are usable as soon as the link is up); the default routes come from the router
+/// over BGP, via its link-local address (`default via inet6 fe80::… dev uplink` for IPv4 too).
+pub(super) fn wire_node(router: &NetNs, node: &NetNs, index: usize, numbered: bool) {
     sysctl(
         node,
         &[
@@ -134,10 +139,33 @@ pub(super) fn wire_node(router: &NetNs, node: &NetNs, index: usize) {
             ("net.ipv4.conf.default.rp_filter", "0"),
             ("net.ipv6.conf.all.accept_dad", "0"),
             ("net.ipv6.conf.default.accept_dad", "0"),
+            // BGP unnumbered runs over IPv6 link-local addresses: IPv6 must be on for the
+            // uplink (it is by default; a host that turns it off breaks the session).
+            ("net.ipv6.conf.all.disable_ipv6", "0"),
+            ("net.ipv6.conf.default.disable_ipv6", "0"),
         ],
     );
-    let (node_v4, router_v4, node_v6, router_v6) = node_uplink(index);
     let device = router_device(index);
+    if !numbered {
+        sh(Command::new("ip").args([
+            "link",
+            "add",
+            &device,
+            "netns",
+            router.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink",
+            "netns",
+            node.name(),
+        ]));
+        router.ip(&["link", "set", &device, "up"]);
+        node.ip(&["link", "set", "uplink", "up"]);
+        return;
+    }
+    let (node_v4, router_v4, node_v6, router_v6) = node_uplink(index);
     netns::veth_pair(
         router,
         &device,
@@ -206,9 +234,10 @@ fn sysctl(ns: &NetNs, settings: &[(&str, &str)]) {
 
 /// A description of the fabric of lab `name` with node namespaces `nodes`: namespaces, links,
 /// addresses, ASNs.
-pub(super) fn describe(name: &str, nodes: &[&str]) -> String {
+pub(super) fn describe(name: &str, nodes: &[&str], numbered: bool, weights: bool) -> String {
     let mut out = String::new();
-    let head = format!("  client ─── router (AS {ROUTER_ASN}, ECMP) ─");
+    let multipath = if weights { "weighted ECMP" } else { "ECMP" };
+    let head = format!("  client ─── router (AS {ROUTER_ASN}, {multipath}) ─");
     let indent = " ".repeat(head.chars().count());
     for index in 0..nodes.len() {
         let branch = match (index, nodes.len()) {
@@ -235,18 +264,35 @@ pub(super) fn describe(name: &str, nodes: &[&str]) -> String {
         "client"
     );
     let (mtu_v4, mtu_v6) = CLIENT_LINK_MTU;
+    let peers = if numbered {
+        format!("listens for BGP from {NODE_LINKS_V4} and {NODE_LINKS_V6}")
+    } else {
+        "BGP unnumbered: one session per to-node-x interface (IPv4 and IPv6 over IPv6 \
+         link-local, RFC 5549), sends each node default routes"
+            .to_owned()
+    };
     out += &format!(
         "  {:<8} {:<22} AS {ROUTER_ASN}, to-client {ROUTER_CLIENT_IPV4}/24 \
          {ROUTER_CLIENT_IPV6}/64 (MTU {mtu_v4}, IPv6 {mtu_v6}: narrower than the client says), \
-         listens for BGP from {NODE_LINKS_V4} and {NODE_LINKS_V6}\n",
+         {peers}\n",
         "router",
         format!("{name}-router")
     );
     for (index, ns) in nodes.iter().enumerate() {
         let n = index + 1;
+        let uplink = if numbered {
+            format!("uplink 172.16.{n}.2/30 fd00:16:{n:x}::2/64 (router .1)")
+        } else {
+            "uplink with only its IPv6 link-local address, default routes from the router"
+                .to_owned()
+        };
+        let l3lb = if weights {
+            ", l3lb --weights endpoints"
+        } else {
+            ""
+        };
         out += &format!(
-            "  {:<8} {:<22} AS {}, uplink 172.16.{n}.2/30 fd00:16:{n:x}::2/64 (router .1), \
-             pods in 10.244.{n}.0/24 fd00:244:{n:x}::/48\n",
+            "  {:<8} {:<22} AS {}, {uplink}, pods in 10.244.{n}.0/24 fd00:244:{n:x}::/48{l3lb}\n",
             node_name(index),
             ns,
             FIRST_NODE_ASN + index as u32

@@ -1,13 +1,14 @@
 //! `cargo xtask lab`: builds a BGP anycast fabric in network namespaces (a router, three nodes
-//! running FRR and l3lb with its fast path, pods, a client), then walks one service through its
-//! life while showing what the router learns and how fast: 3 replicas (ECMP over 3 nodes), one
-//! node drained, scaled to 1, deleted. On the first step it shows the fast path at work
-//! (`fast_path`). Then a Service that names no IP gets one from an `L3lbIPPool`. Everything is
-//! torn down at the end, on failure and on Ctrl-C.
+//! running FRR and l3lb with its fast path and `--weights endpoints`, pods, a client; BGP
+//! unnumbered unless `--numbered`), then walks one service through its life while showing what
+//! the router learns and how fast: 3 replicas (ECMP over 3 nodes), a second pod on node-a (the
+//! router weights node-a 2:1), one node drained, scaled to 1, deleted. On the first step it
+//! shows the fast path at work (`fast_path`). Then a Service that names no IP gets one from an
+//! `L3lbIPPool`. Everything is torn down at the end, on failure and on Ctrl-C.
 //!
 //! ```text
-//! l3lb-lab [--keep] [--no-xdp] [--name NAME] [--nodes N]   run the demo (--keep: leave it up)
-//! l3lb-lab down [--name NAME]                               tear down a lab left up by --keep
+//! l3lb-lab [--keep] [--no-xdp] [--numbered] [--name NAME] [--nodes N]   run the demo
+//! l3lb-lab down [--name NAME]                                           tear down a kept lab
 //! ```
 mod fast_path;
 
@@ -48,6 +49,10 @@ struct Args {
     /// Nodes DNAT to their pods with nftables (kube-proxy's way) instead of l3lb's fast path.
     #[arg(long)]
     no_xdp: bool,
+    /// Numbered BGP sessions (a /30 and a /64 per link, deploy/frr/{node,router}.conf) instead
+    /// of BGP unnumbered over IPv6 link-local addresses (deploy/frr/*-unnumbered.conf).
+    #[arg(long)]
+    numbered: bool,
     /// The lab's name (its namespaces, processes and temp dir carry it).
     #[arg(long, global = true, default_value = lab::DEFAULT_NAME)]
     name: String,
@@ -151,8 +156,9 @@ struct Step {
     title: String,
     /// The new Service, or `None` to delete it.
     service: Option<Service>,
-    /// Nodes the router should route the service IPs to afterwards.
-    nodes: Vec<usize>,
+    /// The nodes the router should route the service IPs to afterwards, each with its ready
+    /// pods: the next hops' weights are in their ratio (`--weights endpoints`).
+    pods: Vec<(usize, u32)>,
 }
 
 fn demo(args: &Args) -> Result<(), LabError> {
@@ -161,25 +167,43 @@ fn demo(args: &Args) -> Result<(), LabError> {
     let nodes = usize::from(args.nodes);
     let all: Vec<usize> = (0..nodes).collect();
     let pod = |node: usize| format!("{SERVICE}-{}", &lab::node_name(node)[5..]);
+    let second = format!("{}2", pod(0));
     let service = |endpoints: Vec<Endpoint>| Service {
         endpoints,
         ..Service::new(SERVICE, &[SERVICE_V4, SERVICE_V6])
     };
     let last = nodes - 1;
+    let one_each: Vec<Endpoint> = all.iter().map(|&n| Endpoint::ready(&pod(n), n)).collect();
+    let with_second = |mut endpoints: Vec<Endpoint>| {
+        endpoints.insert(1, Endpoint::ready(&second, 0));
+        endpoints
+    };
+    // node-a has two pods from step 2 on, every other node one.
+    let weighted = |hosts: std::ops::Range<usize>| -> Vec<(usize, u32)> {
+        hosts.map(|n| (n, if n == 0 { 2 } else { 1 })).collect()
+    };
     let steps = [
         Step {
             title: format!("{SERVICE}: {nodes} replicas, one per node"),
-            service: Some(service(
-                all.iter().map(|&n| Endpoint::ready(&pod(n), n)).collect(),
-            )),
-            nodes: all.clone(),
+            service: Some(service(one_each.clone())),
+            pods: all.iter().map(|&n| (n, 1)).collect(),
+        },
+        Step {
+            title: format!(
+                "scale {SERVICE} to {}: a second pod on {}, which the router now weights twice \
+                 as much as each other node",
+                nodes + 1,
+                lab::node_name(0)
+            ),
+            service: Some(service(with_second(one_each.clone()))),
+            pods: weighted(0..nodes),
         },
         Step {
             title: format!(
                 "drain {}: its pod terminates (ready: false, serving: true, terminating: true)",
                 lab::node_name(last)
             ),
-            service: Some(service(
+            service: Some(service(with_second(
                 all.iter()
                     .map(|&n| {
                         if n == last {
@@ -189,18 +213,18 @@ fn demo(args: &Args) -> Result<(), LabError> {
                         }
                     })
                     .collect(),
-            )),
-            nodes: (0..last).collect(),
+            ))),
+            pods: weighted(0..last),
         },
         Step {
             title: format!("scale {SERVICE} to 1 replica (on {})", lab::node_name(0)),
             service: Some(service(vec![Endpoint::ready(&pod(0), 0)])),
-            nodes: vec![0],
+            pods: vec![(0, 1)],
         },
         Step {
             title: format!("delete the Service {SERVICE}"),
             service: None,
-            nodes: vec![],
+            pods: vec![],
         },
     ];
 
@@ -210,6 +234,8 @@ fn demo(args: &Args) -> Result<(), LabError> {
     options.cancel = Some(&INTERRUPTED);
     options.progress = true;
     options.fast_path = !args.no_xdp;
+    options.numbered = args.numbered;
+    options.weights = true;
     let mut lab = Lab::up(options)?;
     println!(
         "  up in {} ms, all BGP sessions established\n",
@@ -260,18 +286,17 @@ fn demo(args: &Args) -> Result<(), LabError> {
                 at
             }
         };
-        let want: &[usize] = &step.nodes;
-        let took = lab.wait_routes(&[(v4, want), (v6, want)], changed_at, CONVERGENCE_DEADLINE)?;
-        let set: BTreeSet<usize> = want.iter().copied().collect();
-        let what = if want.is_empty() {
-            "no route".to_owned()
-        } else {
-            let nexthops = if want.len() == 1 {
-                "nexthop"
-            } else {
-                "nexthops"
-            };
-            format!("via {} ({} {nexthops})", lab::nodes_label(&set), want.len())
+        let want: &[(usize, u32)] = &step.pods;
+        let took = lab.wait_weights(&[(v4, want), (v6, want)], changed_at, CONVERGENCE_DEADLINE)?;
+        let set: BTreeSet<usize> = want.iter().map(|&(node, _)| node).collect();
+        let what = match want.len() {
+            0 => "no route".to_owned(),
+            1 => format!("via {} (1 nexthop)", lab::nodes_label(&set)),
+            n => format!(
+                "via {} ({n} nexthops, weighted by ready pods {})",
+                lab::nodes_label(&set),
+                lab::counts_label(want)
+            ),
         };
         println!(
             "  router: {what} after {} ms for {SERVICE_V4}, {} ms for {SERVICE_V6} \
@@ -279,6 +304,12 @@ fn demo(args: &Args) -> Result<(), LabError> {
             took[0].as_millis(),
             took[1].as_millis()
         );
+        if want.len() > 1 {
+            for ip in [v4, v6] {
+                let hops = lab.router_hops(ip).unwrap_or_default();
+                println!("  router: {ip}: {}", lab::hops_label(&hops));
+            }
+        }
         timings.push((step.title.clone(), what, took[0], took[1]));
 
         println!("  l3lb logs:");
@@ -312,7 +343,8 @@ fn demo(args: &Args) -> Result<(), LabError> {
     if args.keep {
         println!("\n== leaving the lab up, with {SERVICE} back on every node");
         let (at, _) = lab.apply(steps[0].service.as_ref().expect("step 1 has a service"));
-        lab.wait_routes(&[(v4, &all), (v6, &all)], at, CONVERGENCE_DEADLINE)?;
+        let pods = &steps[0].pods;
+        lab.wait_weights(&[(v4, pods), (v6, pods)], at, CONVERGENCE_DEADLINE)?;
         println!("{}", lab.keep());
     } else {
         println!("\n== tearing down");
