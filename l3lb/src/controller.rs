@@ -177,6 +177,11 @@ impl Controller {
                         }
                         self.sync_fastpath(&outcome, was_synced);
                     }
+                    // Waits for the kernel (an RCU grace period per interface): last.
+                    if let (true, Some(fastpath)) = (self.synced(), self.outputs.fastpath.as_mut())
+                    {
+                        fastpath.detach_unused();
+                    }
                 }
             }
         }

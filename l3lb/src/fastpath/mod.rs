@@ -134,11 +134,14 @@ impl FastPath {
             }
         }
         self.loaded.tables.sweep();
-        errors.extend(self.sync_pod_links());
+        self.detach_unused();
         errors
     }
 
-    /// Brings the entries of `services` in line with the desired state.
+    /// Brings the entries of `services` in line with the desired state. The reply program is
+    /// attached to new pods' interfaces before any entry steers to them; detaching it from
+    /// interfaces no longer used is left to [`FastPath::detach_unused`], which waits on the
+    /// kernel and is not urgent.
     pub fn sync_services<'a>(
         &mut self,
         state: &DesiredState,
@@ -147,6 +150,7 @@ impl FastPath {
         let mut errors = Vec::new();
         // One route look-up per pod per sync, however many ports and Services share it.
         let mut resolved: HashMap<std::net::IpAddr, plan::Delivery> = HashMap::new();
+        let mut installs = Vec::new();
         for key in services {
             let mut planned = plan::plan_service(state, key);
             let affinity = plan::session_affinity(state, key);
@@ -176,24 +180,35 @@ impl FastPath {
                         });
                     }
                 }
-                if let Err(err) = self.loaded.tables.set(vip, &targets, affinity) {
-                    errors.push(err.into());
-                }
+                installs.push((vip, targets, affinity));
             }
         }
-        errors.extend(self.sync_pod_links());
+        // Also what is already steered: a link an earlier run pinned may not have been adopted.
+        let mut interfaces = self.loaded.tables.delivery_interfaces();
+        interfaces.extend(
+            installs
+                .iter()
+                .flat_map(|(_, targets, _)| targets.iter().filter_map(|t| t.delivery.ifindex())),
+        );
+        errors.extend(
+            self.loaded
+                .pods
+                .attach_missing(&mut self.loaded.ebpf, interfaces)
+                .into_iter()
+                .map(loader::Error::from),
+        );
+        for (vip, targets, affinity) in installs {
+            if let Err(err) = self.loaded.tables.set(vip, &targets, affinity) {
+                errors.push(err.into());
+            }
+        }
         errors
     }
 
-    /// The reply program follows the interfaces the backends are delivered through.
-    fn sync_pod_links(&mut self) -> Vec<loader::Error> {
+    /// Detaches the reply program from the interfaces no backend is delivered through any more.
+    pub fn detach_unused(&mut self) {
         let wanted = self.loaded.tables.delivery_interfaces();
-        self.loaded
-            .pods
-            .sync(&mut self.loaded.ebpf, &wanted)
-            .into_iter()
-            .map(loader::Error::from)
-            .collect()
+        self.loaded.pods.detach_unwanted(&wanted);
     }
 
     /// Detaches the programs and removes the pinned maps (a clean exit without

@@ -309,26 +309,15 @@ impl PodLinks {
         PodLinks { dir, attached }
     }
 
-    /// Attaches the reply program to every interface in `wanted` and detaches it from the
-    /// others. An interface that went away (its pod deleted) takes its link with it; the pin
-    /// is removed here.
-    pub fn sync(&mut self, ebpf: &mut Ebpf, wanted: &BTreeSet<u32>) -> Vec<Error> {
+    /// Attaches the reply program to every interface in `wanted` that lacks it. Done before
+    /// the maps steer anything through an interface: a pod's first reply must find the program.
+    pub fn attach_missing(
+        &mut self,
+        ebpf: &mut Ebpf,
+        wanted: impl IntoIterator<Item = u32>,
+    ) -> Vec<Error> {
         let mut errors = Vec::new();
-        let gone: Vec<u32> = self
-            .attached
-            .keys()
-            .filter(|index| !wanted.contains(index))
-            .copied()
-            .collect();
-        for index in gone {
-            let name = self.attached.remove(&index).unwrap_or_default();
-            loader::unpin_link(&self.dir.join(index.to_string()));
-            debug!(
-                interface = name,
-                index, "fast path: reply program detached from pod interface"
-            );
-        }
-        for &index in wanted {
+        for index in wanted {
             if self.attached.contains_key(&index) {
                 continue;
             }
@@ -344,6 +333,26 @@ impl PodLinks {
             }
         }
         errors
+    }
+
+    /// Detaches the reply program from every interface not in `wanted`. An interface that went
+    /// away (its pod deleted) took its link with it; the pin is removed here. A detach waits
+    /// for the kernel's RCU grace period, so callers do it last, after what is urgent.
+    pub fn detach_unwanted(&mut self, wanted: &BTreeSet<u32>) {
+        let gone: Vec<u32> = self
+            .attached
+            .keys()
+            .filter(|index| !wanted.contains(index))
+            .copied()
+            .collect();
+        for index in gone {
+            let name = self.attached.remove(&index).unwrap_or_default();
+            loader::unpin_link(&self.dir.join(index.to_string()));
+            debug!(
+                interface = name,
+                index, "fast path: reply program detached from pod interface"
+            );
+        }
     }
 
     /// The interfaces with the reply program, by index.
