@@ -982,7 +982,7 @@ mod tests {
                 .claimants(&ip("10.0.100.7"))
                 .unwrap()
                 .iter()
-                .map(|k| k.name.as_str())
+                .map(|k| &*k.name)
                 .collect::<Vec<_>>(),
             ["b"]
         );
@@ -1021,7 +1021,7 @@ mod tests {
         assert_eq!(
             out.changed_services
                 .iter()
-                .map(|k| k.name.as_str())
+                .map(|k| &*k.name)
                 .collect::<Vec<_>>(),
             ["b"]
         );

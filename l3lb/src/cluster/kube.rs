@@ -150,8 +150,8 @@ pub async fn run(
         |service: &Service| ServiceSpec::from_object(service),
         |service: &Service| {
             Some(ClusterChange::ServiceDeleted(ServiceKey::new(
-                service.metadata.namespace.clone()?,
-                service.metadata.name.clone()?,
+                service.metadata.namespace.as_deref()?,
+                service.metadata.name.as_deref()?,
             )))
         },
         ClusterChange::ServiceApplied,
@@ -218,8 +218,8 @@ pub async fn run(
         },
         |slice: &EndpointSlice| {
             Some(ClusterChange::SliceDeleted(SliceKey {
-                namespace: slice.metadata.namespace.clone()?,
-                name: slice.metadata.name.clone()?,
+                namespace: slice.metadata.namespace.as_deref()?.into(),
+                name: slice.metadata.name.as_deref()?.into(),
             }))
         },
         ClusterChange::SliceApplied,

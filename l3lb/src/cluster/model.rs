@@ -4,7 +4,11 @@
 //! specs and every endpoint on other nodes never stay resident: a slice is reduced to this node's
 //! endpoints plus two cluster-wide flags. A slice change elsewhere that flips neither flag
 //! converts to an equal value, and the desired-state engine then does no work at all.
-use std::fmt;
+use std::{
+    collections::BTreeSet,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use k8s_openapi::api::core::v1::Node;
 
@@ -33,20 +37,40 @@ pub const STATUS_FIELD_MANAGER: &str = "l3lb";
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// `namespace/name` of a Service.
+/// `namespace/name` of a Service. Shared strings: the desired state keeps a key in several
+/// places (the Service, its decision, its slices' links, the IPs it requests), and a clone is a
+/// reference count, not two allocations. They compare, order and hash as their text.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ServiceKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         ServiceKey {
             namespace: namespace.into(),
             name: name.into(),
         }
     }
+}
+
+/// `namespace` as the one shared string of that text: a cluster has few namespaces and many
+/// objects in each. Strings no key holds any more are dropped now and then.
+pub fn namespace(namespace: &str) -> Arc<str> {
+    static NAMESPACES: Mutex<(BTreeSet<Arc<str>>, usize)> = Mutex::new((BTreeSet::new(), 64));
+    let mut guard = NAMESPACES.lock().unwrap_or_else(PoisonError::into_inner);
+    let (known, prune_at) = &mut *guard;
+    if let Some(shared) = known.get(namespace) {
+        return shared.clone();
+    }
+    if known.len() >= *prune_at {
+        known.retain(|shared| Arc::strong_count(shared) > 1);
+        *prune_at = (known.len() * 2).max(64);
+    }
+    let shared: Arc<str> = namespace.into();
+    known.insert(shared.clone());
+    shared
 }
 
 impl fmt::Display for ServiceKey {
@@ -55,11 +79,11 @@ impl fmt::Display for ServiceKey {
     }
 }
 
-/// `namespace/name` of an EndpointSlice.
+/// `namespace/name` of an EndpointSlice, shared as [`ServiceKey`]'s.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SliceKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl fmt::Display for SliceKey {
@@ -160,7 +184,10 @@ impl ServiceSpec {
 
     pub fn from_object(service: &Service) -> Option<ServiceSpec> {
         let metadata = &service.metadata;
-        let key = ServiceKey::new(metadata.namespace.clone()?, metadata.name.clone()?);
+        let key = ServiceKey::new(
+            namespace(metadata.namespace.as_deref()?),
+            metadata.name.as_deref()?,
+        );
         // Every list is cut to the per-Service limit, on arrival, so a Service asking for
         // thousands of IPs never keeps thousands of strings resident; the lists from the API
         // were cut while decoding already.
@@ -237,15 +264,15 @@ impl SliceSpec {
     /// Reduces `slice` to what matters on `node`.
     pub fn from_object(slice: &EndpointSlice, node: &str) -> Option<SliceSpec> {
         let metadata = &slice.metadata;
-        let namespace = metadata.namespace.clone()?;
+        let namespace = namespace(metadata.namespace.as_deref()?);
         let key = SliceKey {
             namespace: namespace.clone(),
-            name: metadata.name.clone()?,
+            name: metadata.name.as_deref()?.into(),
         };
         let service = slice
             .service_name
-            .as_ref()
-            .map(|name| ServiceKey::new(namespace, name.clone()));
+            .as_deref()
+            .map(|name| ServiceKey::new(namespace, name));
         let mut any_ready = false;
         let mut local = Vec::new();
         for endpoint in &slice.endpoints {

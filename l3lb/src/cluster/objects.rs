@@ -10,7 +10,7 @@
 //! keys that matter, nothing else of them is kept.
 //!
 //! `metadata` stays a `k8s_openapi` [`ObjectMeta`], as `kube::Resource` requires, holding only
-//! name, namespace, uid and resourceVersion (the watcher resumes from the last object's
+//! name, namespace, resourceVersion and a Service's uid (the watcher resumes from the last object's
 //! resourceVersion). Where a field is required or typed in the API (`spec.ports[].port`,
 //! `endpoints[].addresses`, `addressType`), it is here too, so an object that `k8s_openapi` would
 //! refuse is refused the same way.
@@ -632,7 +632,7 @@ struct RawSlice {
 struct RawSliceMeta {
     name: Option<String>,
     namespace: Option<String>,
-    uid: Option<String>,
+    // No uid: nothing names a slice in an Event.
     resource_version: Option<String>,
     #[serde(default)]
     labels: Option<SliceLabels>,
@@ -649,7 +649,7 @@ impl From<RawSlice> for EndpointSlice {
     fn from(raw: RawSlice) -> EndpointSlice {
         let meta = raw.metadata;
         EndpointSlice {
-            metadata: object_meta(meta.name, meta.namespace, meta.uid, meta.resource_version),
+            metadata: object_meta(meta.name, meta.namespace, None, meta.resource_version),
             service_name: meta.labels.and_then(|labels| labels.service_name),
             endpoints: raw.endpoints.unwrap_or_default(),
             ports: raw.ports.unwrap_or_default(),
