@@ -55,20 +55,20 @@ impl ServiceKey {
     }
 }
 
-/// `namespace` as the one shared string of that text: a cluster has few namespaces and many
-/// objects in each. Strings no key holds any more are dropped now and then.
-pub fn namespace(namespace: &str) -> Arc<str> {
-    static NAMESPACES: Mutex<(BTreeSet<Arc<str>>, usize)> = Mutex::new((BTreeSet::new(), 64));
-    let mut guard = NAMESPACES.lock().unwrap_or_else(PoisonError::into_inner);
+/// `text` as the one shared string of that text, for the few values many objects repeat:
+/// namespaces, protocols, port names. Strings nothing holds any more are dropped now and then.
+pub fn shared(text: &str) -> Arc<str> {
+    static KNOWN: Mutex<(BTreeSet<Arc<str>>, usize)> = Mutex::new((BTreeSet::new(), 64));
+    let mut guard = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
     let (known, prune_at) = &mut *guard;
-    if let Some(shared) = known.get(namespace) {
+    if let Some(shared) = known.get(text) {
         return shared.clone();
     }
     if known.len() >= *prune_at {
         known.retain(|shared| Arc::strong_count(shared) > 1);
         *prune_at = (known.len() * 2).max(64);
     }
-    let shared: Arc<str> = namespace.into();
+    let shared: Arc<str> = text.into();
     known.insert(shared.clone());
     shared
 }
@@ -137,8 +137,8 @@ pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
-    pub name: Option<String>,
-    pub protocol: String,
+    pub name: Option<Arc<str>>,
+    pub protocol: Arc<str>,
     pub port: u16,
 }
 
@@ -167,8 +167,8 @@ pub struct LocalEndpoint {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointPort {
-    pub name: Option<String>,
-    pub protocol: String,
+    pub name: Option<Arc<str>>,
+    pub protocol: Arc<str>,
     pub port: u16,
 }
 
@@ -185,7 +185,7 @@ impl ServiceSpec {
     pub fn from_object(service: &Service) -> Option<ServiceSpec> {
         let metadata = &service.metadata;
         let key = ServiceKey::new(
-            namespace(metadata.namespace.as_deref()?),
+            shared(metadata.namespace.as_deref()?),
             metadata.name.as_deref()?,
         );
         // Every list is cut to the per-Service limit, on arrival, so a Service asking for
@@ -201,8 +201,8 @@ impl ServiceSpec {
         let (allocated_ips, allocated_more) = annotation(&service.allocated_ips);
         let ports = exact(service.ports.iter().filter_map(|port| {
             Some(ServicePort {
-                name: port.name.clone(),
-                protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                name: port.name.as_deref().map(shared),
+                protocol: shared(port.protocol.as_deref().unwrap_or("TCP")),
                 port: u16::try_from(port.port).ok()?,
             })
         }));
@@ -264,7 +264,7 @@ impl SliceSpec {
     /// Reduces `slice` to what matters on `node`.
     pub fn from_object(slice: &EndpointSlice, node: &str) -> Option<SliceSpec> {
         let metadata = &slice.metadata;
-        let namespace = namespace(metadata.namespace.as_deref()?);
+        let namespace = shared(metadata.namespace.as_deref()?);
         let key = SliceKey {
             namespace: namespace.clone(),
             name: metadata.name.as_deref()?.into(),
@@ -299,8 +299,8 @@ impl SliceSpec {
         }
         let ports = exact(slice.ports.iter().filter_map(|port| {
             Some(EndpointPort {
-                name: port.name.clone(),
-                protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                name: port.name.as_deref().map(shared),
+                protocol: shared(port.protocol.as_deref().unwrap_or("TCP")),
                 port: u16::try_from(port.port?).ok()?,
             })
         }));
