@@ -67,6 +67,8 @@ pub struct Scale {
     /// The peak resident set (`VmHWM`) from the start until converged: the initial list's.
     pub peak_rss_until_sync_mib: f64,
     pub rss_after_sync_mib: f64,
+    /// Of which anonymous (`RssAnon`): without the binary's own clean file pages.
+    pub anon_rss_after_sync_mib: f64,
     pub rss_after_changes_mib: f64,
     /// The daemon's CPU use while nothing changes (watch bookmarks, timers), ms per second.
     pub idle_cpu_ms_per_s: f64,
@@ -276,6 +278,7 @@ fn scenario(
     );
     super::sleep(Duration::from_secs(1))?;
     let rss_after_sync_mib = sys::rss_kib(pid)? as f64 / 1024.0;
+    let anon_rss_after_sync_mib = sys::anon_rss_kib(pid)? as f64 / 1024.0;
 
     // Idle rate.
     let idle_window = Duration::from_secs(2);
@@ -382,6 +385,7 @@ fn scenario(
         converge_seconds,
         peak_rss_until_sync_mib,
         rss_after_sync_mib,
+        anon_rss_after_sync_mib,
         rss_after_changes_mib,
         idle_cpu_ms_per_s: idle_ns_per_s / 1e6,
         local_changes,

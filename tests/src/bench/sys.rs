@@ -234,6 +234,12 @@ pub fn rss_kib(pid: u32) -> io::Result<u64> {
     status_kib(pid, "VmRSS")
 }
 
+/// The anonymous part of `pid`'s resident set (`RssAnon`: heap, stacks; not the pages of its
+/// binary and libraries, which are clean file pages the kernel can drop and reread), KiB.
+pub fn anon_rss_kib(pid: u32) -> io::Result<u64> {
+    status_kib(pid, "RssAnon")
+}
+
 /// The peak resident set size of process `pid` since it started (`VmHWM`), KiB.
 pub fn peak_rss_kib(pid: u32) -> io::Result<u64> {
     status_kib(pid, "VmHWM")
