@@ -696,6 +696,24 @@ impl<'a, T> IntoIterator for &'a KeySet<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_set_is_an_ordered_set() {
+        let mut set = KeySet::default();
+        assert!(set.is_empty());
+        for name in ["c", "a", "b"] {
+            assert!(set.insert(ServiceKey::new("default", name)));
+        }
+        assert!(
+            !set.insert(ServiceKey::new("default", "a")),
+            "already there"
+        );
+        let names: Vec<&str> = set.iter().map(|key| &*key.name).collect();
+        assert_eq!(names, ["a", "b", "c"], "in order, as a BTreeSet iterates");
+        assert!(set.remove(&ServiceKey::new("default", "b")));
+        assert!(!set.remove(&ServiceKey::new("default", "b")));
+        assert_eq!(set.len(), 2);
+    }
     use crate::cluster::model::LocalEndpoint;
 
     const NODE: &str = "node-a";

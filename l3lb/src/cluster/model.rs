@@ -462,6 +462,26 @@ mod tests {
     }
 
     #[test]
+    fn repeated_text_is_one_shared_string_and_keys_share_theirs() {
+        let a = shared("team-a");
+        assert!(Arc::ptr_eq(&a, &shared("team-a")));
+        assert!(!Arc::ptr_eq(&a, &shared("team-b")));
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "team-a", "name": "web-x",
+                         "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80}],
+        }))
+        .unwrap();
+        let spec = SliceSpec::from_object(&slice, "node-a").unwrap();
+        let service = spec.service.unwrap();
+        assert!(Arc::ptr_eq(&spec.key.namespace, &a));
+        assert!(Arc::ptr_eq(&service.namespace, &a));
+        assert_eq!(service, ServiceKey::new("team-a", "web"), "equal by text");
+        assert!(Arc::ptr_eq(&spec.ports[0].protocol, &shared("TCP")));
+    }
+
+    #[test]
     fn a_node_is_excluded_by_the_label_and_cordoned_by_the_flag_or_the_taint() {
         let node = |json: serde_json::Value| {
             NodeSpec::from_node(&serde_json::from_value::<Node>(json).unwrap()).unwrap()
