@@ -315,12 +315,12 @@ pub struct DesiredState {
     policy: Policy,
     services: HashMap<ServiceKey, ServiceSpec>,
     slices: HashMap<SliceKey, SliceSpec>,
-    slices_of: HashMap<ServiceKey, BTreeSet<SliceKey>>,
+    slices_of: HashMap<ServiceKey, KeySet<SliceKey>>,
     decisions: HashMap<ServiceKey, Decision>,
     /// Each announced IP and the Services claiming it.
-    claims: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
+    claims: BTreeMap<IpAddr, KeySet<ServiceKey>>,
     /// Each valid requested IP and the Services requesting it, announced here or not.
-    requests: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
+    requests: BTreeMap<IpAddr, KeySet<ServiceKey>>,
     /// The weight of each announced IP (the keys of `claims`), with `--weights endpoints` only.
     weights: BTreeMap<IpAddr, u32>,
     /// This node's Node object, where the source has one.
@@ -379,14 +379,14 @@ impl DesiredState {
     }
 
     /// IPs requested by more than one Service, with the Services.
-    pub fn shared(&self) -> impl Iterator<Item = (&IpAddr, &BTreeSet<ServiceKey>)> {
+    pub fn shared(&self) -> impl Iterator<Item = (&IpAddr, &KeySet<ServiceKey>)> {
         self.requests
             .iter()
             .filter(|(_, services)| services.len() > 1)
     }
 
     /// The Services claiming `ip` here.
-    pub fn claimants(&self, ip: &IpAddr) -> Option<&BTreeSet<ServiceKey>> {
+    pub fn claimants(&self, ip: &IpAddr) -> Option<&KeySet<ServiceKey>> {
         self.claims.get(ip)
     }
 
@@ -407,7 +407,7 @@ impl DesiredState {
         self.slices_of
             .get(service)
             .into_iter()
-            .flatten()
+            .flat_map(KeySet::iter)
             .filter_map(|key| self.slices.get(key))
     }
 
@@ -630,9 +630,90 @@ impl DesiredState {
     }
 }
 
+/// A small ordered set: a sorted `Vec`. Most Services have one slice and most IPs one Service,
+/// and a `BTreeSet` spends a whole node (over 500 bytes for these keys) on a single element;
+/// this spends the element. Iterates in order, as a `BTreeSet` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySet<T>(Vec<T>);
+
+impl<T> Default for KeySet<T> {
+    fn default() -> Self {
+        KeySet(Vec::new())
+    }
+}
+
+impl<T: Ord> KeySet<T> {
+    /// Adds `value`; `false` when it was there already.
+    pub fn insert(&mut self, value: T) -> bool {
+        match self.0.binary_search(&value) {
+            Ok(_) => false,
+            Err(at) => {
+                // Exact room while small (the common case is one or two), amortised beyond.
+                if self.0.len() < 4 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(at, value);
+                true
+            }
+        }
+    }
+
+    /// Removes `value`; `false` when it was not there.
+    pub fn remove(&mut self, value: &T) -> bool {
+        match self.0.binary_search(value) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl<T> KeySet<T> {
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a KeySet<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_set_is_an_ordered_set() {
+        let mut set = KeySet::default();
+        assert!(set.is_empty());
+        for name in ["c", "a", "b"] {
+            assert!(set.insert(ServiceKey::new("default", name)));
+        }
+        assert!(
+            !set.insert(ServiceKey::new("default", "a")),
+            "already there"
+        );
+        let names: Vec<&str> = set.iter().map(|key| &*key.name).collect();
+        assert_eq!(names, ["a", "b", "c"], "in order, as a BTreeSet iterates");
+        assert!(set.remove(&ServiceKey::new("default", "b")));
+        assert!(!set.remove(&ServiceKey::new("default", "b")));
+        assert_eq!(set.len(), 2);
+    }
     use crate::cluster::model::LocalEndpoint;
 
     const NODE: &str = "node-a";
@@ -919,7 +1000,7 @@ mod tests {
                 .claimants(&ip("10.0.100.7"))
                 .unwrap()
                 .iter()
-                .map(|k| k.name.as_str())
+                .map(|k| &*k.name)
                 .collect::<Vec<_>>(),
             ["b"]
         );
@@ -958,7 +1039,7 @@ mod tests {
         assert_eq!(
             out.changed_services
                 .iter()
-                .map(|k| k.name.as_str())
+                .map(|k| &*k.name)
                 .collect::<Vec<_>>(),
             ["b"]
         );

@@ -53,7 +53,11 @@ impl std::fmt::Display for Regarding {
 impl Regarding {
     fn reference(&self, uid: String) -> ObjectReference {
         let (kind, namespace, name) = match self {
-            Regarding::Service(key) => ("Service", Some(key.namespace.clone()), key.name.clone()),
+            Regarding::Service(key) => (
+                "Service",
+                Some(key.namespace.to_string()),
+                key.name.to_string(),
+            ),
             Regarding::Node(name) => ("Node", None, name.clone()),
         };
         ObjectReference {
@@ -301,7 +305,7 @@ mod tests {
                 let Regarding::Service(service) = &e.regarding else {
                     panic!("a Service event: {e:?}")
                 };
-                (service.name.as_str(), e.reason, e.warning, e.cluster_wide)
+                (&*service.name, e.reason, e.warning, e.cluster_wide)
             })
             .collect();
         assert_eq!(

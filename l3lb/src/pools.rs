@@ -236,15 +236,20 @@ impl Pool {
 
     /// Does the pool's `namespaces` and `serviceSelector` admit this Service?
     pub fn admits(&self, service: &ServiceRequest) -> bool {
-        if !self.namespaces.is_empty() && !self.namespaces.contains(&service.key.namespace) {
+        if !self.namespaces.is_empty()
+            && !self.namespaces.iter().any(|n| *n == *service.key.namespace)
+        {
             return false;
         }
         let Some(selector) = &self.selector else {
             return true;
         };
         let mut labels = service.labels.clone();
-        labels.insert(NAMESPACE_PSEUDO_LABEL.into(), service.key.namespace.clone());
-        labels.insert(NAME_PSEUDO_LABEL.into(), service.key.name.clone());
+        labels.insert(
+            NAMESPACE_PSEUDO_LABEL.into(),
+            service.key.namespace.to_string(),
+        );
+        labels.insert(NAME_PSEUDO_LABEL.into(), service.key.name.to_string());
         selector.matches(&labels)
     }
 

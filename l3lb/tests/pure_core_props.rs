@@ -85,7 +85,7 @@ fn slice() -> impl Strategy<Value = SliceSpec> {
         .prop_map(|(service, n, any_ready, local)| SliceSpec {
             key: SliceKey {
                 namespace: "default".into(),
-                name: format!("svc-{service}-{n}"),
+                name: format!("svc-{service}-{n}").into(),
             },
             service: Some(ServiceKey::new("default", format!("svc-{service}"))),
             any_ready: any_ready || local.iter().any(|e| e.ready),
@@ -152,7 +152,7 @@ impl Cluster {
             Event::DeleteSlice(s, n) => {
                 let key = SliceKey {
                     namespace: "default".into(),
-                    name: format!("svc-{s}-{n}"),
+                    name: format!("svc-{s}-{n}").into(),
                 };
                 self.slices.remove(&key);
                 vec![ClusterChange::SliceDeleted(key)]

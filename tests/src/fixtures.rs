@@ -521,9 +521,6 @@ mod tests {
         assert_eq!(api.load_balancer_ip.as_deref(), Some("10.0.100.9"));
         assert_eq!(api.external_ips, ["10.0.100.10"]);
         assert_eq!(api.ingress_ips, ["10.0.100.11"]);
-        assert_eq!(
-            (api.ports[0].protocol.as_str(), api.ports[0].port),
-            ("TCP", 443)
-        );
+        assert_eq!((&*api.ports[0].protocol, api.ports[0].port), ("TCP", 443));
     }
 }

@@ -128,7 +128,7 @@ fn pools_in_the_files_give_every_node_the_same_addresses() {
             .snapshot()
             .0
             .into_iter()
-            .map(|s| (s.key.name.clone(), s.allocated_ips))
+            .map(|s| (s.key.name.to_string(), s.allocated_ips))
             .collect();
         (services, reports_rx.borrow().clone())
     };

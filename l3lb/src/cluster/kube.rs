@@ -2,7 +2,9 @@
 //! Node (for maintenance, see [`crate::maintenance`]).
 //!
 //! Each watch turns into [`ClusterChange`]s as objects arrive, converted to their slim form on
-//! the spot so nothing else of the API objects stays in memory. A (re)list is buffered until it
+//! the spot so nothing else of the API objects stays in memory. Services and EndpointSlices are
+//! not even decoded in full: [`super::objects`] reads only the fields the model uses from the
+//! watch event's JSON and skips the rest (managed fields, labels, `targetRef`s, …) unallocated. A (re)list is buffered until it
 //! is complete and only then sent as one relist: an error half way through a list never looks
 //! like "everything was deleted". While the API server is unreachable the watches retry with
 //! backoff and send nothing, so what is announced stays announced (fail static). How the watches
@@ -10,10 +12,7 @@
 use std::{fmt::Debug, time::Duration};
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::Node;
 use kube::{
     Api, Client,
     api::{WatchEvent, WatchParams},
@@ -23,9 +22,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::model::{
-    ClusterChange, NodeSpec, SERVICE_NAME_LABEL, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
-    has_unplaced_endpoints, slice_over_limits,
+use super::{
+    model::{
+        ClusterChange, NodeSpec, SERVICE_NAME_LABEL, ServiceKey, ServiceSpec, SliceKey, SliceSpec,
+        has_unplaced_endpoints, slice_over_limits,
+    },
+    objects::{EndpointSlice, Service},
 };
 use crate::metrics::{Metrics, WatchLabels};
 
@@ -145,11 +147,12 @@ pub async fn run(
         Api::<Service>::all(client.clone()),
         list_config(streaming),
         "services",
-        |service: &Service| ServiceSpec::from_service(service),
+        |service: &Service| ServiceSpec::from_object(service),
         |service: &Service| {
-            Some(ClusterChange::ServiceDeleted(
-                ServiceSpec::from_service(service)?.key,
-            ))
+            Some(ClusterChange::ServiceDeleted(ServiceKey::new(
+                service.metadata.namespace.as_deref()?,
+                service.metadata.name.as_deref()?,
+            )))
         },
         ClusterChange::ServiceApplied,
         ClusterChange::ServicesListed,
@@ -185,7 +188,7 @@ pub async fn run(
         list_config(streaming).labels(SERVICE_NAME_LABEL),
         "endpointslices",
         move |slice: &EndpointSlice| {
-            let spec = SliceSpec::from_endpoint_slice(slice, &slice_node)?;
+            let spec = SliceSpec::from_object(slice, &slice_node)?;
             let mut over = over_limits
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -215,8 +218,8 @@ pub async fn run(
         },
         |slice: &EndpointSlice| {
             Some(ClusterChange::SliceDeleted(SliceKey {
-                namespace: slice.metadata.namespace.clone()?,
-                name: slice.metadata.name.clone()?,
+                namespace: slice.metadata.namespace.as_deref()?.into(),
+                name: slice.metadata.name.as_deref()?.into(),
             }))
         },
         ClusterChange::SliceApplied,

@@ -52,7 +52,9 @@ pub fn split_list(value: &str, limit: usize) -> (Vec<String>, bool) {
         .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty());
-    let kept = items.by_ref().take(limit).map(clip).collect();
+    let mut kept: Vec<String> = items.by_ref().take(limit).map(clip).collect();
+    // Kept resident for every Service: no spare room.
+    kept.shrink_to_fit();
     (kept, items.next().is_some())
 }
 

@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 use serde::de::{self, DeserializeSeed, Visitor};
 use serde_yaml::{
     Mapping, Value,
@@ -24,6 +24,7 @@ use super::{
         MAX_FLOW_DEPTH, MAX_MANIFEST_BYTES, MAX_YAML_NODES, MAX_YAML_SCALAR_BYTES, flow_depth,
     },
     model::{NodeSpec, ServiceSpec, SliceSpec, slice_over_limits},
+    objects::EndpointSlice,
 };
 use crate::crd::L3lbIPPool;
 
@@ -178,9 +179,7 @@ fn collect(
                 let name = slice.metadata.name.as_deref().unwrap_or_default();
                 warn!(file = %file.display(), slice = name, "EndpointSlice over the limits: {excess}");
             }
-            parsed
-                .slices
-                .extend(SliceSpec::from_endpoint_slice(&slice, node));
+            parsed.slices.extend(SliceSpec::from_object(&slice, node));
         }
         "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
             // Taken, not cloned: a List may be most of the file.

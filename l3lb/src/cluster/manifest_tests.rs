@@ -152,7 +152,7 @@ fn ordinary_manifests_parse_as_before() {
         "kind: List\nitems:\n- {}",
         service_yaml("listed", "10.0.100.7").replace('\n', "\n  ")
     );
-    assert_eq!(parse(&list).unwrap().services[0].key.name, "listed");
+    assert_eq!(&*parse(&list).unwrap().services[0].key.name, "listed");
     let dup = error_of("kind: Service\nkind: Service\n");
     assert!(dup.contains("duplicate entry"), "{dup}");
 }

@@ -5,3 +5,4 @@ pub mod kube;
 pub mod limits;
 mod manifest;
 pub mod model;
+pub mod objects;

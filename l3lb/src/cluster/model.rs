@@ -4,16 +4,19 @@
 //! specs and every endpoint on other nodes never stay resident: a slice is reduced to this node's
 //! endpoints plus two cluster-wide flags. A slice change elsewhere that flips neither flag
 //! converts to an equal value, and the desired-state engine then does no work at all.
-use std::fmt;
-
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
+use std::{
+    collections::BTreeSet,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
 };
 
-use super::limits::{
-    MAX_ADDRESSES_PER_ENDPOINT, MAX_IPS_PER_SERVICE, MAX_LOCAL_ENDPOINTS_PER_SLICE, bounded,
-    split_list,
+use k8s_openapi::api::core::v1::Node;
+
+use super::{
+    limits::{
+        MAX_ADDRESSES_PER_ENDPOINT, MAX_IPS_PER_SERVICE, MAX_LOCAL_ENDPOINTS_PER_SLICE, split_list,
+    },
+    objects::{EndpointSlice, Service},
 };
 
 /// The `loadBalancerClass` l3lb answers to unless told otherwise.
@@ -34,20 +37,40 @@ pub const STATUS_FIELD_MANAGER: &str = "l3lb";
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// `namespace/name` of a Service.
+/// `namespace/name` of a Service. Shared strings: the desired state keeps a key in several
+/// places (the Service, its decision, its slices' links, the IPs it requests), and a clone is a
+/// reference count, not two allocations. They compare, order and hash as their text.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ServiceKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         ServiceKey {
             namespace: namespace.into(),
             name: name.into(),
         }
     }
+}
+
+/// `text` as the one shared string of that text, for the few values many objects repeat:
+/// namespaces, protocols, port names. Strings nothing holds any more are dropped now and then.
+pub fn shared(text: &str) -> Arc<str> {
+    static KNOWN: Mutex<(BTreeSet<Arc<str>>, usize)> = Mutex::new((BTreeSet::new(), 64));
+    let mut guard = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    let (known, prune_at) = &mut *guard;
+    if let Some(shared) = known.get(text) {
+        return shared.clone();
+    }
+    if known.len() >= *prune_at {
+        known.retain(|shared| Arc::strong_count(shared) > 1);
+        *prune_at = (known.len() * 2).max(64);
+    }
+    let shared: Arc<str> = text.into();
+    known.insert(shared.clone());
+    shared
 }
 
 impl fmt::Display for ServiceKey {
@@ -56,11 +79,11 @@ impl fmt::Display for ServiceKey {
     }
 }
 
-/// `namespace/name` of an EndpointSlice.
+/// `namespace/name` of an EndpointSlice, shared as [`ServiceKey`]'s.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SliceKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl fmt::Display for SliceKey {
@@ -109,35 +132,13 @@ pub enum IngressOwner {
     Other,
 }
 
-impl IngressOwner {
-    fn of(service: &Service) -> IngressOwner {
-        let mut owner = IngressOwner::Unknown;
-        for entry in service.metadata.managed_fields.iter().flatten() {
-            let owns = entry.fields_v1.as_ref().is_some_and(|fields| {
-                fields
-                    .0
-                    .pointer("/f:status/f:loadBalancer/f:ingress")
-                    .is_some()
-            });
-            if !owns {
-                continue;
-            }
-            if entry.manager.as_deref() == Some(STATUS_FIELD_MANAGER) {
-                return IngressOwner::L3lb;
-            }
-            owner = IngressOwner::Other;
-        }
-        owner
-    }
-}
-
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`: three hours.
 pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
-    pub name: Option<String>,
-    pub protocol: String,
+    pub name: Option<Arc<str>>,
+    pub protocol: Arc<str>,
     pub port: u16,
 }
 
@@ -166,123 +167,115 @@ pub struct LocalEndpoint {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointPort {
-    pub name: Option<String>,
-    pub protocol: String,
+    pub name: Option<Arc<str>>,
+    pub protocol: Arc<str>,
     pub port: u16,
 }
 
 impl ServiceSpec {
-    pub fn from_service(service: &Service) -> Option<ServiceSpec> {
+    /// From a `k8s_openapi` Service (the file source, tests), through its JSON form: the same
+    /// decoding as the kube source's, so both read every field the same way.
+    pub fn from_service(service: &k8s_openapi::api::core::v1::Service) -> Option<ServiceSpec> {
+        let object: Service = serde_json::to_value(service)
+            .and_then(serde_json::from_value)
+            .ok()?;
+        ServiceSpec::from_object(&object)
+    }
+
+    pub fn from_object(service: &Service) -> Option<ServiceSpec> {
         let metadata = &service.metadata;
-        let key = ServiceKey::new(metadata.namespace.clone()?, metadata.name.clone()?);
-        let spec = service.spec.as_ref();
-        // Every list is cut to the per-Service limit here, on arrival, so a Service asking for
-        // thousands of IPs never keeps thousands of strings resident.
-        let mut over_limit = false;
-        let mut keep = |(items, more): (Vec<String>, bool)| {
-            over_limit |= more;
-            items
-        };
-        let annotation = |name: &str| {
-            metadata
-                .annotations
-                .as_ref()
-                .and_then(|annotations| annotations.get(name))
+        let key = ServiceKey::new(
+            shared(metadata.namespace.as_deref()?),
+            metadata.name.as_deref()?,
+        );
+        // Every list is cut to the per-Service limit, on arrival, so a Service asking for
+        // thousands of IPs never keeps thousands of strings resident; the lists from the API
+        // were cut while decoding already.
+        let annotation = |value: &Option<String>| {
+            value
+                .as_deref()
                 .map(|value| split_list(value, MAX_IPS_PER_SERVICE))
                 .unwrap_or_default()
         };
-        let annotation_ips = keep(annotation(LOAD_BALANCER_IPS_ANNOTATION));
-        let allocated_ips = keep(annotation(ALLOCATED_IPS_ANNOTATION));
-        let ingress_ips = keep(bounded(
-            service
-                .status
-                .as_ref()
-                .and_then(|status| status.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref())
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i.ip.as_deref()),
-            MAX_IPS_PER_SERVICE,
-        ));
-        let external_ips = keep(bounded(
-            spec.and_then(|s| s.external_ips.as_ref())
-                .into_iter()
-                .flatten(),
-            MAX_IPS_PER_SERVICE,
-        ));
-        let ports = spec
-            .and_then(|spec| spec.ports.as_ref())
-            .map(|ports| {
-                ports
-                    .iter()
-                    .filter_map(|port| {
-                        Some(ServicePort {
-                            name: port.name.clone(),
-                            protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                            port: u16::try_from(port.port).ok()?,
-                        })
-                    })
-                    .collect()
+        let (annotation_ips, annotation_more) = annotation(&service.load_balancer_ips);
+        let (allocated_ips, allocated_more) = annotation(&service.allocated_ips);
+        let ports = exact(service.ports.iter().filter_map(|port| {
+            Some(ServicePort {
+                name: port.name.as_deref().map(shared),
+                protocol: shared(port.protocol.as_deref().unwrap_or("TCP")),
+                port: u16::try_from(port.port).ok()?,
             })
-            .unwrap_or_default();
+        }));
         Some(ServiceSpec {
             key,
             uid: metadata.uid.clone(),
-            is_load_balancer: spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"),
-            load_balancer_class: spec.and_then(|s| s.load_balancer_class.clone()),
+            is_load_balancer: service.type_.as_deref() == Some("LoadBalancer"),
+            load_balancer_class: service.load_balancer_class.clone(),
             annotation_ips,
             allocated_ips,
-            load_balancer_ip: spec
-                .and_then(|s| s.load_balancer_ip.as_deref())
-                .filter(|ip| !ip.trim().is_empty())
-                .map(super::limits::clip),
-            ingress_ips,
-            ingress_owner: IngressOwner::of(service),
-            external_ips,
+            load_balancer_ip: service.load_balancer_ip.clone(),
+            ingress_ips: service.ingress_ips.items.clone(),
+            ingress_owner: service.ingress_owner,
+            external_ips: service.external_ips.items.clone(),
             ports,
-            client_ip_affinity_secs: spec
-                .filter(|s| s.session_affinity.as_deref() == Some("ClientIP"))
-                .map(|s| {
-                    s.session_affinity_config
-                        .as_ref()
-                        .and_then(|config| config.client_ip.as_ref())
-                        .and_then(|client_ip| client_ip.timeout_seconds)
+            client_ip_affinity_secs: (service.session_affinity.as_deref() == Some("ClientIP"))
+                .then(|| {
+                    service
+                        .affinity_timeout_seconds
                         .and_then(|secs| u32::try_from(secs).ok())
                         .filter(|&secs| secs > 0)
                         .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
                 }),
-            ips_over_limit: over_limit,
+            ips_over_limit: annotation_more
+                || allocated_more
+                || service.ingress_ips.more()
+                || service.external_ips.more(),
         })
     }
+}
+
+/// The items collected without spare room: these lists stay resident for every Service and
+/// slice, and `collect` from a filter starts at room for four.
+fn exact<T>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut items: Vec<T> = items.collect();
+    items.shrink_to_fit();
+    items
 }
 
 /// Whether some endpoint of `slice` has no `nodeName` (a hand-made slice of a selectorless
 /// Service, mirrored Endpoints): it cannot make any node announce.
 pub fn has_unplaced_endpoints(slice: &EndpointSlice) -> bool {
-    slice
-        .endpoints
-        .iter()
-        .flatten()
-        .any(|e| e.node_name.is_none())
+    slice.endpoints.iter().any(|e| e.node_name.is_none())
 }
 
 impl SliceSpec {
+    /// From a `k8s_openapi` EndpointSlice (tests), through its JSON form, as
+    /// [`ServiceSpec::from_service`].
+    pub fn from_endpoint_slice(
+        slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
+        node: &str,
+    ) -> Option<SliceSpec> {
+        let object: EndpointSlice = serde_json::to_value(slice)
+            .and_then(serde_json::from_value)
+            .ok()?;
+        SliceSpec::from_object(&object, node)
+    }
+
     /// Reduces `slice` to what matters on `node`.
-    pub fn from_endpoint_slice(slice: &EndpointSlice, node: &str) -> Option<SliceSpec> {
+    pub fn from_object(slice: &EndpointSlice, node: &str) -> Option<SliceSpec> {
         let metadata = &slice.metadata;
-        let namespace = metadata.namespace.clone()?;
+        let namespace = shared(metadata.namespace.as_deref()?);
         let key = SliceKey {
             namespace: namespace.clone(),
-            name: metadata.name.clone()?,
+            name: metadata.name.as_deref()?.into(),
         };
-        let service = metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-            .map(|name| ServiceKey::new(namespace, name.clone()));
+        let service = slice
+            .service_name
+            .as_deref()
+            .map(|name| ServiceKey::new(namespace, name));
         let mut any_ready = false;
         let mut local = Vec::new();
-        for endpoint in slice.endpoints.iter().flatten() {
+        for endpoint in &slice.endpoints {
             let conditions = endpoint.conditions.as_ref();
             // The API defines an absent `ready` as ready, an absent `serving` as equal to
             // `ready`, and an absent `terminating` as not terminating.
@@ -297,25 +290,20 @@ impl SliceSpec {
                 && local.len() < MAX_LOCAL_ENDPOINTS_PER_SLICE
             {
                 local.push(LocalEndpoint {
-                    addresses: bounded(&endpoint.addresses, MAX_ADDRESSES_PER_ENDPOINT).0,
+                    addresses: endpoint.addresses.items.clone(),
                     ready,
                     serving,
                     terminating,
                 });
             }
         }
-        let ports = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|port| {
-                Some(EndpointPort {
-                    name: port.name.clone(),
-                    protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    port: u16::try_from(port.port?).ok()?,
-                })
+        let ports = exact(slice.ports.iter().filter_map(|port| {
+            Some(EndpointPort {
+                name: port.name.as_deref().map(shared),
+                protocol: shared(port.protocol.as_deref().unwrap_or("TCP")),
+                port: u16::try_from(port.port?).ok()?,
             })
-            .collect();
+        }));
         Some(SliceSpec {
             key,
             service,
@@ -329,12 +317,12 @@ impl SliceSpec {
 /// How `slice` exceeds what l3lb keeps of it on `node` ([`MAX_LOCAL_ENDPOINTS_PER_SLICE`]
 /// endpoints, [`MAX_ADDRESSES_PER_ENDPOINT`] addresses each), for a warning; `None` within them.
 pub fn slice_over_limits(slice: &EndpointSlice, node: &str) -> Option<String> {
-    let endpoints = slice.endpoints.iter().flatten();
+    let endpoints = slice.endpoints.iter();
     let local = endpoints
         .clone()
         .filter(|e| e.node_name.as_deref() == Some(node))
         .count();
-    let most_addresses = endpoints.map(|e| e.addresses.len()).max().unwrap_or(0);
+    let most_addresses = endpoints.map(|e| e.addresses.total).max().unwrap_or(0);
     let mut excess = Vec::new();
     if local > MAX_LOCAL_ENDPOINTS_PER_SLICE {
         excess.push(format!(
@@ -414,7 +402,7 @@ mod tests {
             "spec": spec,
         }))
         .unwrap();
-        ServiceSpec::from_service(&service).unwrap()
+        ServiceSpec::from_object(&service).unwrap()
     }
 
     #[test]
@@ -461,16 +449,36 @@ mod tests {
             "endpoints": endpoints,
         }))
         .unwrap();
-        let here = SliceSpec::from_endpoint_slice(&slice, "node-a").unwrap();
+        let here = SliceSpec::from_object(&slice, "node-a").unwrap();
         assert_eq!(here.local.len(), MAX_LOCAL_ENDPOINTS_PER_SLICE);
         assert!(here.any_ready);
-        let there = SliceSpec::from_endpoint_slice(&slice, "node-b").unwrap();
+        let there = SliceSpec::from_object(&slice, "node-b").unwrap();
         assert_eq!(there.local[0].addresses.len(), MAX_ADDRESSES_PER_ENDPOINT);
         let excess = slice_over_limits(&slice, "node-a").expect("over the limits");
         assert!(excess.contains("1500 endpoints on this node"), "{excess}");
         assert!(excess.contains("150 addresses"), "{excess}");
         let within = slice_over_limits(&slice, "node-c").expect("addresses still over");
         assert!(!within.contains("endpoints on this node"), "{within}");
+    }
+
+    #[test]
+    fn repeated_text_is_one_shared_string_and_keys_share_theirs() {
+        let a = shared("team-a");
+        assert!(Arc::ptr_eq(&a, &shared("team-a")));
+        assert!(!Arc::ptr_eq(&a, &shared("team-b")));
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "team-a", "name": "web-x",
+                         "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80}],
+        }))
+        .unwrap();
+        let spec = SliceSpec::from_object(&slice, "node-a").unwrap();
+        let service = spec.service.unwrap();
+        assert!(Arc::ptr_eq(&spec.key.namespace, &a));
+        assert!(Arc::ptr_eq(&service.namespace, &a));
+        assert_eq!(service, ServiceKey::new("team-a", "web"), "equal by text");
+        assert!(Arc::ptr_eq(&spec.ports[0].protocol, &shared("TCP")));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Part 3: the controller at scale. `l3lb run --source kube` (the real kube-rs client) against
 //! the fake API server, in a network namespace of its own, managing its `lo`:
 //!
-//! - 10 000 LoadBalancer Services, one EndpointSlice each, 50 000 endpoints spread over 500
-//!   nodes; this node (`node-000`) hosts its share (100 endpoints of 100 Services).
+//! - 1 000, 10 000 and 50 000 LoadBalancer Services ([`SCALES`]), one EndpointSlice each with 5
+//!   endpoints spread over 50, 500 and 2 000 nodes; this node (`node-000`) hosts its share
+//!   (100, 100 and 125 endpoints of as many Services).
 //! - Convergence: from the process start until the addresses on `lo` are exactly the 100
 //!   expected ones (watched with [`super::netlink`], not polled).
 //! - Latency: an endpoint on this node turns unready (the address must go) or ready again (it
@@ -10,7 +11,8 @@
 //! - Changes on other nodes: endpoints elsewhere flip readiness, which must change nothing here
 //!   and cost little; the daemon's CPU time over the batch (all threads, from
 //!   `/proc/PID/task/*/schedstat`), minus its idle rate measured just before, per change.
-//! - Memory: `VmRSS` after the sync and after all changes.
+//! - Memory: the peak (`VmHWM`) until converged, which is the initial list's, and `VmRSS` after
+//!   the sync and after all changes.
 //!
 //! The fake API server runs in this process; its serving cost is not the daemon's CPU but is
 //! part of the convergence time and the latency.
@@ -37,8 +39,15 @@ use crate::{
 const THIS_NODE: &str = "node-000";
 const ENDPOINTS_PER_SERVICE: usize = 5;
 
-/// One cluster size; the part runs a small and a large one, to show what grows with the
-/// cluster rather than with this node's share (100 endpoints in both).
+/// The cluster sizes: (Services, nodes). This node's share stays about the same (100, 100 and 125
+/// endpoints), so what grows is what the cluster's size costs every node. The goals are judged
+/// at [`GOAL_SERVICES`].
+pub const SCALES: [(usize, usize); 3] = [(1_000, 50), (10_000, 500), (50_000, 2_000)];
+
+/// The cluster size most goals are judged on.
+pub const GOAL_SERVICES: usize = 10_000;
+
+/// One cluster size per entry of [`SCALES`].
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Part3 {
     pub scales: Vec<Scale>,
@@ -55,7 +64,11 @@ pub struct Scale {
     pub populate_seconds: f64,
     /// From `l3lb run` starting to `lo` holding exactly the expected addresses.
     pub converge_seconds: f64,
+    /// The peak resident set (`VmHWM`) from the start until converged: the initial list's.
+    pub peak_rss_until_sync_mib: f64,
     pub rss_after_sync_mib: f64,
+    /// Of which anonymous (`RssAnon`): without the binary's own clean file pages.
+    pub anon_rss_after_sync_mib: f64,
     pub rss_after_changes_mib: f64,
     /// The daemon's CPU use while nothing changes (watch bookmarks, timers), ms per second.
     pub idle_cpu_ms_per_s: f64,
@@ -146,7 +159,7 @@ pub fn run_part(options: &Options) -> Result<Part3> {
         (1_000, 2_000)
     };
     let mut part = Part3::default();
-    for (services, nodes) in [(1_000, 50), (10_000, 500)] {
+    for (services, nodes) in SCALES {
         check_interrupted()?;
         let ns = NetNs::new("bctl");
         let name = ns.name().to_owned();
@@ -258,12 +271,14 @@ fn scenario(
         }
     }
     let converge_seconds = started.elapsed().as_secs_f64();
+    let peak_rss_until_sync_mib = sys::peak_rss_kib(pid)? as f64 / 1024.0;
     progress!(
         "part 3: converged in {converge_seconds:.2} s ({} addresses on lo)",
         on_lo.len()
     );
     super::sleep(Duration::from_secs(1))?;
     let rss_after_sync_mib = sys::rss_kib(pid)? as f64 / 1024.0;
+    let anon_rss_after_sync_mib = sys::anon_rss_kib(pid)? as f64 / 1024.0;
 
     // Idle rate.
     let idle_window = Duration::from_secs(2);
@@ -368,7 +383,9 @@ fn scenario(
         local_services: expected.len(),
         populate_seconds,
         converge_seconds,
+        peak_rss_until_sync_mib,
         rss_after_sync_mib,
+        anon_rss_after_sync_mib,
         rss_after_changes_mib,
         idle_cpu_ms_per_s: idle_ns_per_s / 1e6,
         local_changes,
@@ -385,9 +402,10 @@ fn scenario(
         cpu_per_remote_change_burst_us: burst_cpu / remote_changes as f64 / 1e3,
     };
     progress!(
-        "part 3: {remote_changes} changes on other nodes: {:.1} µs CPU each; RSS {:.1} MiB",
+        "part 3: {remote_changes} changes on other nodes: {:.1} µs CPU each; RSS {:.1} MiB (peak {:.1} MiB)",
         part.cpu_per_remote_change_us,
-        part.rss_after_sync_mib
+        part.rss_after_sync_mib,
+        part.peak_rss_until_sync_mib
     );
     if !daemon.terminate() {
         progress!("part 3: l3lb did not exit cleanly; log:\n{}", daemon.log());

@@ -11,9 +11,9 @@
 //!    pods), in the same run: direct routing, kube-proxy's iptables rules, kube-proxy's nftables
 //!    rules ([`kubeproxy`] writes both as kube-proxy does), `l3lb run --xdp`, and l3lb next to
 //!    kube-proxy's iptables rules.
-//! 3. [`controller`]: `l3lb run --source kube` against the fake API server with 10 000 Services:
-//!    time to converge, API change → address on `lo` latency ([`netlink`] watches), CPU per
-//!    change on another node, resident memory.
+//! 3. [`controller`]: `l3lb run --source kube` against the fake API server with up to 50 000
+//!    Services: time to converge, API change → address on `lo` latency ([`netlink`] watches), CPU
+//!    per change on another node, peak and resident memory.
 //!
 //! [`report`] writes the Markdown report, the JSON and the SVG plot. Everything runs in network
 //! namespaces and bpffs directories of its own, removed on success, failure and Ctrl-C.

@@ -231,12 +231,27 @@ pub fn cpu_ticks_ns(pid: u32) -> io::Result<u64> {
 
 /// `VmRSS` of `pid` in KiB.
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// The anonymous part of `pid`'s resident set (`RssAnon`: heap, stacks; not the pages of its
+/// binary and libraries, which are clean file pages the kernel can drop and reread), KiB.
+pub fn anon_rss_kib(pid: u32) -> io::Result<u64> {
+    status_kib(pid, "RssAnon")
+}
+
+/// The peak resident set size of process `pid` since it started (`VmHWM`), KiB.
+pub fn peak_rss_kib(pid: u32) -> io::Result<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| io::Error::other("no VmRSS in /proc/PID/status"))
+        .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
 }
 
 /// Runs `f` on a new thread inside namespace `name` (entered with [`crate::netns::enter`])

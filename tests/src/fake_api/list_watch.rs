@@ -142,9 +142,18 @@ impl Drop for WatchGuard {
 /// Default watch length when the client sends no `timeoutSeconds` (upstream picks 30-60 min).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// One watch event, `type` first as the API server writes it (Go encodes the struct's fields in
+/// order). The order matters to clients: serde decodes an adjacently tagged enum such as kube's
+/// `WatchEvent` straight into the object only when the tag comes first, and otherwise buffers
+/// the whole object as generic content before decoding it again, which would make every client
+/// look more expensive here than against a real server.
 fn watch_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    line.push(b'\n');
+    let mut line = Vec::with_capacity(256);
+    line.extend_from_slice(b"{\"type\":");
+    serde_json::to_writer(&mut line, kind).unwrap_or_default();
+    line.extend_from_slice(b",\"object\":");
+    serde_json::to_writer(&mut line, object).unwrap_or_default();
+    line.extend_from_slice(b"}\n");
     Bytes::from(line)
 }
 

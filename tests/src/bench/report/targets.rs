@@ -153,38 +153,24 @@ pub fn targets(part1: Option<&Part1>, part2: Option<&Part2>, part3: Option<&Part
             }
         }
     }
-    if let Some(p) = part3.and_then(|p| p.scales.last()) {
-        targets.push(Target {
-            name: "API change → address on lo, p99".into(),
-            value: format!(
-                "{:.2} ms (p50 {:.2} ms)",
-                p.latency_ms.p99, p.latency_ms.p50
-            ),
-            baseline: "—".into(),
-            ratio: "—".into(),
-            target: "< 20 ms".into(),
-            met: Some(p.latency_ms.p99 < 20.0 && p.missed == 0),
-        });
-        let rss_mb = p.rss_after_sync_mib * 1.048_576;
-        targets.push(Target {
-            name: format!(
-                "resident memory after sync, {} Services",
-                fmt_num(p.services as f64, 0)
-            ),
-            value: format!("{rss_mb:.1} MB"),
-            baseline: "—".into(),
-            ratio: "—".into(),
-            target: "< 40 MB".into(),
-            met: Some(rss_mb < 40.0),
-        });
-        targets.push(Target {
-            name: "CPU on this node per change on another node".into(),
-            value: format!("{:.1} µs", p.cpu_per_remote_change_us),
-            baseline: format!("{:.2} ms/s idle (subtracted)", p.idle_cpu_ms_per_s),
-            ratio: "—".into(),
-            target: "< 50 µs".into(),
-            met: Some(p.cpu_per_remote_change_us < 50.0 && p.unexpected_events == 0),
-        });
+    if let Some(part) = part3 {
+        let idle = super::part3::goal_scale(part)
+            .map(|p| format!("{:.2} ms/s idle (subtracted)", p.idle_cpu_ms_per_s));
+        for (name, value, target, met) in super::part3::goals(part) {
+            let baseline = if name.starts_with("CPU per change on another") {
+                idle.clone().unwrap_or_else(|| "—".into())
+            } else {
+                "—".into()
+            };
+            targets.push(Target {
+                name,
+                value,
+                baseline,
+                ratio: "—".into(),
+                target: target.into(),
+                met,
+            });
+        }
     }
     targets
 }
