@@ -10,7 +10,10 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -68,6 +71,8 @@ pub struct FileSource {
     watch_failed: bool,
     /// The file being parsed, and since when: what the watchdog looks at.
     parsing: Arc<Mutex<Option<(PathBuf, Instant)>>>,
+    /// How many times the directory was read.
+    scans: Arc<AtomicU64>,
 }
 
 impl FileSource {
@@ -84,7 +89,13 @@ impl FileSource {
             missing: false,
             watch_failed: false,
             parsing: Arc::default(),
+            scans: Arc::default(),
         }
+    }
+
+    /// Counts the directory's reads, from now on and after [`FileSource::run`] took the source.
+    pub fn scan_counter(&self) -> Arc<AtomicU64> {
+        self.scans.clone()
     }
 
     /// Allocates for Services of `class` from the pools in the files, reporting the pools on
@@ -169,7 +180,9 @@ impl FileSource {
     /// channel holds one); `None` (polling only) when there is none to have, said once.
     fn watcher(&self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
         let handler = move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // Not accesses: a rescan opens the directory and the files itself, and waking on
+            // those would rescan forever.
+            if event.is_ok_and(|event| !event.kind.is_access()) {
                 let _ = wake.try_send(());
             }
         };
@@ -248,6 +261,7 @@ impl FileSource {
 
     /// Re-reads files whose stamp changed; true when anything differs from before.
     fn rescan(&mut self) -> bool {
+        self.scans.fetch_add(1, Ordering::Relaxed);
         let listed = match manifest_files(&self.dir) {
             Ok(listed) => {
                 self.missing = false;

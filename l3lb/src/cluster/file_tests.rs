@@ -206,6 +206,34 @@ async fn changes_arrive_through_inotify_also_after_the_directory_was_away() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[tokio::test]
+async fn reading_the_manifests_does_not_wake_the_source() {
+    let dir = tempfile_dir("quiet");
+    std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
+    let source = FileSource::new(dir.clone(), "node-a".into(), Duration::from_secs(3600));
+    let scans = source.scan_counter();
+    let (tx, mut changes) = mpsc::channel(16);
+    let task = tokio::spawn(source.run(tx));
+    assert_eq!(
+        next_services(&mut changes, Duration::from_secs(2)).await,
+        Some(1),
+        "first relist"
+    );
+    // Someone (an operator's `cat`, a backup, the source itself) reads the files: accesses,
+    // no change. Each read used to wake a rescan, whose own reads woke the next, forever.
+    let before = scans.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        std::fs::read(dir.join("web.yaml")).unwrap();
+        std::fs::read_dir(&dir).unwrap().for_each(drop);
+    }
+    // A window to watch, not a wait for something: nothing may happen in it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rescans = scans.load(Ordering::Relaxed) - before;
+    assert!(rescans <= 1, "{rescans} rescans in 500 ms of reads alone");
+    task.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn reads_this_nodes_own_node_manifest() {
     let text = "kind: Node\nmetadata:\n  name: node-a\n  labels:\n    \
