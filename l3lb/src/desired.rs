@@ -694,6 +694,10 @@ impl<'a, T> IntoIterator for &'a KeySet<T> {
 }
 
 #[cfg(test)]
+#[path = "desired_weights_tests.rs"]
+mod weights_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -716,9 +720,9 @@ mod tests {
     }
     use crate::cluster::model::LocalEndpoint;
 
-    const NODE: &str = "node-a";
+    pub(super) const NODE: &str = "node-a";
 
-    fn policy(mode: Mode) -> Policy {
+    pub(super) fn policy(mode: Mode) -> Policy {
         Policy {
             node: NODE.into(),
             mode,
@@ -734,15 +738,15 @@ mod tests {
         }
     }
 
-    fn ip(s: &str) -> IpAddr {
+    pub(super) fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
+    pub(super) fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
         list.iter().map(|s| ip(s)).collect()
     }
 
-    fn lb(name: &str, annotation: &[&str]) -> ServiceSpec {
+    pub(super) fn lb(name: &str, annotation: &[&str]) -> ServiceSpec {
         ServiceSpec {
             key: ServiceKey::new("default", name),
             is_load_balancer: true,
@@ -751,7 +755,7 @@ mod tests {
         }
     }
 
-    fn endpoint(ready: bool, serving: bool, terminating: bool) -> LocalEndpoint {
+    pub(super) fn endpoint(ready: bool, serving: bool, terminating: bool) -> LocalEndpoint {
         LocalEndpoint {
             addresses: vec!["10.244.0.5".into()],
             ready,
@@ -760,7 +764,12 @@ mod tests {
         }
     }
 
-    fn slice(service: &str, name: &str, any_ready: bool, local: Vec<LocalEndpoint>) -> SliceSpec {
+    pub(super) fn slice(
+        service: &str,
+        name: &str,
+        any_ready: bool,
+        local: Vec<LocalEndpoint>,
+    ) -> SliceSpec {
         SliceSpec {
             key: SliceKey {
                 namespace: "default".into(),
@@ -773,7 +782,7 @@ mod tests {
         }
     }
 
-    fn ready_here(service: &str) -> SliceSpec {
+    pub(super) fn ready_here(service: &str) -> SliceSpec {
         slice(
             service,
             &format!("{service}-abc"),
