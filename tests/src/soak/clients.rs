@@ -141,9 +141,11 @@ fn short_connections(timeline: &Mutex<Timeline>, seed: u64, stop: &AtomicBool) -
             Err(err) => {
                 short.failed_in_calm += 1;
                 if short.calm_examples.len() < 10 {
+                    let timeline = timeline.lock().expect("the timeline");
                     short.calm_examples.push(format!(
-                        "at {:.2} s, {ip}: {err}",
-                        timeline.lock().expect("the timeline").since_start(started)
+                        "at {:.2} s, {ip}: {err}{}",
+                        timeline.since_start(started),
+                        after_change(&timeline, Instant::now())
                     ));
                 }
             }
@@ -155,6 +157,14 @@ fn short_connections(timeline: &Mutex<Timeline>, seed: u64, stop: &AtomicBool) -
         }
     }
     short
+}
+
+/// "; 0.12 s after <the last change before `at`>", or nothing before the first change.
+fn after_change(timeline: &Timeline, at: Instant) -> String {
+    timeline
+        .last_change_before(at)
+        .map(|change| format!("; {change}"))
+        .unwrap_or_default()
 }
 
 /// One request to `ip`: the node (index) of the pod that answered.
@@ -239,14 +249,15 @@ fn long_connections(timeline: &Mutex<Timeline>, seed: u64, stop: &AtomicBool) ->
             } else {
                 Some(Break::Rehashed)
             };
+            let context = after_change(&timeline, now);
             drop(timeline);
             if let Some(why) = why {
                 long.broken.entry(why).or_default().push(age);
             } else if long.broken_in_calm.len() < 20 {
                 long.broken_in_calm.push(format!(
-                    "at {at:.2} s, {} after {:.1} s: {err}",
+                    "at {at:.2} s, {} after {:.1} s: {err}{context}",
                     connection.ip,
-                    age.as_secs_f64()
+                    age.as_secs_f64(),
                 ));
             }
         }

@@ -185,6 +185,10 @@ fn schedule(
         let change = world.draw(rng);
         let kind = change.kind(world);
         *report.changes.entry(kind).or_default() += 1;
+        timeline
+            .lock()
+            .expect("the timeline")
+            .log(Instant::now(), format!("{kind}: {}", describe(&change)));
         if options.progress {
             println!(
                 "  {:>7.1} s  {kind}: {}",

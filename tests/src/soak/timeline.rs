@@ -57,6 +57,9 @@ pub struct Timeline {
     pending: BTreeMap<IpAddr, Instant>,
     /// (node, from, until); `None`: still excused.
     excused: Vec<(usize, Instant, Option<Instant>)>,
+    /// Every change the schedule made, in order: when, and what (for the report on failures
+    /// in calm).
+    log: Vec<(Instant, String)>,
     pub tally: Tally,
 }
 
@@ -71,6 +74,7 @@ impl Timeline {
             expected,
             pending: BTreeMap::new(),
             excused: Vec::new(),
+            log: Vec::new(),
             tally: Tally::default(),
         }
     }
@@ -78,6 +82,21 @@ impl Timeline {
     /// Seconds from the soak's start to `at`.
     pub fn since_start(&self, at: Instant) -> f64 {
         at.saturating_duration_since(self.started).as_secs_f64()
+    }
+
+    /// Records that the schedule made a change (any kind, faults included) at `at`.
+    pub fn log(&mut self, at: Instant, what: String) {
+        self.log.push((at, what));
+    }
+
+    /// The last change made before `at`, and how long before: what a failure in calm most
+    /// likely follows.
+    pub fn last_change_before(&self, at: Instant) -> Option<String> {
+        let (when, what) = self.log.iter().rev().find(|(when, _)| *when <= at)?;
+        Some(format!(
+            "{:.2} s after {what}",
+            at.saturating_duration_since(*when).as_secs_f64()
+        ))
     }
 
     pub fn expected(&self) -> &Routes {
@@ -276,5 +295,23 @@ mod tests {
         assert!(!timeline.turbulent(ip, t0 + ms(700), t0 + ms(710)));
         timeline.excuse(2, t0 + ms(800));
         assert!(timeline.turbulent(ip, t0 + ms(900), t0 + ms(910)));
+    }
+
+    #[test]
+    fn names_the_last_change_before_a_moment() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut timeline = Timeline::new(t0, ms(500), routes(&[]));
+        assert_eq!(timeline.last_change_before(t0 + ms(10)), None);
+        timeline.log(t0 + ms(100), "readiness flip: soak-0".into());
+        timeline.log(t0 + ms(300), "bgpd restart: node-a".into());
+        assert_eq!(
+            timeline.last_change_before(t0 + ms(250)).as_deref(),
+            Some("0.15 s after readiness flip: soak-0")
+        );
+        assert_eq!(
+            timeline.last_change_before(t0 + ms(1300)).as_deref(),
+            Some("1.00 s after bgpd restart: node-a")
+        );
     }
 }
