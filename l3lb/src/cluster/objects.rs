@@ -227,7 +227,10 @@ impl<'de> Visitor<'de> for Item {
         let mut ip = None;
         while let Some(key) = map.next_key::<Key>()? {
             if key.0 == KeyKind::Ip {
-                ip = map.next_value_seed(OptionalString { keep: self.keep })?;
+                ip = map.next_value_seed(OptionalString {
+                    keep: self.keep,
+                    blank_is_none: false,
+                })?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -239,6 +242,8 @@ impl<'de> Visitor<'de> for Item {
 /// An optional string, cut to [`super::limits::MAX_IP_TEXT`] (empty when not kept).
 struct OptionalString {
     keep: bool,
+    /// A blank string counts as none.
+    blank_is_none: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for OptionalString {
@@ -269,6 +274,9 @@ impl<'de> Visitor<'de> for OptionalString {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        if self.blank_is_none && text.trim().is_empty() {
+            return Ok(None);
+        }
         Ok(Some(if self.keep { clip(text) } else { String::new() }))
     }
 }
@@ -304,32 +312,11 @@ impl<'de> Deserialize<'de> for Key {
 
 /// `spec.loadBalancerIP`: cut to [`super::limits::MAX_IP_TEXT`] on arrival; a blank one is none.
 fn clipped<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    struct Blank;
-    impl<'de> DeserializeSeed<'de> for Blank {
-        type Value = Option<String>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_option(self)
-        }
+    OptionalString {
+        keep: true,
+        blank_is_none: true,
     }
-    impl<'de> Visitor<'de> for Blank {
-        type Value = Option<String>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a string")
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_str(self)
-        }
-        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-            Ok((!text.trim().is_empty()).then(|| clip(text)))
-        }
-    }
-    Blank.deserialize(deserializer)
+    .deserialize(deserializer)
 }
 
 #[derive(Deserialize)]
