@@ -30,11 +30,12 @@ const FRR_DAEMONS: &str = "/usr/lib/frr";
 /// FRR daemons keep a crash-log directory `<daemon>.<pid>` here.
 const FRR_TMP: &str = "/var/tmp/frr";
 
-/// `{{KEY}}` → value for every key; panics when a placeholder outside a comment is left.
-pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
+/// `{{KEY}}` → value for every key; panics when a placeholder outside a comment is left
+/// (placeholders in comments are documentation; the config lines must be complete).
+pub fn fill(template: &str, values: &[(&str, impl AsRef<str>)]) -> String {
     let mut text = template.to_owned();
     for (key, value) in values {
-        text = text.replace(&format!("{{{{{key}}}}}"), value);
+        text = text.replace(&format!("{{{{{key}}}}}"), value.as_ref());
     }
     let unfilled: Vec<&str> = text
         .lines()

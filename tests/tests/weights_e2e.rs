@@ -129,7 +129,7 @@ impl Fabric {
             let node_conf = fill(
                 NODE_CONF,
                 &[
-                    ("HOSTNAME", &name),
+                    ("HOSTNAME", name.as_str()),
                     ("ROUTER_ID", &format!("172.31.{n}.2")),
                     ("NODE_ASN", &(65000 + n).to_string()),
                     ("ROUTER_ASN", "65000"),

@@ -19,7 +19,10 @@ use super::{
     process::{check_cancel, poll, spawn_logged, tail},
     topology::{NODE_LINKS_V4, NODE_LINKS_V6, node_name, node_uplink, router_device, router_id},
 };
-use crate::netns::{NetNs, sh};
+use crate::{
+    frr_fabric::fill,
+    netns::{NetNs, sh},
+};
 
 const NODE_CONF: &str = include_str!("../../../deploy/frr/node.conf");
 const ROUTER_CONF: &str = include_str!("../../../deploy/frr/router.conf");
@@ -328,21 +331,6 @@ fn vty_group() -> &'static str {
     let has_frrvty = fs::read_to_string("/etc/group")
         .is_ok_and(|groups| groups.lines().any(|line| line.starts_with("frrvty:")));
     if has_frrvty { "frrvty" } else { "root" }
-}
-
-/// `{{KEY}}` → value, for every key; panics when a placeholder is left.
-fn fill(template: &str, values: &[(&str, String)]) -> String {
-    let mut text = template.to_owned();
-    for (key, value) in values {
-        text = text.replace(&format!("{{{{{key}}}}}"), value);
-    }
-    // Placeholders in comments are documentation; the config lines must be complete.
-    let unfilled: Vec<&str> = text
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('!') && line.contains("{{"))
-        .collect();
-    assert!(unfilled.is_empty(), "unfilled placeholders: {unfilled:?}");
-    text
 }
 
 /// Nexthop index of a route through an interface that leads to no node.
