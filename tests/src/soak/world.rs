@@ -193,11 +193,7 @@ impl World {
     }
 
     fn flip_readiness(&mut self, rng: &mut fastrand::Rng) -> Option<Change> {
-        let mut service = self.pick_service(rng)?.clone();
-        let candidates: Vec<usize> = (0..service.endpoints.len())
-            .filter(|&i| !service.endpoints[i].terminating)
-            .collect();
-        let i = *pick(rng, &candidates)?;
+        let (mut service, i) = self.pick_live_endpoint(rng)?;
         let e = &service.endpoints[i];
         service.endpoints[i] = if e.ready {
             Endpoint::not_ready(&e.pod, e.node)
@@ -208,11 +204,7 @@ impl World {
     }
 
     fn terminate(&mut self, rng: &mut fastrand::Rng) -> Option<Change> {
-        let mut service = self.pick_service(rng)?.clone();
-        let candidates: Vec<usize> = (0..service.endpoints.len())
-            .filter(|&i| !service.endpoints[i].terminating)
-            .collect();
-        let i = *pick(rng, &candidates)?;
+        let (mut service, i) = self.pick_live_endpoint(rng)?;
         let e = &service.endpoints[i];
         service.endpoints[i] = Endpoint::terminating(&e.pod, e.node);
         Some(Change::Apply(service))
@@ -242,6 +234,16 @@ impl World {
     fn pick_service(&self, rng: &mut fastrand::Rng) -> Option<&Service> {
         let services: Vec<&Service> = self.services.values().collect();
         pick(rng, &services).copied()
+    }
+
+    /// A Service (a copy to change) and one of its endpoints that is not terminating.
+    fn pick_live_endpoint(&self, rng: &mut fastrand::Rng) -> Option<(Service, usize)> {
+        let service = self.pick_service(rng)?.clone();
+        let candidates: Vec<usize> = (0..service.endpoints.len())
+            .filter(|&i| !service.endpoints[i].terminating)
+            .collect();
+        let i = *pick(rng, &candidates)?;
+        Some((service, i))
     }
 
     /// An idle pod on `node`, or a new one.
