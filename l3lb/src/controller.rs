@@ -166,15 +166,14 @@ impl Controller {
                     // and withdrawn before anything else: the routers stop sending to a node
                     // without a ready pod as soon as l3lb can tell them, whatever the fast
                     // path's own work (route look-ups, attaching to pods' interfaces) costs.
-                    if first_sync || self.gains_addresses(&outcome) {
+                    let fastpath_first = first_sync || self.gains_addresses(&outcome);
+                    if fastpath_first {
                         self.sync_fastpath(&outcome, was_synced);
-                        if reconcile_now {
-                            self.reconcile_and_schedule(&mut retry_at).await;
-                        }
-                    } else {
-                        if reconcile_now {
-                            self.reconcile_and_schedule(&mut retry_at).await;
-                        }
+                    }
+                    if reconcile_now {
+                        self.reconcile_and_schedule(&mut retry_at).await;
+                    }
+                    if !fastpath_first {
                         self.sync_fastpath(&outcome, was_synced);
                     }
                     // Waits for the kernel (an RCU grace period per interface): last.
